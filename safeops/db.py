@@ -1,0 +1,100 @@
+"""Engines and the few session settings every safeops transaction relies on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from safeops.errors import SafeopsError
+from safeops.settings import database_url, mask_url, sqlalchemy_url
+
+
+class DatabaseUnreachable(SafeopsError):
+    """Connection failed; the message shows the host, never the password."""
+
+
+def engine_for(target: str) -> Engine:
+    """NullPool: every task opens a fresh connection, so a retry after a killed
+    backend never picks up a dead pooled socket."""
+    url = sqlalchemy_url(database_url(target))
+    return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10,
+                                                                  "application_name": "safeops"})
+
+
+def engine_for_url(raw_url: str) -> Engine:
+    return create_engine(sqlalchemy_url(raw_url), poolclass=NullPool,
+                         connect_args={"connect_timeout": 10, "application_name": "safeops"})
+
+
+def _prepare(conn: Connection, lock_timeout_s: float | None) -> None:
+    # UTC keeps timestamps in snapshots byte-identical whatever the server's zone.
+    conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
+    if lock_timeout_s is not None:
+        conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'"))
+
+
+def connect(engine: Engine) -> Connection:
+    try:
+        return engine.connect()
+    except OperationalError as exc:
+        raise DatabaseUnreachable(
+            f"Cannot connect to {mask_url(engine.url)}: {_first_line(exc.orig or exc)}"
+        ) from None
+
+
+@contextmanager
+def transaction(engine: Engine, *, isolation: str = "READ COMMITTED", read_only: bool = False,
+                lock_timeout_s: float | None = None) -> Iterator[Connection]:
+    """One explicit transaction: commit on success, rollback on any exception."""
+    with connect(engine) as conn:
+        conn.execution_options(isolation_level=isolation)
+        with conn.begin():
+            if read_only:
+                conn.execute(text("SET TRANSACTION READ ONLY"))
+            _prepare(conn, lock_timeout_s)
+            yield conn
+
+
+@contextmanager
+def read_snapshot(engine: Engine) -> Iterator[Connection]:
+    """A consistent REPEATABLE READ view that is always rolled back.
+
+    Not READ ONLY: verification loads the snapshot into temporary tables."""
+    with connect(engine) as conn:
+        conn.execution_options(isolation_level="REPEATABLE READ")
+        trans = conn.begin()
+        try:
+            _prepare(conn, None)
+            yield conn
+        finally:
+            trans.rollback()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    system_identifier: str
+    database: str
+
+    def __str__(self) -> str:
+        return f"{self.system_identifier}/{self.database}"
+
+
+def fingerprint(conn: Connection) -> Fingerprint:
+    """Identifies the cluster and database a snapshot came from, without credentials."""
+    try:
+        with conn.begin_nested():
+            sysid = conn.execute(text("SELECT system_identifier::text FROM pg_control_system()")
+                                 ).scalar_one()
+    except Exception:  # pg_control_system() may be denied to unprivileged roles
+        sysid = "unknown"
+    name = conn.execute(text("SELECT current_database()")).scalar_one()
+    return Fingerprint(str(sysid), str(name))

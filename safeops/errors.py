@@ -1,0 +1,71 @@
+"""Named failures, each carrying the CLI exit code of DESIGN.md.
+
+Messages are complete sentences with the numbers a user needs, because the CLI
+prints exactly one line per refusal and the Prefect UI shows the same text.
+Only a message is stored in ``args`` so the exceptions survive pickling in
+Prefect states.
+"""
+
+from __future__ import annotations
+
+
+class SafeopsError(Exception):
+    """Anything else: exit 1."""
+
+    exit_code = 1
+
+
+class BadInput(SafeopsError):
+    """The caller asked for something malformed or unknown; nothing was touched."""
+
+    exit_code = 2
+
+
+class Refused(SafeopsError):
+    """A guard said no (published posts, drift, invalid snapshot); nothing changed."""
+
+    exit_code = 3
+
+
+class SnapshotInvalid(Refused):
+    """The snapshot failed an integrity check and must not be trusted."""
+
+
+class ForeignSnapshot(Refused):
+    """The snapshot was taken from another database than the target."""
+
+
+class DriftDetected(Refused):
+    """The database changed between the snapshot/plan and the apply."""
+
+
+class PlanMismatch(Refused):
+    """The plan differs from the one that was approved."""
+
+
+class ResetNotAllowed(Refused):
+    """The site has published posts, so its structure may not be reset."""
+
+
+class RestoreConflict(Refused):
+    """Restoring would collide with rows created since the snapshot."""
+
+
+class ApprovalDenied(SafeopsError):
+    """The approval was rejected, mistyped, unauthorised or timed out."""
+
+    exit_code = 4
+
+
+class ApprovalTimedOut(ApprovalDenied):
+    """Nobody answered the approval before its deadline."""
+
+
+TRANSIENT_MARKERS = ("OperationalError", "InterfaceError", "EndpointConnectionError",
+                     "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+                     "LockNotAvailable")
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Refusals are decisions, never retried."""
+    return isinstance(exc, (Refused, BadInput, ApprovalDenied))

@@ -1,0 +1,110 @@
+"""Typed results that flows return and the CLI, artifacts and tests read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+def plan_hash_of(parts: dict[str, Any]) -> str:
+    """Stable over equal database states: only sorted ids and counts go in."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+                          ).hexdigest()
+
+
+class TableDiff(BaseModel):
+    """How one table differs between a snapshot and the live database."""
+
+    table: str
+    missing: int = 0  # in the snapshot, not live
+    extra: int = 0  # live, not in the snapshot
+    changed: int = 0  # in both, with different content
+    first_missing: list[str] = Field(default_factory=list)
+    first_extra: list[str] = Field(default_factory=list)
+    first_changed: list[str] = Field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return self.missing == self.extra == self.changed == 0
+
+    def describe(self) -> str:
+        parts = []
+        for label, n, ids in (("missing from the database", self.missing, self.first_missing),
+                              ("added since the snapshot", self.extra, self.first_extra),
+                              ("changed since the snapshot", self.changed, self.first_changed)):
+            if n:
+                parts.append(f"{n} {label} ({', '.join(ids)}{', …' if n > len(ids) else ''})")
+        return f"{self.table}: " + "; ".join(parts)
+
+
+def describe_diffs(diffs: list[TableDiff]) -> str:
+    return "; ".join(d.describe() for d in diffs if not d.clean)
+
+
+class Check(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+
+
+class SnapshotRef(BaseModel):
+    """A written snapshot: where it is and what it holds."""
+
+    uri: str
+    totals: dict[str, int]
+    body_sha256: str
+    source: str
+
+
+class VerifyReport(BaseModel):
+    uri: str
+    checks: list[Check]
+    totals: dict[str, int] = Field(default_factory=dict)
+    diffs: list[TableDiff] = Field(default_factory=list)
+    missing_objects: int = 0
+    first_missing_objects: list[str] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def failures(self) -> str:
+        return "; ".join(f"{c.name}: {c.detail}" for c in self.checks if not c.ok)
+
+
+class Plan(BaseModel):
+    """What an apply will do: counts per kind and the hash an approval binds to."""
+
+    kind: str
+    target: str
+    counts: dict[str, int]
+    plan_hash: str
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(self.counts.values())
+
+
+class Approval(BaseModel):
+    approver: str
+    reason: str
+    via: str  # "pause" or "saved-plan"
+
+
+class RunResult(BaseModel):
+    """What a destructive flow reports back, dry run or live."""
+
+    flow: str
+    target: str
+    dry_run: bool
+    snapshot_uri: str | None
+    plan: Plan
+    applied: dict[str, int] = Field(default_factory=dict)
+    approval: Approval | None = None
+    after_snapshot_uri: str | None = None
+    after_totals: dict[str, int] = Field(default_factory=dict)
+    message: str = ""

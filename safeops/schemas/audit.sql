@@ -1,0 +1,18 @@
+-- safeops' own audit trail, created idempotently in every target database.
+CREATE SCHEMA IF NOT EXISTS safeops;
+CREATE TABLE IF NOT EXISTS safeops.safeops_audit (
+    id            bigserial PRIMARY KEY,
+    flow_run_id   uuid NULL,
+    flow_name     text NOT NULL,
+    target        text NOT NULL,
+    plan_hash     text NOT NULL,
+    approver      text NOT NULL,
+    reason        text NOT NULL,
+    approved_via  text NOT NULL,
+    counts        jsonb NOT NULL,
+    snapshot_uri  text NULL,
+    started_at    timestamptz NULL,
+    applied_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS safeops_audit_flow_run_idx ON safeops.safeops_audit (flow_run_id);
+CREATE INDEX IF NOT EXISTS safeops_audit_snapshot_idx ON safeops.safeops_audit (snapshot_uri);

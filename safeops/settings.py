@@ -1,0 +1,129 @@
+"""Configuration read from the environment, resolved at the moment of use.
+
+Flow parameters only *name* a target ("medusa", "cms", "medusa-staging");
+the URL with its password is looked up here, from ``<TARGET>_DATABASE_URL`` or
+from a Prefect Secret block called ``<target>-database-url``. That keeps
+secrets out of flow-run parameters, which Prefect stores and shows in the UI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from safeops.errors import BadInput, SafeopsError
+
+TARGET_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class Settings(BaseSettings):
+    """Knobs an operator sets with environment variables."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    snapshot_uri: str = Field("./exports", alias="SAFEOPS_SNAPSHOT_URI",
+                              description="Where snapshots go: a folder or s3://bucket/prefix.")
+    s3_endpoint_url: str | None = Field(None, alias="SAFEOPS_S3_ENDPOINT_URL",
+                                        description="S3 API endpoint (MinIO); AWS when unset.")
+    approvers: str | None = Field(None, alias="SAFEOPS_APPROVERS",
+                                  description="Comma list of people allowed to approve.")
+    media_bucket: str | None = Field(None, alias="SAFEOPS_MEDIA_BUCKET",
+                                     description="Bucket holding Medusa's product files.")
+    media_file_url: str | None = Field(None, alias="SAFEOPS_MEDIA_FILE_URL",
+                                       description="Medusa's file_url: image URLs start with it.")
+    lock_timeout_s: float = Field(30.0, alias="SAFEOPS_LOCK_TIMEOUT_S",
+                                  description="How long an apply waits for its locks.")
+    approval_poll_s: int = Field(2, alias="SAFEOPS_APPROVAL_POLL_S",
+                                 description="How often a paused run checks for an answer.")
+    task_retry_delay_s: float = Field(2.0, alias="SAFEOPS_RETRY_DELAY_S",
+                                      description="First retry delay of transient faults.")
+
+    def approver_allowlist(self) -> set[str] | None:
+        if not self.approvers or not self.approvers.strip():
+            return None
+        return {name.strip() for name in self.approvers.split(",") if name.strip()}
+
+
+def get_settings() -> Settings:
+    """Fresh on every call: tests and long-lived workers change the environment."""
+    return Settings()
+
+
+def env_var_for(target: str) -> str:
+    return f"{target.upper().replace('-', '_')}_DATABASE_URL"
+
+
+def validate_target(target: str) -> str:
+    if not isinstance(target, str) or not TARGET_NAME.match(target):
+        raise BadInput(
+            f"Invalid target name {target!r}: use lowercase letters, digits and dashes "
+            "(e.g. 'medusa', 'cms')."
+        )
+    return target
+
+
+def database_url(target: str) -> str:
+    """The raw URL of a target; never log or return it to a flow's caller."""
+    validate_target(target)
+    value = os.environ.get(env_var_for(target))
+    if not value:
+        value = _secret_block(f"{target}-database-url")
+    if not value:
+        raise BadInput(
+            f"No database configured for target {target!r}: set {env_var_for(target)} "
+            f"or create a Prefect Secret block named '{target}-database-url'."
+        )
+    return value
+
+
+def _secret_block(name: str) -> str | None:
+    try:
+        from prefect.blocks.system import Secret
+
+        secret = Secret.load(name, _sync=True)  # type: ignore[call-arg]
+        return str(secret.get())
+    except ValueError:
+        return None
+    except Exception:  # no API reachable, block type missing: treat as not configured
+        return None
+
+
+def sqlalchemy_url(raw: str) -> URL:
+    """Medusa's ``postgresql://user:pass@host:port/db`` (or socket form) for psycopg 3."""
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError as exc:
+        raise BadInput(f"Database URL is not a valid URL: {mask_url(raw)}") from exc
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise BadInput(f"Only PostgreSQL is supported, got {url.get_backend_name()!r}.")
+    if not url.database:
+        raise BadInput(f"Database URL names no database: {mask_url(raw)}")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def mask_url(raw: str | URL) -> str:
+    """The URL as it may appear in logs, artifacts and audit rows."""
+    try:
+        url = raw if isinstance(raw, URL) else make_url(str(raw).strip())
+    except Exception:
+        return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", str(raw))
+    query = {k: ("***" if k.lower() in ("password", "passfile") else v) for k, v in url.query.items()}
+    url = url.set(query=query)
+    text = url.render_as_string(hide_password=True)
+    return text.replace("postgresql+psycopg://", "postgresql://")
+
+
+def describe_target(target: str) -> str:
+    """A target as people read it: name plus masked location."""
+    try:
+        url = sqlalchemy_url(database_url(target))
+    except SafeopsError:
+        return target
+    host = url.host or url.query.get("host") or "local socket"
+    port = f":{url.port}" if url.port else ""
+    return f"{target} ({url.username or ''}@{host}{port}/{url.database})"

@@ -1,0 +1,223 @@
+"""Where snapshot files live: a local folder or an S3/MinIO prefix.
+
+Files are written once under a new name and never overwritten, so any
+snapshot URI handed out stays valid. Reads stream line by line so memory does
+not grow with the catalog.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from safeops.errors import BadInput, SafeopsError
+from safeops.settings import get_settings
+
+SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json$")
+CHUNK = 1 << 20
+
+
+class SnapshotNotFound(BadInput):
+    """The URI points at nothing."""
+
+
+class StoreUnavailable(SafeopsError):
+    """The object store could not be reached; the message names the endpoint."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed store location: a folder, or a bucket and key prefix."""
+
+    scheme: str  # "file" or "s3"
+    root: str  # folder path, or bucket
+    prefix: str = ""  # S3 key prefix without trailing slash
+
+    def uri_for(self, name: str) -> str:
+        if self.scheme == "s3":
+            key = f"{self.prefix}/{name}" if self.prefix else name
+            return f"s3://{self.root}/{key}"
+        return str(Path(self.root) / name)
+
+
+def _reject_traversal(raw: str) -> None:
+    if any(part == ".." for part in re.split(r"[/\\]", raw)):
+        raise BadInput(f"Snapshot location {raw!r} contains '..': path traversal is refused.")
+
+
+def parse_location(raw: str | None) -> Location:
+    """A store base (``./exports``, ``/abs``, ``file:///abs``, ``s3://bucket/prefix``)."""
+    raw = (raw or get_settings().snapshot_uri).strip()
+    if not raw:
+        raise BadInput("Snapshot location is empty.")
+    _reject_traversal(raw)
+    parsed = urlparse(raw)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise BadInput(f"Snapshot location {raw!r} names no bucket.")
+        return Location("s3", parsed.netloc, parsed.path.strip("/"))
+    if parsed.scheme == "file":
+        return Location("file", parsed.path or "/")
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return Location("file", raw)
+    raise BadInput(f"Unknown snapshot scheme {parsed.scheme!r} in {raw!r}: use a folder or s3://.")
+
+
+def split_uri(uri: str) -> tuple[Location, str]:
+    """A snapshot URI into its store location and file name."""
+    if not uri or not uri.strip():
+        raise BadInput("Snapshot URI is empty.")
+    uri = uri.strip()
+    _reject_traversal(uri)
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        key = parsed.path.lstrip("/")
+        if not parsed.netloc or not key:
+            raise BadInput(f"Snapshot URI {uri!r} must be s3://bucket/key.json.")
+        prefix, _, name = key.rpartition("/")
+        return Location("s3", parsed.netloc, prefix), name
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri)
+        return Location("file", str(path.parent)), path.name
+    raise BadInput(f"Unknown snapshot scheme {parsed.scheme!r} in {uri!r}: use a path or s3://.")
+
+
+def s3_client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    settings = get_settings()
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        config=Config(connect_timeout=5, read_timeout=60,
+                      retries={"max_attempts": 2, "mode": "standard"}),
+    )
+
+
+def _endpoint() -> str:
+    return get_settings().s3_endpoint_url or "AWS S3"
+
+
+@contextmanager
+def _s3_errors(what: str) -> Iterator[None]:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    try:
+        yield
+    except EndpointConnectionError as exc:
+        raise StoreUnavailable(f"S3 endpoint {_endpoint()} unreachable while {what}: {exc}") from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket",):
+            raise BadInput(f"Bucket does not exist at {_endpoint()} while {what}.") from None
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise SnapshotNotFound(f"No snapshot found while {what}.") from None
+        raise
+
+
+def publish(local_file: Path, location: Location, base_name: str) -> str:
+    """Put a finished file in the store under a name that is not taken yet."""
+    if location.scheme == "file":
+        folder = Path(location.root)
+        folder.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1000):
+            name = base_name if attempt == 0 else base_name.replace(".json", f"-{attempt}.json")
+            target = folder / name
+            try:
+                # O_EXCL reservation: two runs in the same second never share a name.
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "wb") as out, open(local_file, "rb") as src:
+                shutil.copyfileobj(src, out, CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            return str(target)
+        raise SafeopsError(f"Could not find a free snapshot name in {folder}.")
+    client = s3_client()
+    with _s3_errors(f"writing to s3://{location.root}/{location.prefix}"):
+        for attempt in range(1000):
+            name = base_name if attempt == 0 else base_name.replace(".json", f"-{attempt}.json")
+            key = f"{location.prefix}/{name}" if location.prefix else name
+            if _s3_exists(client, location.root, key):
+                continue
+            client.upload_file(str(local_file), location.root, key,
+                               ExtraArgs={"ContentType": "application/json"})
+            return f"s3://{location.root}/{key}"
+    raise SafeopsError("Could not find a free snapshot name in the bucket.")
+
+
+def _s3_exists(client: Any, bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    pending = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        pending += chunk
+        lines = pending.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+@contextmanager
+def open_lines(uri: str) -> Iterator[Iterator[bytes]]:
+    """Stream a snapshot's lines (with their newline) from wherever it lives."""
+    location, name = split_uri(uri)
+    if location.scheme == "file":
+        path = Path(location.root) / name
+        if not path.is_file():
+            raise SnapshotNotFound(f"No snapshot file at {path}.")
+        with open(path, "rb") as handle:
+            yield iter(handle)
+        return
+    client = s3_client()
+    key = f"{location.prefix}/{name}" if location.prefix else name
+    with _s3_errors(f"reading {uri}"):
+        body = client.get_object(Bucket=location.root, Key=key)["Body"]
+    try:
+        with _s3_errors(f"reading {uri}"):
+            yield _split_lines(iter(lambda: body.read(CHUNK), b""))
+    finally:
+        body.close()
+
+
+def list_snapshots(location: Location, kind_prefix: str) -> list[str]:
+    """URIs of the snapshots of one kind, oldest first (names sort by time)."""
+    if location.scheme == "file":
+        folder = Path(location.root)
+        if not folder.is_dir():
+            return []
+        names = sorted(p.name for p in folder.iterdir()
+                       if p.name.startswith(kind_prefix) and SNAPSHOT_NAME.match(p.name))
+        return [location.uri_for(n) for n in names]
+    client = s3_client()
+    prefix = f"{location.prefix}/{kind_prefix}" if location.prefix else kind_prefix
+    keys: list[str] = []
+    with _s3_errors(f"listing s3://{location.root}/{prefix}"):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.root,
+                                                                      Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    return [f"s3://{location.root}/{k}" for k in sorted(keys)
+            if SNAPSHOT_NAME.match(k.rpartition("/")[2])]

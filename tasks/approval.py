@@ -1,0 +1,102 @@
+"""The human approval step, shared by every destructive flow.
+
+Called from a flow (``pause_flow_run`` cannot run inside a task). The approver
+types a confirmation that repeats what will happen, so a click-through
+approval is impossible; a saved plan hash stands in for the pause when it
+matches the plan exactly (Terraform's saved-plan habit).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from prefect.context import FlowRunContext
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
+
+from safeops import events
+from safeops.errors import ApprovalDenied, ApprovalTimedOut, PlanMismatch
+from safeops.models import Approval, Plan
+from safeops.settings import get_settings
+
+
+class ApprovalForm(RunInput):
+    """What the approver fills in (rendered as a form in the Prefect UI)."""
+
+    approver: str = Field(description="Your name, as recorded in the audit row.")
+    reason: str = Field(description="Why this change is being made (ticket, context).")
+    confirmation: str = Field(description="Type the confirmation text shown above, exactly.")
+    decision: Literal["approve", "reject"] = Field(
+        "approve", description="Choose 'reject' to stop the run with nothing changed.")
+
+
+def check_saved_plan(plan: Plan, approved_plan_hash: str | None) -> None:
+    if approved_plan_hash is not None and approved_plan_hash.strip() != plan.plan_hash:
+        raise PlanMismatch(
+            f"Refused: the approved plan {approved_plan_hash.strip()[:16]}… does not match the "
+            f"current plan {plan.plan_hash[:16]}… ({_counts_text(plan)}); run a dry run again.")
+
+
+def _counts_text(plan: Plan) -> str:
+    return ", ".join(f"{k}={v}" for k, v in plan.counts.items())
+
+
+def request_approval(plan: Plan, *, expected_confirmation: str, what: list[str],
+                     snapshot_uri: str | None, timeout_s: int,
+                     approved_plan_hash: str | None, approved_by: str | None) -> Approval:
+    """Pause until someone approves; raise ApprovalDenied otherwise."""
+    if approved_plan_hash is not None:
+        check_saved_plan(plan, approved_plan_hash)
+        approval = Approval(approver=approved_by or "unknown",
+                            reason=f"saved plan {plan.plan_hash}", via="saved-plan")
+        _check_allowlist(approval.approver)
+        return approval
+
+    deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
+    description = "\n".join([
+        f"## Approve {plan.kind} on `{plan.target}`", "",
+        "This will:", *[f"- {line}" for line in what], "",
+        f"Snapshot (undo point): `{snapshot_uri}`", "",
+        f"Plan hash: `{plan.plan_hash}`", "",
+        f"Type **{expected_confirmation}** in *confirmation* to approve. "
+        f"Deadline: {deadline.isoformat(timespec='seconds')}.",
+    ])
+    form = ApprovalForm.with_initial_data(description=description, confirmation="",
+                                          decision="approve")
+    run = FlowRunContext.get()
+    events.emit("approval", flow_run_id=run.flow_run.id if run and run.flow_run else None,
+                plan=plan, expected_confirmation=expected_confirmation, what=what,
+                snapshot_uri=snapshot_uri, deadline=deadline)
+    try:
+        answer = pause_flow_run(wait_for_input=form, timeout=timeout_s,
+                                poll_interval=get_settings().approval_poll_s, key="approval")
+    except Exception as exc:
+        if type(exc).__name__ == "FlowPauseTimeout":
+            raise ApprovalTimedOut(
+                f"Approval timed out after {timeout_s} s: nothing changed "
+                f"({_counts_text(plan)}).") from None
+        raise
+    approver = answer.approver.strip()
+    if answer.decision == "reject":
+        raise ApprovalDenied(f"Rejected by {approver or 'unknown'}: {answer.reason.strip()} "
+                             "— nothing changed.")
+    if not approver:
+        raise ApprovalDenied("Approval refused: the approver's name is empty; nothing changed.")
+    _check_allowlist(approver)
+    if answer.confirmation.strip() != expected_confirmation:
+        raise ApprovalDenied(
+            f"Approval refused: confirmation {answer.confirmation.strip()!r} does not match "
+            f"{expected_confirmation!r}; nothing changed.")
+    if not answer.reason.strip():
+        raise ApprovalDenied("Approval refused: a reason is required; nothing changed.")
+    return Approval(approver=approver, reason=answer.reason.strip(), via="pause")
+
+
+def _check_allowlist(approver: str) -> None:
+    allowed = get_settings().approver_allowlist()
+    if allowed is not None and approver not in allowed:
+        raise ApprovalDenied(
+            f"Approval refused: {approver!r} is not in SAFEOPS_APPROVERS "
+            f"({len(allowed)} allowed); nothing changed.")

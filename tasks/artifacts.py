@@ -1,0 +1,93 @@
+"""Prefect artifacts: the numbers an operator reads in the UI after a run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.context import FlowRunContext, TaskRunContext
+
+from safeops.models import Plan, RunResult, VerifyReport
+
+
+def _in_run() -> bool:
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def counts_table(plan: Plan, applied: dict[str, int] | None, key: str) -> None:
+    """Planned vs applied per table; applied is blank on a dry run."""
+    if not _in_run():
+        return
+    rows: list[dict[str, Any]] = [
+        {"what": name, "planned": n, "applied": (applied or {}).get(name, "")}
+        for name, n in plan.counts.items()
+    ]
+    create_table_artifact(rows, key=key, description=f"{plan.kind} on {plan.target}: counts")
+
+
+def summary_markdown(result: RunResult, key: str) -> None:
+    if not _in_run():
+        return
+    lines = [f"# {result.flow} on `{result.target}`", "",
+             f"- mode: **{'dry run (nothing changed)' if result.dry_run else 'live'}**",
+             f"- plan hash: `{result.plan.plan_hash}`",
+             f"- snapshot: `{result.snapshot_uri}`"]
+    if result.approval:
+        lines.append(f"- approved by **{result.approval.approver}** via {result.approval.via}: "
+                     f"{result.approval.reason}")
+    if result.after_snapshot_uri:
+        lines.append(f"- snapshot after: `{result.after_snapshot_uri}`")
+    if result.after_totals:
+        lines.append("- after: " + ", ".join(f"{k}={v}" for k, v in result.after_totals.items()))
+    if result.plan.notes:
+        lines.append("- notes: " + "; ".join(result.plan.notes))
+    if result.message:
+        lines += ["", result.message]
+    lines += ["", "| what | planned | applied |", "|---|---:|---:|"]
+    for name, n in result.plan.counts.items():
+        lines.append(f"| {name} | {n} | {result.applied.get(name, '')} |")
+    create_markdown_artifact("\n".join(lines), key=key, description=result.flow)
+
+
+def snapshot_link(uri: str, key: str) -> None:
+    if not _in_run():
+        return
+    link = uri if uri.startswith("s3://") else Path(uri).resolve().as_uri()
+    create_link_artifact(link, link_text=uri, key=key, description="snapshot written by this run")
+
+
+class Progress:
+    """A progress artifact updated at most once a second, so big catalogs do
+    not flood the API."""
+
+    def __init__(self, key: str, total: int, description: str) -> None:
+        self.total = max(total, 1)
+        self._id: UUID | None = None
+        self._last = 0.0
+        if _in_run():
+            self._id = create_progress_artifact(0.0, key=key, description=description)
+
+    def update(self, done: int, force: bool = False) -> None:
+        if self._id is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= 1.0:
+            self._last = now
+            update_progress_artifact(self._id, min(100.0, 100.0 * done / self.total))
+
+
+def verify_table(report: VerifyReport, key: str) -> None:
+    if not _in_run():
+        return
+    rows = [{"check": c.name, "ok": "yes" if c.ok else "NO", "detail": c.detail}
+            for c in report.checks]
+    create_table_artifact(rows, key=key, description=f"verification of {report.uri}")

@@ -1,0 +1,55 @@
+"""The audit row every apply writes in the same transaction as its change."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from importlib.resources import files
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection, text
+
+from safeops.models import Approval
+
+AUDIT_DDL = files("safeops.schemas").joinpath("audit.sql").read_text()
+
+
+def ensure_audit_table(conn: Connection) -> None:
+    """Idempotent; the advisory lock stops two first runs racing on CREATE."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('safeops:audit-ddl'))"))
+    exists = conn.execute(text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")
+                          ).scalar_one()
+    if not exists:
+        conn.connection.driver_connection.execute(AUDIT_DDL)  # type: ignore[union-attr]
+
+
+def write_audit(conn: Connection, *, flow_run_id: UUID | None, flow_name: str, target: str,
+                plan_hash: str, approval: Approval, counts: dict[str, Any],
+                snapshot_uri: str | None, started_at: datetime | None) -> int:
+    ensure_audit_table(conn)
+    return int(conn.execute(text("""
+        INSERT INTO safeops.safeops_audit
+            (flow_run_id, flow_name, target, plan_hash, approver, reason, approved_via,
+             counts, snapshot_uri, started_at)
+        VALUES (:run, :flow, :target, :hash, :approver, :reason, :via,
+                CAST(:counts AS jsonb), :uri, :started)
+        RETURNING id"""), {
+        "run": flow_run_id, "flow": flow_name, "target": target, "hash": plan_hash,
+        "approver": approval.approver, "reason": approval.reason, "via": approval.via,
+        "counts": json.dumps(counts), "uri": snapshot_uri, "started": started_at,
+    }).scalar_one())
+
+
+def applied_counts(conn: Connection, flow_run_id: UUID | None, flow_name: str,
+                   plan_hash: str) -> dict[str, int] | None:
+    """Counts of an apply this flow run already committed (a retry after a lost ack)."""
+    if flow_run_id is None:
+        return None
+    ensure_audit_table(conn)
+    row = conn.execute(text("""
+        SELECT counts FROM safeops.safeops_audit
+        WHERE flow_run_id = :run AND flow_name = :flow AND plan_hash = :hash
+        ORDER BY id DESC LIMIT 1"""), {"run": flow_run_id, "flow": flow_name, "hash": plan_hash}
+    ).scalar_one_or_none()
+    return dict(row) if row is not None else None

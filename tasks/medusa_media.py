@@ -1,0 +1,174 @@
+"""Prefect tasks over Medusa's product media: snapshot, verify, plan, purge, restore.
+
+Each task opens its own connection and transaction, so a retry after a
+dropped connection starts clean; refusals are never retried.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from prefect import task
+from prefect.context import FlowRunContext
+
+from safeops.db import engine_for, fingerprint, read_snapshot, transaction
+from safeops.errors import DriftDetected, SafeopsError
+from safeops.models import Approval, Check, Plan, SnapshotRef, VerifyReport, describe_diffs
+from safeops.settings import describe_target, get_settings
+from safeops.snapshot_format import SnapshotWriter
+from tasks import medusa_sql as sql
+from tasks.artifacts import Progress
+from tasks.audit import applied_counts, write_audit
+from tasks.object_store import head_missing
+from tasks.retry import TRANSIENT_RETRIES
+from tasks.snapshots import (
+    check_source,
+    finish_and_publish,
+    now_utc,
+    open_snapshot,
+    refuse_foreign,
+    source_fields,
+)
+
+SNAPSHOT_PREFIX = "medusa-media-snapshot"
+
+
+def _flow_run_id() -> UUID | None:
+    ctx = FlowRunContext.get()
+    return ctx.flow_run.id if ctx and ctx.flow_run else None
+
+
+@task(name="snapshot-media", **TRANSIENT_RETRIES)
+def take_media_snapshot(target: str, snapshot_location: str | None = None) -> SnapshotRef:
+    """Stream every product holding a reference to a new snapshot file."""
+    created = now_utc()
+    writer = SnapshotWriter(sql.MEDIA_FORMAT, "products")
+    try:
+        with read_snapshot(engine_for(target)) as conn:
+            fp = fingerprint(conn)
+            progress = Progress("media-snapshot-progress", sql.count_products_in_scope(conn),
+                                "products written to the snapshot")
+            totals = sql.stream_snapshot(conn, writer, progress.update)
+            progress.update(totals["totalProducts"], force=True)
+        uri = finish_and_publish(writer, name_prefix=SNAPSHOT_PREFIX, created_at=created,
+                                 summary={**totals, **source_fields(fp)},
+                                 location=snapshot_location)
+    except BaseException:
+        writer.discard()
+        raise
+    return SnapshotRef(uri=uri, totals=totals, body_sha256=writer.sha256, source=str(fp))
+
+
+@task(name="verify-media-snapshot", **TRANSIENT_RETRIES)
+def verify_media_snapshot(target: str, uri: str, *, require_live_match: bool = True,
+                          check_objects: bool = False) -> VerifyReport:
+    """Integrity failures raise SnapshotInvalid at once; source, live-match and
+    object checks are collected so the report can show all of them."""
+    with open_snapshot(uri, sql.MEDIA_FORMAT) as reader, \
+            read_snapshot(engine_for(target)) as conn:
+        totals = sql.load_snapshot(conn, reader)
+        checks = [Check(name="format", ok=True, detail=f"{sql.MEDIA_FORMAT} v1"),
+                  Check(name="checksum", ok=True, detail=f"sha256 {reader.actual_sha256[:16]}…"),
+                  Check(name="totals", ok=True,
+                        detail=", ".join(f"{k}={v}" for k, v in totals.items()))]
+        problem = check_source(reader, fingerprint(conn))
+        checks.append(Check(name="source", ok=problem is None,
+                            detail=problem or "taken from this database"))
+        report = VerifyReport(uri=uri, checks=checks, totals=totals)
+        if require_live_match:
+            report.diffs = sql.compare_with_live(conn)
+            dirty = describe_diffs(report.diffs)
+            checks.append(Check(name="live-match", ok=not dirty,
+                                detail=dirty or "id sets equal the live database's"))
+        if check_objects:
+            missing, first = head_missing(sql.snapshot_image_urls(conn))
+            report.missing_objects, report.first_missing_objects = missing, first
+            checks.append(Check(name="objects", ok=missing == 0,
+                                detail=f"{missing} object(s) missing"
+                                + (f" ({', '.join(first)})" if first else "")))
+    return report
+
+
+@task(name="plan-media-purge", **TRANSIENT_RETRIES)
+def plan_media_purge(target: str) -> Plan:
+    with read_snapshot(engine_for(target)) as conn:
+        return sql.purge_plan(conn, describe_target(target))
+
+
+def _ensure_equal(conn: object, uri: str) -> None:
+    diffs = sql.compare_with_live(conn)  # type: ignore[arg-type]
+    dirty = describe_diffs(diffs)
+    if dirty:
+        raise DriftDetected(f"Refused: drift since snapshot {uri}: {dirty}; nothing changed.")
+
+
+@task(name="apply-media-purge", **TRANSIENT_RETRIES)
+def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
+                      approval: Approval, started_at: datetime) -> dict[str, int]:
+    """One transaction: lock, prove snapshot == live == approved plan, delete, audit."""
+    flow_run_id = _flow_run_id()
+    settings = get_settings()
+    with open_snapshot(snapshot_uri, sql.MEDIA_FORMAT) as reader, \
+            transaction(engine_for(target), lock_timeout_s=settings.lock_timeout_s) as conn:
+        done = applied_counts(conn, flow_run_id, "purge-product-media", approved_plan_hash)
+        if done is not None:
+            return done  # this run committed before its connection dropped
+        sql.lock_media_tables(conn)
+        refuse_foreign(reader, fingerprint(conn), force=False)
+        sql.load_snapshot(conn, reader)
+        _ensure_equal(conn, snapshot_uri)
+        plan = sql.purge_plan(conn, describe_target(target))
+        if plan.plan_hash != approved_plan_hash:
+            raise DriftDetected(f"Refused: the plan changed since approval "
+                                f"({approved_plan_hash[:16]}… → {plan.plan_hash[:16]}…); "
+                                "nothing changed.")
+        applied = sql.delete_snapshot_rows(conn)
+        expected = {k: plan.counts[k] for k in applied}
+        if applied != expected:
+            raise SafeopsError(f"Purge changed {applied} but the plan said {expected}; "
+                               "rolled back, nothing changed.")
+        write_audit(conn, flow_run_id=flow_run_id, flow_name="purge-product-media",
+                    target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
+                    counts={"planned": plan.counts, "applied": applied},
+                    snapshot_uri=snapshot_uri, started_at=started_at)
+    return applied
+
+
+@task(name="plan-media-restore", **TRANSIENT_RETRIES)
+def plan_media_restore(target: str, uri: str, force: bool) -> Plan:
+    with open_snapshot(uri, sql.MEDIA_FORMAT) as reader, \
+            read_snapshot(engine_for(target)) as conn:
+        refuse_foreign(reader, fingerprint(conn), force)
+        sql.load_snapshot(conn, reader)
+        return sql.restore_plan(conn, describe_target(target), reader.actual_sha256)
+
+
+@task(name="apply-media-restore", **TRANSIENT_RETRIES)
+def apply_media_restore(target: str, uri: str, force: bool, approved_plan_hash: str,
+                        approval: Approval, started_at: datetime) -> dict[str, int]:
+    flow_run_id = _flow_run_id()
+    settings = get_settings()
+    with open_snapshot(uri, sql.MEDIA_FORMAT) as reader, \
+            transaction(engine_for(target), lock_timeout_s=settings.lock_timeout_s) as conn:
+        done = applied_counts(conn, flow_run_id, "restore-product-media", approved_plan_hash)
+        if done is not None:
+            return done
+        sql.lock_media_tables(conn)
+        refuse_foreign(reader, fingerprint(conn), force)
+        sql.load_snapshot(conn, reader)
+        plan = sql.restore_plan(conn, describe_target(target), reader.actual_sha256)
+        if plan.plan_hash != approved_plan_hash:
+            raise DriftDetected(f"Refused: the database changed since the restore was planned "
+                                f"({approved_plan_hash[:16]}… → {plan.plan_hash[:16]}…); "
+                                "nothing changed.")
+        applied = sql.insert_snapshot_rows(conn)
+        expected = {k: plan.counts[k] for k in applied}
+        if applied != expected:
+            raise SafeopsError(f"Restore changed {applied} but the plan said {expected}; "
+                               "rolled back, nothing changed.")
+        write_audit(conn, flow_run_id=flow_run_id, flow_name="restore-product-media",
+                    target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
+                    counts={"planned": plan.counts, "applied": applied}, snapshot_uri=uri,
+                    started_at=started_at)
+    return applied

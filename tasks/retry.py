@@ -1,0 +1,39 @@
+"""Retry policy shared by every task: transient faults yes, refusals never."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from safeops.errors import TRANSIENT_MARKERS, is_refusal
+
+
+def _is_transient(exc: BaseException) -> bool:
+    from safeops.db import DatabaseUnreachable
+    from safeops.snapshot_store import StoreUnavailable
+
+    if is_refusal(exc):
+        return False
+    if isinstance(exc, (DatabaseUnreachable, StoreUnavailable, ConnectionError, TimeoutError)):
+        return True
+    chain: BaseException | None = exc
+    while chain is not None:
+        if type(chain).__name__ in TRANSIENT_MARKERS:
+            return True
+        chain = chain.__cause__ or chain.__context__
+    return False
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect calls this after a failed attempt (must be a plain function)."""
+    try:
+        state.result()
+    except Exception as exc:
+        return _is_transient(exc)
+    return False
+
+
+TRANSIENT_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [1, 3, 9],
+    "retry_condition_fn": retry_transient,
+}

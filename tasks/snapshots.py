@@ -1,0 +1,64 @@
+"""Writing and opening snapshot files, whatever their kind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from safeops import events
+from safeops.db import Fingerprint
+from safeops.errors import ForeignSnapshot
+from safeops.snapshot_format import SnapshotReader, SnapshotWriter
+from safeops.snapshot_store import open_lines, parse_location, publish
+
+
+def utc_stamp(moment: datetime) -> str:
+    return moment.strftime("%Y%m%dT%H%M%SZ")
+
+
+def source_fields(fp: Fingerprint) -> dict[str, str]:
+    return {"sourceSystemIdentifier": fp.system_identifier, "sourceDatabase": fp.database}
+
+
+def finish_and_publish(writer: SnapshotWriter, *, name_prefix: str, created_at: datetime,
+                       summary: dict[str, Any], location: str | None) -> str:
+    """Write the file, put it in the store, return its URI (and tell the CLI)."""
+    where = parse_location(location)
+    path = writer.finish({"createdAt": created_at.isoformat(timespec="seconds")
+                          .replace("+00:00", "Z"), **summary})
+    try:
+        uri = publish(path, where, f"{name_prefix}-{utc_stamp(created_at)}.json")
+    finally:
+        path.unlink(missing_ok=True)
+    events.emit("snapshot", uri=uri)
+    return uri
+
+
+@contextmanager
+def open_snapshot(uri: str, fmt: str) -> Iterator[SnapshotReader]:
+    with open_lines(uri) as lines:
+        yield SnapshotReader(lines, fmt, uri)
+
+
+def check_source(reader: SnapshotReader, live: Fingerprint, force: bool = False) -> str | None:
+    """None when the snapshot came from this database, else why not."""
+    recorded = Fingerprint(str(reader.summary.get("sourceSystemIdentifier")),
+                           str(reader.summary.get("sourceDatabase")))
+    if recorded == live:
+        return None
+    problem = (f"snapshot was taken from database {recorded} but the target is {live}")
+    if force:
+        return None
+    return problem
+
+
+def refuse_foreign(reader: SnapshotReader, live: Fingerprint, force: bool) -> None:
+    problem = check_source(reader, live, force)
+    if problem:
+        raise ForeignSnapshot(f"Refused: {problem}; pass force to restore it anyway.")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)

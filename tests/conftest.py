@@ -1,0 +1,145 @@
+"""Shared fixtures: real PostgreSQL, moto's S3 server over HTTP, Prefect's test harness."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="safeops-prefect-")
+os.environ.update({
+    "PREFECT_HOME": _PREFECT_HOME,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    "SAFEOPS_APPROVAL_POLL_S": "1",
+    "SAFEOPS_LOCK_TIMEOUT_S": "5",
+    "AWS_ACCESS_KEY_ID": "testing-access-key",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+})
+os.environ.pop("PREFECT_API_URL", None)
+
+from safeops import events  # noqa: E402
+from safeops.seed import load_schema, seed_medusa  # noqa: E402
+from tests.pg import fresh_database, server_url  # noqa: E402
+
+MEDUSA_TABLES = ["product", "image", "product_variant", "product_variant_product_image",
+                 "cart_line_item", "order_line_item", "inventory_item"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def pg_admin(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return server_url(tmp_path_factory.mktemp("pgdata"))
+
+
+@pytest.fixture()
+def medusa_url(pg_admin: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database with the Medusa schema and the seeded catalog."""
+    from sqlalchemy import create_engine
+
+    from safeops.settings import sqlalchemy_url
+
+    with fresh_database(pg_admin) as url:
+        engine = create_engine(sqlalchemy_url(url))
+        with engine.begin() as conn:
+            load_schema(conn, "medusa.sql")
+            seed_medusa(conn)
+        engine.dispose()
+        monkeypatch.setenv("MEDUSA_DATABASE_URL", url)
+        yield url
+
+
+@pytest.fixture()
+def exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "exports"
+    monkeypatch.setenv("SAFEOPS_SNAPSHOT_URI", str(folder))
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the moto server; snapshots go to s3://<bucket>/snapshots."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("SAFEOPS_S3_ENDPOINT_URL", s3_server)
+    bucket = f"safeops-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    monkeypatch.setenv("SAFEOPS_SNAPSHOT_URI", f"s3://{bucket}/snapshots")
+    return bucket
+
+
+@contextmanager
+def answer_approval(run_input: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]],
+                    ) -> Iterator[list[dict[str, Any]]]:
+    """Resume the next approval pause from a background thread, as a person would.
+
+    Yields the list of approval requests seen (with flow_run_id and plan)."""
+    from prefect import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    seen: list[dict[str, Any]] = []
+
+    def resume(data: dict[str, Any]) -> None:
+        run_id = data["flow_run_id"]
+        with get_client(sync_client=True) as client:
+            for _ in range(600):
+                state = client.read_flow_run(run_id).state
+                if state is not None and state.is_paused():
+                    break
+                time.sleep(0.1)
+        answer = run_input(data) if callable(run_input) else run_input
+        resume_flow_run(run_id, run_input=answer)
+
+    def listener(kind: str, data: dict[str, Any]) -> None:
+        if kind == "approval":
+            seen.append(data)
+            threading.Thread(target=resume, args=(data,), daemon=True).start()
+
+    with events.listening(listener):
+        yield seen
+
+
+def approve_as(approver: str = "alice", reason: str = "ticket OPS-1"
+               ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def answer(data: dict[str, Any]) -> dict[str, Any]:
+        return {"approver": approver, "reason": reason,
+                "confirmation": data["expected_confirmation"], "decision": "approve"}
+    return answer

