@@ -1,0 +1,174 @@
+"""The ``safeops`` command: the same flows the UI and schedules run, from a terminal.
+
+Exit codes (DESIGN.md): 0 done; 2 bad input; 3 refused by a guard; 4 approval
+rejected or timed out; 1 anything else. Every refusal prints one line saying
+why, with the numbers. ``snapshot: <uri>`` and ``plan: <hash>`` are printed on
+lines of their own for scripts.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import typer
+
+from safeops.prefect_env import apply_offline_defaults
+
+apply_offline_defaults()
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Destructive database maintenance, made safe (Prefect flows).")
+media = typer.Typer(no_args_is_help=True, help="Medusa product media: snapshot, verify, purge, "
+                                                "restore.")
+site = typer.Typer(no_args_is_help=True, help="CMS site structure: check, reset, restore.")
+app.add_typer(media, name="media")
+app.add_typer(site, name="site")
+
+TARGET = typer.Option("medusa", "--target", help="Database name to resolve "
+                      "(<TARGET>_DATABASE_URL or Secret block <target>-database-url).")
+CMS_TARGET = typer.Option("cms", "--target", help="Database name to resolve "
+                          "(<TARGET>_DATABASE_URL or Secret block <target>-database-url).")
+LIVE = typer.Option(False, "--live", help="Really change the database (default: dry run).")
+YES = typer.Option(False, "--yes", help="Approve as the current user without a prompt.")
+PLAN = typer.Option(None, "--plan", help="Plan hash of a reviewed dry run; refused if the "
+                    "plan has changed since.")
+REASON = typer.Option(None, "--reason", help="Reason recorded with the approval.")
+TIMEOUT = typer.Option(3600, "--timeout", help="Seconds the approval may wait.")
+
+
+def fail(exc: BaseException) -> NoReturn:
+    """One line on stderr, the documented exit code."""
+    from safeops.errors import SafeopsError
+
+    code = getattr(exc, "exit_code", None)
+    if not isinstance(exc, SafeopsError):
+        name = type(exc).__name__
+        if name in ("ParameterTypeError", "SignatureMismatchError", "ValidationError"):
+            code = 2
+        elif name == "FlowPauseTimeout":
+            code = 4
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise typer.Exit(code if isinstance(code, int) else 1)
+
+
+def guarded(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was approved", file=sys.stderr)
+        raise typer.Exit(4) from None
+    except BaseException as exc:
+        fail(exc)
+
+
+def _run(flow_fn: Callable[..., Any], params: dict[str, Any], *, live: bool = False,
+         yes: bool = False, plan: str | None = None, reason: str | None = None) -> Any:
+    from safeops.cli_runner import Decider, current_user, refuse_unattended, run_flow
+
+    refuse_unattended(live, yes, plan is not None)
+    if plan is not None:
+        params = {**params, "approved_plan_hash": plan, "approved_by": current_user()}
+    return run_flow(flow_fn, params, Decider(yes, reason) if live else None)
+
+
+def _report_run(result: Any) -> None:
+    from safeops.cli_runner import console
+
+    if result.message:
+        console.print(result.message)
+    if result.dry_run:
+        console.print("Dry run: nothing changed. Apply this exact plan with "
+                      f"--live --plan {result.plan.plan_hash}")
+        return
+    if result.approval:
+        console.print(f"Approved by {result.approval.approver} ({result.approval.via}).")
+    if result.applied:
+        console.print("Applied: " + ", ".join(f"{k}={v}" for k, v in result.applied.items()))
+    if result.after_snapshot_uri:
+        print(f"after: {result.after_snapshot_uri}", flush=True)
+    if result.after_totals:
+        console.print("After: " + ", ".join(f"{k}={v}" for k, v in result.after_totals.items()))
+
+
+# ---------------------------------------------------------------- media
+
+
+@media.command("snapshot")
+def media_snapshot(target: str = TARGET,
+                   to: str = typer.Option(None, "--to", help="Folder or s3://bucket/prefix "
+                                          "(default SAFEOPS_SNAPSHOT_URI).")) -> None:
+    """Write every image reference to a new JSON snapshot (read-only)."""
+    def action() -> None:
+        from flows.media_snapshot import snapshot_product_media
+        from safeops.cli_runner import console
+
+        ref = _run(snapshot_product_media, {"target": target, "snapshot_location": to})
+        console.print(", ".join(f"{k}={v}" for k, v in ref.totals.items()))
+    guarded(action)
+
+
+@media.command("verify")
+def media_verify(uri: str, target: str = TARGET,
+                 check_objects: bool = typer.Option(False, "--check-objects",
+                                                    help="HEAD every image's object.")) -> None:
+    """Check a snapshot's format, checksum, totals, source and live id sets (exit 3 if not)."""
+    def action() -> None:
+        from flows.media_snapshot import verify_product_media_snapshot
+        from safeops.cli_runner import console
+
+        report = _run(verify_product_media_snapshot, {"snapshot_uri": uri, "target": target,
+                                                      "check_objects": check_objects})
+        for check in report.checks:
+            console.print(f"ok  {check.name}: {check.detail}")
+    guarded(action)
+
+
+@media.command("purge")
+def media_purge(live: bool = LIVE, yes: bool = YES, plan: str = PLAN, target: str = TARGET,
+                reason: str = REASON, timeout: int = TIMEOUT) -> None:
+    """Remove every image reference; MinIO files stay. Dry run unless --live."""
+    def action() -> None:
+        from flows.media_purge import purge_product_media
+
+        result = _run(purge_product_media, {"target": target, "dry_run": not live,
+                                            "approval_timeout_s": timeout},
+                      live=live, yes=yes, plan=plan, reason=reason)
+        _report_run(result)
+    guarded(action)
+
+
+@media.command("restore")
+def media_restore(uri: str, live: bool = LIVE, yes: bool = YES, plan: str = PLAN,
+                  target: str = TARGET, reason: str = REASON, timeout: int = TIMEOUT,
+                  force: bool = typer.Option(False, "--force", help="Restore a snapshot taken "
+                                             "from another database.")) -> None:
+    """Put back what a snapshot holds (ids, urls, ranks, timestamps). Dry run unless --live."""
+    def action() -> None:
+        from flows.media_restore import restore_product_media
+
+        print(f"snapshot: {uri}", flush=True)
+        result = _run(restore_product_media, {"snapshot_uri": uri, "target": target,
+                                              "dry_run": not live, "force": force,
+                                              "approval_timeout_s": timeout},
+                      live=live, yes=yes, plan=plan, reason=reason)
+        _report_run(result)
+    guarded(action)
+
+
+@app.command("demo")
+def demo() -> None:
+    """Run the whole media purge and site reset story on an embedded PostgreSQL."""
+    def action() -> None:
+        from safeops.demo import run_demo
+
+        run_demo()
+    guarded(action)
+
+
+if __name__ == "__main__":
+    app()

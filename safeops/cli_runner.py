@@ -1,0 +1,153 @@
+"""Run a flow from the terminal and answer its approval pause there.
+
+The flow runs in a worker thread exactly as it would under a worker; when it
+pauses for approval, the main thread asks the person at the terminal (or
+approves as them with ``--yes``) and resumes it through Prefect's API, the
+same path the UI's form takes.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import queue
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from safeops import events
+from safeops.errors import ApprovalDenied
+from safeops.models import Plan
+
+console = Console(highlight=False)
+
+
+def start_prefect() -> None:
+    """Start the ephemeral API in the main thread before any other thread needs it
+    (two threads racing to start it create two servers on one SQLite file)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        client.hello()
+
+
+def current_user() -> str:
+    try:
+        return os.environ.get("SAFEOPS_APPROVER") or getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def print_plan(plan: Plan) -> None:
+    table = Table(title=f"{plan.kind} on {plan.target}", title_justify="left")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for name, count in plan.counts.items():
+        table.add_row(name, str(count))
+    console.print(table)
+    for note in plan.notes:
+        console.print(f"note: {note}")
+
+
+class Decider:
+    """How a live run's approval is answered from the CLI."""
+
+    def __init__(self, yes: bool, reason: str | None) -> None:
+        self.yes = yes
+        self.reason = reason
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        expected = request["expected_confirmation"]
+        if self.yes:
+            user = current_user()
+            print(f"Approved as {user} (--yes): {expected}", flush=True)
+            return {"approver": user, "reason": self.reason or f"--yes on {socket.gethostname()}",
+                    "confirmation": expected, "decision": "approve"}
+        console.print("\n[bold]This will:[/bold]")
+        for line in request["what"]:
+            console.print(f"  - {line}")
+        console.print(f"Undo point: {request['snapshot_uri']}")
+        try:
+            typed = console.input(f"Type [bold]{expected}[/bold] to approve: ").strip()
+            if typed != expected:
+                return {"approver": current_user(), "reason": "typed confirmation did not match",
+                        "confirmation": typed, "decision": "reject"}
+            reason = self.reason or console.input("Reason (ticket, context): ").strip()
+        except (EOFError, KeyboardInterrupt):
+            return {"approver": current_user(), "reason": "interrupted at the terminal",
+                    "confirmation": "", "decision": "reject"}
+        return {"approver": current_user(), "reason": reason or "approved at the terminal",
+                "confirmation": expected, "decision": "approve"}
+
+
+def run_flow(flow_fn: Callable[..., Any], params: dict[str, Any], decider: Decider | None,
+             show_plan: bool = True) -> Any:
+    """Run the flow; print contract lines as they happen; answer approvals."""
+    from prefect.flow_runs import resume_flow_run
+
+    start_prefect()
+    inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def listener(kind: str, data: dict[str, Any]) -> None:
+        if kind == "snapshot":
+            print(f"snapshot: {data['uri']}", flush=True)
+        elif kind == "plan":
+            if show_plan:
+                print_plan(data["plan"])
+            print(f"plan: {data['plan'].plan_hash}", flush=True)
+        elif kind == "approval":
+            inbox.put((kind, data))
+
+    def body() -> None:
+        try:
+            outcome["value"] = flow_fn(**params)
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+        finally:
+            inbox.put(("done", {}))
+
+    with events.listening(listener):
+        worker = threading.Thread(target=body, name="safeops-flow", daemon=True)
+        worker.start()
+        while True:
+            kind, data = inbox.get()
+            if kind == "done":
+                break
+            if decider is None:
+                answer = {"approver": current_user(), "reason": "no approver at the CLI",
+                          "confirmation": "", "decision": "reject"}
+            else:
+                answer = decider.answer(data)
+            _resume_when_paused(data["flow_run_id"], answer, resume_flow_run)
+        worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def _resume_when_paused(run_id: Any, answer: dict[str, Any], resume: Callable[..., Any]) -> None:
+    import time
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        for _ in range(300):
+            state = client.read_flow_run(run_id).state
+            if state is not None and state.is_paused():
+                break
+            if state is not None and state.is_final():
+                return
+            time.sleep(0.1)
+    resume(run_id, run_input=answer)
+
+
+def refuse_unattended(live: bool, yes: bool, has_plan: bool) -> None:
+    if live and not yes and not has_plan and not sys.stdin.isatty():
+        raise ApprovalDenied("Refused: --live without a terminal needs --yes (approve as the "
+                             "current user) or --plan HASH; nothing changed.")
