@@ -77,7 +77,7 @@ def stream_snapshot(conn: Connection, writer: SnapshotWriter,
                     on_product: Callable[[int], None] | None = None) -> dict[str, int]:
     """Write every product document; returns the totals for the summary."""
     totals = dict.fromkeys(TOTAL_KEYS, 0)
-    result = conn.execution_options(stream_results=True, yield_per=500).execute(SNAPSHOT_SQL)
+    result = conn.execute(SNAPSHOT_SQL.execution_options(stream_results=True, yield_per=500))
     for doc, n_images, n_links, n_vthumbs, has_thumb in result:
         writer.add(doc)
         totals["totalProducts"] += 1
@@ -348,7 +348,7 @@ def insert_snapshot_rows(conn: Connection) -> dict[str, int]:
 
 def snapshot_image_urls(conn: Connection) -> Iterator[tuple[str, str]]:
     """(image id, url) of the loaded snapshot, streamed, for object checks."""
-    result = conn.execution_options(stream_results=True, yield_per=2000).execute(
-        text("SELECT id, url FROM _snap_image ORDER BY id"))
+    result = conn.execute(text("SELECT id, url FROM _snap_image ORDER BY id")
+                          .execution_options(stream_results=True, yield_per=2000))
     for image_id, url in result:
         yield image_id, url

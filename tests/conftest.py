@@ -143,3 +143,30 @@ def approve_as(approver: str = "alice", reason: str = "ticket OPS-1"
         return {"approver": approver, "reason": reason,
                 "confirmation": data["expected_confirmation"], "decision": "approve"}
     return answer
+
+
+CMS_TABLES = ["sites", "authors", "terms", "content_type", "content", "content_terms",
+              "seo_meta", "site_blueprint", "ai_jobs", "media", "users", "domains",
+              "site_settings"]
+
+
+@pytest.fixture()
+def cms(pg_admin: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
+    """A fresh CMS database with three sites; yields (url, {slug: site id})."""
+    from sqlalchemy import create_engine
+
+    from safeops.seed_cms import seed_cms
+    from safeops.settings import sqlalchemy_url
+
+    with fresh_database(pg_admin) as url:
+        engine = create_engine(sqlalchemy_url(url))
+        with engine.begin() as conn:
+            load_schema(conn, "cms.sql")
+            sites = seed_cms(conn)
+        engine.dispose()
+        monkeypatch.setenv("CMS_DATABASE_URL", url)
+        yield url, sites
+
+
+def approve_slug(approver: str = "alice") -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return approve_as(approver)

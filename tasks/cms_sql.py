@@ -1,0 +1,426 @@
+"""Every SQL statement of the CMS site-structure reset, for one site at a time.
+
+A reset removes a site's blueprint structure: the SEO meta of its categories,
+authors and pages; its categories (tags stay), authors, pages and content
+types; then resets the site's blueprint state. Each *kind* below names one
+set of rows the reset removes or changes, with the same definition used to
+plan, to snapshot, to hash and to restore, so the four can never disagree.
+
+Rows are hashed with their full text, so the plan hash changes when a row
+that would be deleted is edited, not only when rows come and go: an apply
+under an approved hash deletes exactly the rows the snapshot holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from safeops.errors import SafeopsError, SnapshotInvalid
+from safeops.models import Plan, plan_hash_of
+
+SITE_FORMAT = "safeops/cms-site-structure-snapshot"
+
+# Sets of ids the reset works on, as SQL over :site.
+CATEGORIES = "SELECT id FROM terms WHERE site_id = :site AND type = 'category'"
+AUTHORS = "SELECT id FROM authors WHERE site_id = :site"
+PAGES = "SELECT id FROM content WHERE site_id = :site AND type = 'page'"
+CONTENT_TYPES = "SELECT id FROM content_type WHERE site_id = :site"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One set of rows the reset deletes (``table`` rows) or changes (``columns``)."""
+
+    name: str
+    table: str
+    where: str  # over alias t, bound :site
+    key: str  # unique text key of a row, over alias t
+    columns: tuple[str, ...] = ()  # empty: the whole row is deleted and snapshotted
+
+    def row_expr(self) -> str:
+        if not self.columns:
+            return "row_to_json(t)"
+        return "json_build_object(" + ", ".join(f"'{c}', t.{c}" for c in self.columns) + ")"
+
+    @property
+    def temp(self) -> str:
+        return f"_snap_{self.name}"
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind("seo_entries", "seo_meta",
+         f"(t.entity_type = 'term' AND t.entity_id IN ({CATEGORIES})) "
+         f"OR (t.entity_type = 'author' AND t.entity_id IN ({AUTHORS})) "
+         f"OR (t.entity_type = 'content' AND t.entity_id IN ({PAGES}))", "t.id::text"),
+    Kind("categories", "terms", "t.site_id = :site AND t.type = 'category'", "t.id::text"),
+    Kind("authors", "authors", "t.site_id = :site", "t.id::text"),
+    Kind("pages", "content", "t.site_id = :site AND t.type = 'page'", "t.id::text"),
+    Kind("content_types", "content_type", "t.site_id = :site", "t.id::text"),
+    Kind("term_links", "content_terms",
+         f"t.term_id IN ({CATEGORIES}) OR t.content_id IN ({PAGES})",
+         "t.content_id::text || '/' || t.term_id::text"),
+    Kind("post_refs", "content",
+         f"t.type = 'post' AND (t.author_id IN ({AUTHORS}) "
+         f"OR t.content_type_id IN ({CONTENT_TYPES}))", "t.id::text",
+         ("id", "author_id", "content_type_id")),
+    Kind("detached_terms", "terms",
+         f"t.parent_id IN ({CATEGORIES}) AND NOT (t.site_id = :site AND t.type = 'category')",
+         "t.id::text", ("id", "parent_id")),
+    Kind("site_state", "sites", "t.id = :site", "t.id::text",
+         ("id", "active_blueprint_version", "setup_status")),
+)
+BY_NAME = {k.name: k for k in KINDS}
+# What the original success alert listed.
+HEADLINE = ("categories", "authors", "pages", "content_types", "seo_entries")
+
+
+def _digest_sql(kind: Kind, source: str, where: str) -> str:
+    return (f"SELECT count(*), md5(COALESCE(string_agg({kind.key} || ':' || "
+            f"md5(({kind.row_expr()})::text), ',' ORDER BY {kind.key}), '')) "
+            f"FROM {source} t WHERE {where}")
+
+
+def _plan_from(conn: Connection, site_id: str, source_of: dict[str, tuple[str, str]],
+               target: str) -> Plan:
+    counts: dict[str, int] = {}
+    parts: dict[str, list[object]] = {}
+    for kind in KINDS:
+        source, where = source_of[kind.name]
+        n, digest = conn.execute(text(_digest_sql(kind, source, where)), {"site": site_id}).one()
+        counts[kind.name] = int(n)
+        parts[kind.name] = [int(n), digest]
+    extra = conn.execute(text(f"""
+        SELECT count(*) FILTER (WHERE t.author_id IN ({AUTHORS})),
+               count(*) FILTER (WHERE t.content_type_id IN ({CONTENT_TYPES}))
+        FROM content t WHERE t.type = 'post'"""), {"site": site_id}).one() \
+        if source_of is LIVE else (0, 0)
+    counts.pop("site_state")
+    if source_of is LIVE:
+        counts["posts_losing_author"] = int(extra[0])
+        counts["posts_losing_content_type"] = int(extra[1])
+        counts["posts_losing_category_links"] = int(conn.execute(text(f"""
+            SELECT count(*) FROM content_terms ct JOIN content c ON c.id = ct.content_id
+            WHERE c.type = 'post' AND ct.term_id IN ({CATEGORIES})"""),
+            {"site": site_id}).scalar_one())
+    return Plan(kind="reset-site-structure", target=target, counts=counts,
+                plan_hash=plan_hash_of({"reset-site-structure": parts, "site": site_id}))
+
+
+LIVE: dict[str, tuple[str, str]] = {k.name: (k.table, k.where) for k in KINDS}
+SNAPSHOT: dict[str, tuple[str, str]] = {k.name: (k.temp, "true") for k in KINDS}
+
+
+def reset_plan(conn: Connection, site_id: str, target: str) -> Plan:
+    return _plan_from(conn, site_id, LIVE, target)
+
+
+def snapshot_plan_hash(conn: Connection, site_id: str) -> tuple[str, dict[str, int]]:
+    """The plan hash recomputed from a loaded snapshot (must equal the recorded one)."""
+    plan = _plan_from(conn, site_id, SNAPSHOT, "")
+    return plan.plan_hash, plan.counts
+
+
+# ---------------------------------------------------------------- site and guard
+
+def site_row(conn: Connection, site_id: str, lock: bool = False) -> tuple[str, str] | None:
+    """(slug, name) of the site; FOR UPDATE also blocks new content for it (FK key-share)."""
+    row = conn.execute(text("SELECT slug, name FROM sites WHERE id = CAST(:site AS uuid)"
+                            + (" FOR UPDATE" if lock else "")), {"site": site_id}).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+def published_posts(conn: Connection, site_id: str) -> int:
+    return int(conn.execute(text(
+        "SELECT count(*) FROM content WHERE site_id = :site AND type = 'post' "
+        "AND status = 'published'"), {"site": site_id}).scalar_one())
+
+
+def lock_site_for_reset(conn: Connection, site_id: str) -> None:
+    """Close the check-then-delete race of the original feature.
+
+    ``FOR UPDATE`` on the site row conflicts with the ``FOR KEY SHARE`` lock
+    that every INSERT of content for this site takes through its foreign key,
+    so no new post (published or not) can appear until we commit; ``FOR
+    UPDATE`` on the site's existing content rows makes a concurrent
+    ``UPDATE ... SET status = 'published'`` wait (or makes us wait for one in
+    flight). The published count is then re-read by a fresh READ COMMITTED
+    statement, which sees every publish that committed before the locks."""
+    conn.execute(text("SELECT 1 FROM sites WHERE id = CAST(:site AS uuid) FOR UPDATE"),
+                 {"site": site_id})
+    conn.execute(text("SELECT 1 FROM content WHERE site_id = :site FOR UPDATE"),
+                 {"site": site_id})
+
+
+# ---------------------------------------------------------------- snapshot
+
+def stream_snapshot_docs(conn: Connection, site_id: str) -> Iterator[tuple[str, str]]:
+    """(kind, one-line JSON document) for every row the reset removes or changes."""
+    for kind in KINDS:
+        statement = text(
+            f"SELECT json_build_object('kind', '{kind.name}', 'row', {kind.row_expr()})::text "
+            f"FROM {kind.table} t WHERE {kind.where} ORDER BY {kind.key}")
+        result = conn.execute(statement.execution_options(stream_results=True, yield_per=1000),
+                              {"site": site_id})
+        for (doc,) in result:
+            yield kind.name, doc
+
+
+def load_snapshot(conn: Connection, documents: Iterator[bytes], uri: str) -> dict[str, int]:
+    """Copy the documents into temp tables shaped like the live tables."""
+    conn.execute(text("CREATE TEMP TABLE _snap_doc (doc text NOT NULL) ON COMMIT DROP"))
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy("COPY _snap_doc (doc) FROM STDIN") as copy:  # type: ignore[union-attr]
+        for doc in documents:
+            copy.write_row((doc.decode("utf-8", errors="replace"),))
+    try:
+        with conn.begin_nested():
+            conn.execute(text("CREATE TEMP TABLE _snap_json ON COMMIT DROP AS "
+                              "SELECT d.doc::json->>'kind' AS kind, d.doc::json->'row' AS row "
+                              "FROM _snap_doc d"))
+            for kind in KINDS:
+                if kind.columns:
+                    cols = ", ".join(f"r.{c}" for c in kind.columns)
+                else:
+                    cols = "r.*"
+                conn.execute(text(
+                    f"CREATE TEMP TABLE {kind.temp} ON COMMIT DROP AS SELECT {cols} "
+                    f"FROM _snap_json j, json_populate_record(NULL::{kind.table}, j.row) r "
+                    f"WHERE j.kind = '{kind.name}'"))
+            unknown = conn.execute(text(
+                "SELECT count(*) FROM _snap_json WHERE kind <> ALL(:kinds)"),
+                {"kinds": [k.name for k in KINDS]}).scalar_one()
+    except Exception as exc:
+        raise SnapshotInvalid(f"Snapshot {uri} failed the format check: its documents do not "
+                              f"fit the CMS tables ({str(exc).splitlines()[0]})") from None
+    if unknown:
+        raise SnapshotInvalid(f"Snapshot {uri} failed the format check: {unknown} document(s) "
+                              "of unknown kind")
+    return {k.name: int(conn.execute(text(f"SELECT count(*) FROM {k.temp}")).scalar_one())
+            for k in KINDS}
+
+
+# ---------------------------------------------------------------- apply
+
+KEPT_CHECKSUM_SQL = text("""
+SELECT md5(concat_ws('|',
+  (SELECT md5(COALESCE(string_agg(json_build_object('id', id, 'type', type, 'status', status,
+        'title', title, 'slug', slug, 'body', body, 'published_at', published_at,
+        'scheduled_for', scheduled_for, 'created_at', created_at)::text, ',' ORDER BY id), ''))
+     FROM content WHERE site_id = :site AND type = 'post'),
+  (SELECT md5(COALESCE(string_agg(json_build_object('id', id, 'name', name, 'slug', slug)::text,
+        ',' ORDER BY id), '')) FROM terms WHERE site_id = :site AND type = 'tag'),
+  (SELECT md5(COALESCE(string_agg(ct.content_id::text || ct.term_id::text, ','
+        ORDER BY ct.content_id, ct.term_id), ''))
+     FROM content_terms ct JOIN content c ON c.id = ct.content_id
+     JOIN terms tg ON tg.id = ct.term_id
+     WHERE c.site_id = :site AND c.type = 'post' AND tg.type = 'tag'),
+  (SELECT md5(COALESCE(string_agg(s::text, ',' ORDER BY s.id), '')) FROM seo_meta s
+     WHERE s.site_id = :site AND NOT (
+       (s.entity_type = 'term' AND s.entity_id IN (SELECT id FROM terms
+            WHERE site_id = :site AND type = 'category'))
+       OR (s.entity_type = 'author' AND s.entity_id IN (SELECT id FROM authors
+            WHERE site_id = :site))
+       OR (s.entity_type = 'content' AND s.entity_id IN (SELECT id FROM content
+            WHERE site_id = :site AND type = 'page')))),
+  (SELECT md5(COALESCE(string_agg(b::text, ',' ORDER BY b.id), '')) FROM site_blueprint b
+     WHERE b.site_id = :site),
+  (SELECT md5(COALESCE(string_agg(a::text, ',' ORDER BY a.id), '')) FROM ai_jobs a
+     WHERE a.site_id = :site),
+  (SELECT md5(COALESCE(string_agg(m::text, ',' ORDER BY m.id), '')) FROM media m
+     WHERE m.site_id = :site),
+  (SELECT md5(COALESCE(string_agg(d::text, ',' ORDER BY d.id), '')) FROM domains d
+     WHERE d.site_id = :site),
+  (SELECT md5(COALESCE(string_agg(x::text, ','), '')) FROM site_settings x
+     WHERE x.site_id = :site),
+  (SELECT md5(COALESCE(string_agg(u::text, ',' ORDER BY u.id), '')) FROM users u),
+  (SELECT json_build_object('name', name, 'slug', slug, 'site_type', site_type,
+        'created_at', created_at)::text FROM sites WHERE id = :site)
+))
+""")
+
+
+def kept_checksum(conn: Connection, site_id: str) -> str:
+    """What a reset must leave alone, as one digest (SEO rows of deleted entities excluded
+    from the 'before' value by definition, so before == after proves nothing else went)."""
+    return str(conn.execute(KEPT_CHECKSUM_SQL, {"site": site_id}).scalar_one())
+
+
+def delete_structure(conn: Connection, site_id: str) -> dict[str, int]:
+    """Dependency order; SEO meta first so no orphan can survive a later failure."""
+    p = {"site": site_id}
+    seo = conn.execute(text(f"DELETE FROM seo_meta t WHERE {BY_NAME['seo_entries'].where}"),
+                       p).rowcount
+    conn.execute(text(f"UPDATE terms t SET parent_id = NULL "
+                      f"WHERE {BY_NAME['detached_terms'].where}"), p)
+    term_links = conn.execute(text(f"DELETE FROM content_terms t "
+                                   f"WHERE {BY_NAME['term_links'].where}"), p).rowcount
+    pages = conn.execute(text("DELETE FROM content WHERE site_id = :site AND type = 'page'"),
+                         p).rowcount
+    categories = conn.execute(text("DELETE FROM terms WHERE site_id = :site AND type = 'category'"),
+                              p).rowcount
+    authors = conn.execute(text("DELETE FROM authors WHERE site_id = :site"), p).rowcount
+    content_types = conn.execute(text("DELETE FROM content_type WHERE site_id = :site"),
+                                 p).rowcount
+    conn.execute(text("UPDATE sites SET active_blueprint_version = NULL, setup_status = 'draft' "
+                      "WHERE id = :site"), p)
+    return {"categories": categories, "authors": authors, "pages": pages,
+            "content_types": content_types, "seo_entries": seo, "term_links": term_links}
+
+
+LEFTOVERS_SQL = text(f"""
+SELECT
+  (SELECT count(*) FROM terms WHERE site_id = :site AND type = 'category'),
+  (SELECT count(*) FROM authors WHERE site_id = :site),
+  (SELECT count(*) FROM content WHERE site_id = :site AND type = 'page'),
+  (SELECT count(*) FROM content_type WHERE site_id = :site),
+  (SELECT count(*) FROM seo_meta s WHERE s.site_id = :site AND (
+     (s.entity_type = 'term' AND NOT EXISTS (SELECT 1 FROM terms x WHERE x.id = s.entity_id))
+     OR (s.entity_type = 'author' AND NOT EXISTS (SELECT 1 FROM authors x WHERE x.id = s.entity_id))
+     OR (s.entity_type = 'content' AND NOT EXISTS (SELECT 1 FROM content x
+                                                   WHERE x.id = s.entity_id)))),
+  (SELECT count(*) FROM content WHERE site_id = :site AND type = 'post'
+     AND status = 'published')
+""")
+
+
+def leftovers(conn: Connection, site_id: str) -> dict[str, int]:
+    row = conn.execute(LEFTOVERS_SQL, {"site": site_id}).one()
+    return dict(zip(("categories", "authors", "pages", "content_types", "orphan_seo_entries",
+                     "published_posts"), (int(v) for v in row), strict=True))
+
+
+# ---------------------------------------------------------------- restore
+
+CONFLICTS_SQL = text("""
+SELECT
+  (SELECT count(*) FROM _snap_content_types s JOIN content_type x
+     ON x.site_id = s.site_id AND x.key = s.key AND x.id <> s.id),
+  (SELECT count(*) FROM _snap_authors s JOIN authors x
+     ON x.site_id = s.site_id AND x.slug = s.slug AND x.id <> s.id),
+  (SELECT count(*) FROM _snap_categories s JOIN terms x
+     ON x.site_id = s.site_id AND x.type = s.type AND x.slug = s.slug AND x.id <> s.id),
+  (SELECT count(*) FROM _snap_pages s JOIN content x
+     ON x.site_id = s.site_id AND x.type = s.type AND x.slug = s.slug AND x.id <> s.id),
+  (SELECT count(*) FROM _snap_seo_entries s JOIN seo_meta x
+     ON x.entity_type = s.entity_type AND x.entity_id = s.entity_id AND x.id <> s.id)
+""")
+
+PRESENT_SQL = text("""
+SELECT
+  (SELECT count(*) FROM _snap_content_types s JOIN content_type x USING (id)),
+  (SELECT count(*) FROM _snap_authors s JOIN authors x USING (id)),
+  (SELECT count(*) FROM _snap_categories s JOIN terms x USING (id)),
+  (SELECT count(*) FROM _snap_pages s JOIN content x USING (id)),
+  (SELECT count(*) FROM _snap_seo_entries s JOIN seo_meta x USING (id))
+""")
+
+NAMES = ("content_types", "authors", "categories", "pages", "seo_entries")
+
+
+def restore_conflicts(conn: Connection) -> dict[str, int]:
+    return dict(zip(NAMES, (int(v) for v in conn.execute(CONFLICTS_SQL).one()), strict=True))
+
+
+def restore_present(conn: Connection) -> dict[str, int]:
+    return dict(zip(NAMES, (int(v) for v in conn.execute(PRESENT_SQL).one()), strict=True))
+
+
+def _insert_missing(conn: Connection, table: str, temp: str, unique_on: str) -> int:
+    """Rows of the snapshot whose id is absent and whose unique key is free."""
+    return int(conn.execute(text(
+        f"INSERT INTO {table} SELECT s.* FROM {temp} s "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.id = s.id) "
+        f"AND NOT EXISTS (SELECT 1 FROM {table} x WHERE {unique_on})")).rowcount)
+
+
+def insert_structure(conn: Connection, site_id: str) -> dict[str, int]:
+    """Put rows back with their ids; FK checks run at statement end, so parents
+    and children of one table go in one statement."""
+    if not site_row(conn, site_id, lock=True):
+        raise SafeopsError(f"Site {site_id} no longer exists; nothing to restore into.")
+    out = {
+        "content_types": _insert_missing(conn, "content_type", "_snap_content_types",
+                                         "x.site_id = s.site_id AND x.key = s.key"),
+        "authors": _insert_missing(conn, "authors", "_snap_authors",
+                                   "x.site_id = s.site_id AND x.slug = s.slug"),
+        "categories": _insert_missing(conn, "terms", "_snap_categories",
+                                      "x.site_id = s.site_id AND x.type = s.type "
+                                      "AND x.slug = s.slug"),
+        "pages": _insert_missing(conn, "content", "_snap_pages",
+                                 "x.site_id = s.site_id AND x.type = s.type AND x.slug = s.slug"),
+    }
+    out["seo_entries"] = int(conn.execute(text(
+        "INSERT INTO seo_meta SELECT s.* FROM _snap_seo_entries s "
+        "WHERE NOT EXISTS (SELECT 1 FROM seo_meta x WHERE x.id = s.id "
+        "   OR (x.entity_type = s.entity_type AND x.entity_id = s.entity_id)) "
+        "AND ((s.entity_type = 'term' AND EXISTS (SELECT 1 FROM terms e WHERE e.id = s.entity_id))"
+        " OR (s.entity_type = 'author' AND EXISTS (SELECT 1 FROM authors e "
+        "     WHERE e.id = s.entity_id))"
+        " OR (s.entity_type = 'content' AND EXISTS (SELECT 1 FROM content e "
+        "     WHERE e.id = s.entity_id)))")).rowcount)
+    out["term_links"] = int(conn.execute(text(
+        "INSERT INTO content_terms SELECT s.* FROM _snap_term_links s "
+        "WHERE EXISTS (SELECT 1 FROM content c WHERE c.id = s.content_id) "
+        "AND EXISTS (SELECT 1 FROM terms t WHERE t.id = s.term_id) "
+        "ON CONFLICT DO NOTHING")).rowcount)
+    out["post_authors"] = int(conn.execute(text(
+        "UPDATE content c SET author_id = s.author_id FROM _snap_post_refs s "
+        "WHERE c.id = s.id AND c.author_id IS NULL AND s.author_id IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM authors a WHERE a.id = s.author_id)")).rowcount)
+    out["post_content_types"] = int(conn.execute(text(
+        "UPDATE content c SET content_type_id = s.content_type_id FROM _snap_post_refs s "
+        "WHERE c.id = s.id AND c.content_type_id IS NULL AND s.content_type_id IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM content_type x WHERE x.id = s.content_type_id)")).rowcount)
+    out["tags_reattached"] = int(conn.execute(text(
+        "UPDATE terms t SET parent_id = s.parent_id FROM _snap_detached_terms s "
+        "WHERE t.id = s.id AND t.parent_id IS NULL "
+        "AND EXISTS (SELECT 1 FROM terms p WHERE p.id = s.parent_id)")).rowcount)
+    out["site_state"] = int(conn.execute(text(
+        "UPDATE sites x SET active_blueprint_version = s.active_blueprint_version, "
+        "setup_status = s.setup_status FROM _snap_site_state s "
+        "WHERE x.id = s.id AND x.active_blueprint_version IS NULL "
+        "AND (x.active_blueprint_version, x.setup_status) IS DISTINCT FROM "
+        "(s.active_blueprint_version, s.setup_status)")).rowcount)
+    return out
+
+
+RESTORE_TODO_SQL = text("""
+SELECT
+  (SELECT count(*) FROM _snap_content_types s WHERE NOT EXISTS
+     (SELECT 1 FROM content_type x WHERE x.id = s.id OR (x.site_id = s.site_id AND x.key = s.key))),
+  (SELECT count(*) FROM _snap_authors s WHERE NOT EXISTS
+     (SELECT 1 FROM authors x WHERE x.id = s.id OR (x.site_id = s.site_id AND x.slug = s.slug))),
+  (SELECT count(*) FROM _snap_categories s WHERE NOT EXISTS
+     (SELECT 1 FROM terms x WHERE x.id = s.id
+        OR (x.site_id = s.site_id AND x.type = s.type AND x.slug = s.slug))),
+  (SELECT count(*) FROM _snap_pages s WHERE NOT EXISTS
+     (SELECT 1 FROM content x WHERE x.id = s.id
+        OR (x.site_id = s.site_id AND x.type = s.type AND x.slug = s.slug))),
+  (SELECT count(*) FROM _snap_seo_entries s WHERE NOT EXISTS
+     (SELECT 1 FROM seo_meta x WHERE x.id = s.id
+        OR (x.entity_type = s.entity_type AND x.entity_id = s.entity_id))),
+  (SELECT count(*) FROM _snap_term_links s WHERE NOT EXISTS
+     (SELECT 1 FROM content_terms x WHERE x.content_id = s.content_id AND x.term_id = s.term_id)),
+  (SELECT count(*) FROM _snap_post_refs s JOIN content c ON c.id = s.id
+     WHERE (c.author_id IS NULL AND s.author_id IS NOT NULL)
+        OR (c.content_type_id IS NULL AND s.content_type_id IS NOT NULL)),
+  (SELECT count(*) FROM _snap_site_state s JOIN sites x ON x.id = s.id
+     WHERE (x.active_blueprint_version, x.setup_status) IS DISTINCT FROM
+           (s.active_blueprint_version, s.setup_status))
+""")
+
+
+def restore_todo(conn: Connection) -> dict[str, int]:
+    row = conn.execute(RESTORE_TODO_SQL).one()
+    return dict(zip((*NAMES, "term_links", "post_refs", "site_state"), (int(v) for v in row),
+                    strict=True))
+
+
+def snapshot_site_id(conn: Connection) -> str:
+    row = conn.execute(text("SELECT id::text FROM _snap_site_state")).all()
+    if len(row) != 1:
+        raise SnapshotInvalid("The snapshot does not name exactly one site.")
+    return str(row[0][0])

@@ -1,0 +1,198 @@
+"""Media snapshots: the S3 store end to end, integrity checks (tampering and
+truncation), snapshots from another database, and object checks in the bucket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import psycopg
+import pytest
+from sqlalchemy import create_engine
+
+from flows.media_purge import purge_product_media
+from flows.media_restore import restore_product_media
+from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
+from safeops.errors import ForeignSnapshot, SnapshotInvalid
+from safeops.seed import FILE_URL, load_schema, seed_medusa
+from safeops.settings import sqlalchemy_url
+from tasks.object_store import key_for_url
+from tests.conftest import MEDUSA_TABLES, answer_approval, approve_as
+from tests.pg import execute, fresh_database, scalar, table_checksums
+
+COMPARED = ["image", "product_variant_product_image", "cart_line_item", "order_line_item",
+            "inventory_item"]
+REMOVE_MEDIA = ("DELETE FROM image; UPDATE product SET thumbnail = NULL; "
+                "UPDATE product_variant SET thumbnail = NULL")
+
+
+def count(url: str, sql: str) -> int:
+    return int(scalar(url, sql))  # type: ignore[call-overload]
+
+
+def thumbnails(url: str) -> list[tuple[str, str | None]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT id, thumbnail FROM product UNION ALL "
+                            "SELECT id, thumbnail FROM product_variant ORDER BY 1").fetchall()
+
+
+def body_start(lines: list[bytes]) -> int:
+    """Index of the first body document line (after the `"products": [` line)."""
+    return next(i for i, line in enumerate(lines) if line.rstrip().endswith(b": [")) + 1
+
+
+def write_variant(original: Path, name: str, data: bytes) -> str:
+    path = original.parent / f"medusa-media-snapshot-{name}.json"
+    path.write_bytes(data)
+    return str(path)
+
+
+# ---------------------------------------------------------------- S3 store, end to end
+
+
+def test_full_chain_on_s3_store(medusa_url: str, s3_bucket: str, s3_server: str) -> None:
+    before = table_checksums(medusa_url, MEDUSA_TABLES)
+    thumbs_before = thumbnails(medusa_url)
+    images = count(medusa_url, "SELECT count(*) FROM image")
+    products = count(medusa_url, "SELECT count(*) FROM product p WHERE p.thumbnail IS NOT NULL "
+                                 "OR EXISTS (SELECT 1 FROM image i WHERE i.product_id = p.id) "
+                                 "OR EXISTS (SELECT 1 FROM product_variant v "
+                                 "WHERE v.product_id = p.id AND v.thumbnail IS NOT NULL)")
+
+    with answer_approval(approve_as()) as seen:
+        purged = purge_product_media(dry_run=False)
+    assert len(seen) == 1 and purged.applied["images"] == images
+    assert count(medusa_url, "SELECT count(*) FROM image") == 0
+    uri = purged.snapshot_uri
+    assert uri and uri.startswith(f"s3://{s3_bucket}/snapshots/medusa-media-snapshot-")
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    key = uri.removeprefix(f"s3://{s3_bucket}/")
+    head = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read().decode().splitlines()[:20]
+    assert f'"totalProducts": {products},' in head
+    assert f'"totalImages": {images},' in head
+    after_key = (purged.after_snapshot_uri or "").removeprefix(f"s3://{s3_bucket}/")
+    after_head = s3.get_object(Bucket=s3_bucket, Key=after_key)["Body"].read().decode()
+    assert '"totalImages": 0,' in after_head.splitlines()[:20]
+
+    with answer_approval(approve_as()):
+        restored = restore_product_media(uri, dry_run=False)
+    assert restored.applied["images"] == images
+    after = table_checksums(medusa_url, MEDUSA_TABLES)
+    for table in COMPARED:
+        assert after[table] == before[table], table
+    # Every thumbnail is back (updated_at moves, the URL does not).
+    assert thumbnails(medusa_url) == thumbs_before
+
+
+# ---------------------------------------------------------------- integrity
+
+
+def test_tampered_or_truncated_snapshot_is_refused(medusa_url: str, exports: Path) -> None:
+    snap = snapshot_product_media()
+    assert verify_product_media_snapshot(snap.uri).ok  # the untouched file passes
+    original = Path(snap.uri)
+    data = original.read_bytes()
+    lines = data.splitlines(keepends=True)
+    start = body_start(lines)
+
+    def change_one_byte(needle: bytes, replacement: bytes) -> bytes:
+        i = next(n for n in range(start, len(lines)) if needle in lines[n])
+        changed = list(lines)
+        changed[i] = lines[i].replace(needle, replacement, 1)
+        assert len(changed[i]) == len(lines[i]) and changed[i] != lines[i]
+        return b"".join(changed)
+
+    tampered = {
+        "rank": change_one_byte(b'"rank":1', b'"rank":2'),
+        "url": change_one_byte(b"/medusa-media/", b"/medusa-medib/"),
+    }
+    for name, body in tampered.items():
+        uri = write_variant(original, f"tampered-{name}", body)
+        with pytest.raises(SnapshotInvalid) as invalid:
+            verify_product_media_snapshot(uri)
+        assert "checksum check" in str(invalid.value), name
+
+    cut_mid_document = data[: len(b"".join(lines[:start])) + len(lines[start]) // 2]
+    cut_between_documents = b"".join(lines[: start + 3])
+    truncated = [write_variant(original, "cut-mid", cut_mid_document),
+                 write_variant(original, "cut-between", cut_between_documents)]
+    for uri in truncated:
+        with pytest.raises(SnapshotInvalid) as invalid:
+            verify_product_media_snapshot(uri)
+        assert "truncation check" in str(invalid.value), uri
+
+    # Restore refuses them too, before any approval, with the catalog left as it is.
+    execute(medusa_url, REMOVE_MEDIA)
+    emptied = table_checksums(medusa_url, MEDUSA_TABLES)
+    for uri, check in ((write_variant(original, "tampered-rank-2", tampered["rank"]), "checksum"),
+                       (truncated[0], "truncation")):
+        with pytest.raises(SnapshotInvalid) as invalid:
+            restore_product_media(uri, dry_run=False, approval_timeout_s=5)
+        assert f"{check} check" in str(invalid.value)
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == emptied
+    assert count(medusa_url, "SELECT count(*) FROM image") == 0
+
+
+# ---------------------------------------------------------------- another database
+
+
+def test_snapshot_from_another_database_is_refused_unless_forced(
+        medusa_url: str, pg_admin: str, exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with fresh_database(pg_admin, prefix="safeops_other") as other:
+        engine = create_engine(sqlalchemy_url(other))
+        with engine.begin() as conn:
+            load_schema(conn, "medusa.sql")
+            seed_medusa(conn)
+        engine.dispose()
+        monkeypatch.setenv("MEDUSA_DATABASE_URL", other)
+        foreign = snapshot_product_media()
+        monkeypatch.setenv("MEDUSA_DATABASE_URL", medusa_url)
+
+        with pytest.raises(ForeignSnapshot) as refused:
+            verify_product_media_snapshot(foreign.uri)
+        assert "source check" in str(refused.value)
+        assert other.rsplit("/", 1)[1].split("?")[0] in str(refused.value)
+
+        images = count(medusa_url, "SELECT count(*) FROM image")
+        execute(medusa_url, REMOVE_MEDIA)
+        emptied = table_checksums(medusa_url, MEDUSA_TABLES)
+        with pytest.raises(ForeignSnapshot) as refused:
+            restore_product_media(foreign.uri, dry_run=False, approval_timeout_s=5)
+        assert "force" in str(refused.value)
+        assert table_checksums(medusa_url, MEDUSA_TABLES) == emptied
+
+        forced = restore_product_media(foreign.uri, force=True)  # dry run
+        assert forced.dry_run and forced.plan.counts["images"] == images > 0
+        assert table_checksums(medusa_url, MEDUSA_TABLES) == emptied
+
+
+# ---------------------------------------------------------------- objects in the bucket
+
+
+def test_verify_reports_missing_objects(medusa_url: str, s3_bucket: str, s3_server: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFEOPS_MEDIA_BUCKET", s3_bucket)
+    monkeypatch.setenv("SAFEOPS_MEDIA_FILE_URL", FILE_URL)
+    with psycopg.connect(medusa_url) as conn:
+        rows = conn.execute("SELECT id, url FROM image ORDER BY id").fetchall()
+    keys = {image_id: key_for_url(url, FILE_URL) for image_id, url in rows}
+    assert all(keys.values()) and len(set(keys.values())) == len(keys)
+    absent = sorted(keys)[:2]
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    for image_id, key in keys.items():
+        if image_id not in absent:
+            s3.put_object(Bucket=s3_bucket, Key=str(key), Body=b"jpeg")
+
+    snap = snapshot_product_media()
+    with pytest.raises(SnapshotInvalid) as invalid:
+        verify_product_media_snapshot(snap.uri, check_objects=True)
+    message = str(invalid.value)
+    assert "objects" in message and "2 object(s) missing" in message
+    assert all(image_id in message for image_id in absent)
+
+    for image_id in absent:
+        s3.put_object(Bucket=s3_bucket, Key=str(keys[image_id]), Body=b"jpeg")
+    report = verify_product_media_snapshot(snap.uri, check_objects=True)
+    assert report.ok and report.missing_objects == 0
+    assert any(c.name == "objects" for c in report.checks)
