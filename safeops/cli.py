@@ -12,11 +12,15 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import os
+
 import typer
 
 from safeops.prefect_env import apply_offline_defaults
 
 apply_offline_defaults()
+# The CLI prints one line per refusal; Prefect's own tracebacks still reach the API (UI).
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Destructive database maintenance, made safe (Prefect flows).")
@@ -155,6 +159,59 @@ def media_restore(uri: str, live: bool = LIVE, yes: bool = YES, plan: str = PLAN
         result = _run(restore_product_media, {"snapshot_uri": uri, "target": target,
                                               "dry_run": not live, "force": force,
                                               "approval_timeout_s": timeout},
+                      live=live, yes=yes, plan=plan, reason=reason)
+        _report_run(result)
+    guarded(action)
+
+
+# ---------------------------------------------------------------- site
+
+
+@site.command("check")
+def site_check(site_id: str, target: str = CMS_TARGET) -> None:
+    """Exit 0 when the site may be reset, 3 (with the reason) when it may not."""
+    def action() -> None:
+        from flows.site_reset import check_site_reset
+        from safeops.errors import ResetNotAllowed
+
+        verdict = _run(check_site_reset, {"site_id": site_id, "target": target})
+        if not verdict["canReset"]:
+            raise ResetNotAllowed(verdict["reason"])
+        print(verdict["reason"], flush=True)
+    guarded(action)
+
+
+@site.command("reset")
+def site_reset(site_id: str, live: bool = LIVE, yes: bool = YES, plan: str = PLAN,
+               target: str = CMS_TARGET, reason: str = REASON, timeout: int = TIMEOUT) -> None:
+    """Delete the site's categories, authors, pages, content types and their SEO meta."""
+    def action() -> None:
+        from flows.site_reset import reset_site_structure
+
+        result = _run(reset_site_structure, {"site_id": site_id, "target": target,
+                                             "dry_run": not live,
+                                             "approval_timeout_s": timeout},
+                      live=live, yes=yes, plan=plan, reason=reason)
+        _report_run(result)
+    guarded(action)
+
+
+@site.command("restore")
+def site_restore(uri: str, live: bool = LIVE, yes: bool = YES, plan: str = PLAN,
+                 target: str = CMS_TARGET, reason: str = REASON, timeout: int = TIMEOUT,
+                 skip_conflicts: bool = typer.Option(False, "--skip-conflicts",
+                                                     help="Restore around rows created since "
+                                                          "the reset instead of refusing.")
+                 ) -> None:
+    """Undo a reset from its snapshot: rows, post links and blueprint state."""
+    def action() -> None:
+        from flows.site_restore import restore_site_structure
+
+        print(f"snapshot: {uri}", flush=True)
+        result = _run(restore_site_structure, {"snapshot_uri": uri, "target": target,
+                                               "dry_run": not live,
+                                               "skip_conflicts": skip_conflicts,
+                                               "approval_timeout_s": timeout},
                       live=live, yes=yes, plan=plan, reason=reason)
         _report_run(result)
     guarded(action)
