@@ -43,7 +43,7 @@ def restore_site_structure(snapshot_uri: str, dry_run: bool = True, skip_conflic
     """
     validate_target(target)
     started = now_utc()
-    site_id, slug, plan = plan_site_restore(target, snapshot_uri, skip_conflicts)
+    _, slug, plan = plan_site_restore(target, snapshot_uri, skip_conflicts)
     events.emit("plan", plan=plan)
     check_saved_plan(plan, approved_plan_hash)
     result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,

@@ -8,11 +8,10 @@ lines of their own for scripts.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
-
-import os
 
 import typer
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,7 +86,7 @@ def _secret_block(name: str) -> str | None:
     try:
         from prefect.blocks.system import Secret
 
-        secret = Secret.load(name, _sync=True)  # type: ignore[call-arg]
+        secret: Any = Secret.load(name, _sync=True)  # type: ignore[call-arg]
         return str(secret.get())
     except ValueError:
         return None
@@ -112,7 +113,8 @@ def mask_url(raw: str | URL) -> str:
         url = raw if isinstance(raw, URL) else make_url(str(raw).strip())
     except Exception:
         return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", str(raw))
-    query = {k: ("***" if k.lower() in ("password", "passfile") else v) for k, v in url.query.items()}
+    query = {k: ("***" if k.lower() in ("password", "passfile") else v)
+             for k, v in url.query.items()}
     url = url.set(query=query)
     text = url.render_as_string(hide_password=True)
     return text.replace("postgresql+psycopg://", "postgresql://")

@@ -22,6 +22,7 @@ one compact JSON document per line::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,7 +47,9 @@ class SnapshotWriter:
         self.fmt = fmt
         self.body_key = body_key
         self._sha = hashlib.sha256()
-        self._spool = tempfile.NamedTemporaryFile("w+b", suffix=".body", delete=False)
+        # Closed by finish()/discard(), not by a with-block: it outlives __init__.
+        self._spool = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            "w+b", suffix=".body", delete=False)
         self.count = 0
         self._final: Path | None = None
 
@@ -67,8 +70,7 @@ class SnapshotWriter:
         """Write the complete snapshot to a local temporary file and return its path."""
         self._spool.flush()
         self._spool.seek(0)
-        out = tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False)
-        with out:
+        with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as out:
             out.write(b"{\n")
             header: dict[str, Any] = {"format": self.fmt, "formatVersion": FORMAT_VERSION,
                                       **summary, "bodySha256": self.sha256}
@@ -88,10 +90,8 @@ class SnapshotWriter:
 
     def close(self) -> None:
         self._spool.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._spool.name)
-        except FileNotFoundError:
-            pass
 
     def discard(self) -> None:
         self.close()

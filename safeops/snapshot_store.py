@@ -113,7 +113,8 @@ def _s3_errors(what: str) -> Iterator[None]:
     try:
         yield
     except EndpointConnectionError as exc:
-        raise StoreUnavailable(f"S3 endpoint {_endpoint()} unreachable while {what}: {exc}") from None
+        raise StoreUnavailable(
+            f"S3 endpoint {_endpoint()} unreachable while {what}: {exc}") from None
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchBucket",):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -74,7 +74,8 @@ class Progress:
         self._id: UUID | None = None
         self._last = 0.0
         if _in_run():
-            self._id = create_progress_artifact(0.0, key=key, description=description)
+            self._id = cast(UUID, create_progress_artifact(0.0, key=key,
+                                                           description=description))
 
     def update(self, done: int, force: bool = False) -> None:
         if self._id is None:

@@ -360,7 +360,7 @@ def test_no_secret_in_parameters_logs_artifacts_snapshots_or_audit(
             purged = purge_product_media(dry_run=False)
             assert purged.snapshot_uri
             restored = restore_product_media(purged.snapshot_uri, dry_run=False)
-        APILogHandler.flush()
+        APILogHandler().flush()
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
