@@ -216,6 +216,11 @@ def site_restore(uri: str, live: bool = LIVE, yes: bool = YES, plan: str = PLAN,
     guarded(action)
 
 
+from safeops import cli_refs  # noqa: E402
+
+cli_refs.register(media)
+
+
 @app.command("demo")
 def demo() -> None:
     """Run the whole media purge and site reset story on an embedded PostgreSQL."""
