@@ -19,6 +19,7 @@ from safeops.models import RunResult
 from safeops.settings import validate_target
 from tasks.approval import check_saved_plan, request_approval
 from tasks.artifacts import counts_table, snapshot_link, summary_markdown
+from tasks.concurrency import limit_name, one_at_a_time
 from tasks.medusa_media import (
     apply_media_purge,
     plan_media_purge,
@@ -52,49 +53,50 @@ def purge_product_media(target: str = "medusa", dry_run: bool = True,
     log = get_run_logger()
     started = now_utc()
 
-    snapshot = take_media_snapshot(target, snapshot_location)
-    snapshot_link(snapshot.uri, key="media-purge-snapshot")
-    report = verify_media_snapshot(target, snapshot.uri)
-    if not report.ok:
-        raise DriftDetected(f"Refused: the fresh snapshot does not verify ({report.failures()}); "
-                            "nothing changed.")
+    with one_at_a_time(limit_name(target), enabled=not dry_run):
+        snapshot = take_media_snapshot(target, snapshot_location)
+        snapshot_link(snapshot.uri, key="media-purge-snapshot")
+        report = verify_media_snapshot(target, snapshot.uri)
+        if not report.ok:
+            raise DriftDetected("Refused: the fresh snapshot does not verify "
+                                f"({report.failures()}); nothing changed.")
 
-    plan = plan_media_purge(target)
-    events.emit("plan", plan=plan)
-    check_saved_plan(plan, approved_plan_hash)
-    result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
-                       snapshot_uri=snapshot.uri, plan=plan)
-    if plan.is_empty:
-        result.message = "Nothing to purge: the catalog holds no image reference."
-    if dry_run or plan.is_empty:
-        counts_table(plan, None, key="media-purge-counts")
+        plan = plan_media_purge(target)
+        events.emit("plan", plan=plan)
+        check_saved_plan(plan, approved_plan_hash)
+        result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
+                           snapshot_uri=snapshot.uri, plan=plan)
+        if plan.is_empty:
+            result.message = "Nothing to purge: the catalog holds no image reference."
+        if dry_run or plan.is_empty:
+            counts_table(plan, None, key="media-purge-counts")
+            summary_markdown(result, key="media-purge-summary")
+            return result
+
+        images = plan.counts["images"]
+        result.approval = request_approval(
+            plan, expected_confirmation=f"PURGE {images} IMAGES",
+            what=[f"delete {images} image row(s) (soft-deleted included)",
+                  f"delete {plan.counts['variant_links']} variant-image link(s)",
+                  f"clear {plan.counts['product_thumbnails']} product thumbnail(s)",
+                  f"clear {plan.counts['variant_thumbnails']} variant thumbnail(s)",
+                  "leave every MinIO object and cart/order/inventory copy untouched"],
+            snapshot_uri=snapshot.uri, timeout_s=approval_timeout_s,
+            approved_plan_hash=approved_plan_hash, approved_by=approved_by)
+
+        result.applied = apply_media_purge(target, snapshot.uri, plan.plan_hash, result.approval,
+                                           started)
+        log.info("purge committed: %s", result.applied)
+
+        after = take_media_snapshot(target, snapshot_location)
+        result.after_snapshot_uri, result.after_totals = after.uri, after.totals
+        counts_table(plan, result.applied, key="media-purge-counts")
         summary_markdown(result, key="media-purge-summary")
+        if after.totals["totalImages"] or after.totals["totalThumbnails"]:
+            raise SafeopsError(f"Purge committed but the check afterwards still finds "
+                               f"{after.totals['totalImages']} image(s) and "
+                               f"{after.totals['totalThumbnails']} thumbnail(s) (written since?).")
         return result
-
-    images = plan.counts["images"]
-    result.approval = request_approval(
-        plan, expected_confirmation=f"PURGE {images} IMAGES",
-        what=[f"delete {images} image row(s) (soft-deleted included)",
-              f"delete {plan.counts['variant_links']} variant-image link(s)",
-              f"clear {plan.counts['product_thumbnails']} product thumbnail(s)",
-              f"clear {plan.counts['variant_thumbnails']} variant thumbnail(s)",
-              "leave every MinIO object and cart/order/inventory copy untouched"],
-        snapshot_uri=snapshot.uri, timeout_s=approval_timeout_s,
-        approved_plan_hash=approved_plan_hash, approved_by=approved_by)
-
-    result.applied = apply_media_purge(target, snapshot.uri, plan.plan_hash, result.approval,
-                                       started)
-    log.info("purge committed: %s", result.applied)
-
-    after = take_media_snapshot(target, snapshot_location)
-    result.after_snapshot_uri, result.after_totals = after.uri, after.totals
-    counts_table(plan, result.applied, key="media-purge-counts")
-    summary_markdown(result, key="media-purge-summary")
-    if after.totals["totalImages"] or after.totals["totalThumbnails"]:
-        raise SafeopsError(f"Purge committed but the check afterwards still finds "
-                           f"{after.totals['totalImages']} image(s) and "
-                           f"{after.totals['totalThumbnails']} thumbnail(s) (written since?).")
-    return result
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from tasks.cms_site import (
     verify_site_snapshot,
 )
 from tasks.cms_sql import HEADLINE
+from tasks.concurrency import limit_name, one_at_a_time
 from tasks.snapshots import now_utc
 
 FLOW = "reset-site-structure"
@@ -75,46 +76,48 @@ def reset_site_structure(site_id: str, dry_run: bool = True,
     validate_target(target)
     site = parse_site_id(site_id)
     started = now_utc()
-    verdict = check_site(target, site)
-    if not verdict["canReset"]:
-        raise ResetNotAllowed(verdict["reason"])
-    slug = verdict["siteSlug"]
 
-    snapshot, plan = snapshot_site(target, site, snapshot_location)
-    snapshot_link(snapshot.uri, key="site-reset-snapshot")
-    verify_site_snapshot(target, snapshot.uri, plan.plan_hash)
-    events.emit("plan", plan=plan)
-    check_saved_plan(plan, approved_plan_hash)
-    result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
-                       snapshot_uri=snapshot.uri, plan=plan)
-    if dry_run:
-        counts_table(plan, None, key="site-reset-counts")
+    with one_at_a_time(limit_name(target, site), enabled=not dry_run):
+        verdict = check_site(target, site)
+        if not verdict["canReset"]:
+            raise ResetNotAllowed(verdict["reason"])
+        slug = verdict["siteSlug"]
+
+        snapshot, plan = snapshot_site(target, site, snapshot_location)
+        snapshot_link(snapshot.uri, key="site-reset-snapshot")
+        verify_site_snapshot(target, snapshot.uri, plan.plan_hash)
+        events.emit("plan", plan=plan)
+        check_saved_plan(plan, approved_plan_hash)
+        result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
+                           snapshot_uri=snapshot.uri, plan=plan)
+        if dry_run:
+            counts_table(plan, None, key="site-reset-counts")
+            summary_markdown(result, key="site-reset-summary")
+            return result
+
+        c = plan.counts
+        result.approval = request_approval(
+            plan, expected_confirmation=slug,
+            what=[f"{c['categories']} categories", f"{c['authors']} authors",
+                  f"{c['pages']} pages", f"{c['content_types']} content types",
+                  f"{c['seo_entries']} SEO entries",
+                  f"{c['posts_losing_author']} draft/scheduled post(s) lose their author, "
+                  f"{c['posts_losing_content_type']} their content type, "
+                  f"{c['posts_losing_category_links']} category link(s) go",
+                  f"site '{slug}' goes back to setup status 'draft' with no active blueprint",
+                  "tags, posts, media, users, domains, settings, blueprints, AI jobs stay"],
+            snapshot_uri=snapshot.uri, timeout_s=approval_timeout_s,
+            approved_plan_hash=approved_plan_hash, approved_by=approved_by)
+
+        result.applied = apply_site_reset(target, site, snapshot.uri, plan.plan_hash,
+                                          result.approval, started)
+        left = verify_site_reset(target, site)
+        result.after_totals = left
+        create_table_artifact([{"what": k, "deleted": result.applied.get(k, 0)} for k in HEADLINE],
+                              key="site-reset-deleted", description=f"deleted from site {slug}")
+        counts_table(plan, result.applied, key="site-reset-counts")
         summary_markdown(result, key="site-reset-summary")
+        structure_left = {k: v for k, v in left.items() if k != "published_posts" and v}
+        if structure_left:
+            raise SafeopsError(f"Reset committed but rows remain afterwards: {structure_left}.")
         return result
-
-    c = plan.counts
-    result.approval = request_approval(
-        plan, expected_confirmation=slug,
-        what=[f"{c['categories']} categories", f"{c['authors']} authors",
-              f"{c['pages']} pages", f"{c['content_types']} content types",
-              f"{c['seo_entries']} SEO entries",
-              f"{c['posts_losing_author']} draft/scheduled post(s) lose their author, "
-              f"{c['posts_losing_content_type']} their content type, "
-              f"{c['posts_losing_category_links']} category link(s) go",
-              f"site '{slug}' goes back to setup status 'draft' with no active blueprint",
-              "tags, posts, media, users, domains, settings, blueprints, AI jobs stay"],
-        snapshot_uri=snapshot.uri, timeout_s=approval_timeout_s,
-        approved_plan_hash=approved_plan_hash, approved_by=approved_by)
-
-    result.applied = apply_site_reset(target, site, snapshot.uri, plan.plan_hash,
-                                      result.approval, started)
-    left = verify_site_reset(target, site)
-    result.after_totals = left
-    create_table_artifact([{"what": k, "deleted": result.applied.get(k, 0)} for k in HEADLINE],
-                          key="site-reset-deleted", description=f"deleted from site {slug}")
-    counts_table(plan, result.applied, key="site-reset-counts")
-    summary_markdown(result, key="site-reset-summary")
-    structure_left = {k: v for k, v in left.items() if k != "published_posts" and v}
-    if structure_left:
-        raise SafeopsError(f"Reset committed but rows remain afterwards: {structure_left}.")
-    return result

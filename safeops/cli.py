@@ -221,6 +221,67 @@ from safeops import cli_refs  # noqa: E402
 cli_refs.register(media)
 
 
+# ---------------------------------------------------------------- approvals
+
+
+@app.command("approvals")
+def approvals() -> None:
+    """List runs waiting for approval on the configured Prefect API."""
+    def action() -> None:
+        from rich.table import Table
+
+        from safeops.approvals import waiting_approvals
+        from safeops.cli_runner import console
+
+        rows = waiting_approvals()
+        if not rows:
+            console.print("No run is waiting for approval.")
+            return
+        table = Table("run id", "flow", "target", "counts", "plan hash", "type to confirm",
+                      "waiting since", "deadline")
+        for r in rows:
+            counts = ", ".join(f"{k}={v}" for k, v in r.get("counts", {}).items() if v)
+            table.add_row(r["run_id"], r.get("flow", ""), r.get("target", ""), counts,
+                          str(r.get("planHash", ""))[:16], r.get("expectedConfirmation", ""),
+                          str(r.get("waitingSince", "")), str(r.get("deadline", "")))
+        console.print(table)
+        for r in rows:
+            print(f"waiting: {r['run_id']} {r.get('flow', '')} plan={r.get('planHash', '')}",
+                  flush=True)
+    guarded(action)
+
+
+@app.command("approve")
+def approve(run_id: str,
+            approver: str = typer.Option(..., "--approver", help="Your name (audit row)."),
+            confirm: str = typer.Option(..., "--confirm", help="The confirmation text the run "
+                                        "asks for, e.g. 'PURGE 200 IMAGES' or the site slug."),
+            reason: str = typer.Option("approved from the CLI", "--reason")) -> None:
+    """Approve a paused run; a wrong confirmation ends it with nothing changed."""
+    def action() -> None:
+        from safeops.approvals import answer
+
+        answer(run_id, {"approver": approver, "reason": reason, "confirmation": confirm,
+                        "decision": "approve"})
+        print(f"approved: {run_id}", flush=True)
+    guarded(action)
+
+
+@app.command("reject")
+def reject(run_id: str,
+           approver: str = typer.Option(..., "--approver", help="Your name (audit trail)."),
+           reason: str = typer.Option(..., "--reason", help="Why the change is rejected.")
+           ) -> None:
+    """Reject a paused run: it ends with nothing changed."""
+    def action() -> None:
+        from safeops.approvals import answer
+
+        answer(run_id, {"approver": approver, "reason": reason, "confirmation": "",
+                        "decision": "reject"})
+        print(f"rejected: {run_id}", flush=True)
+    guarded(action)
+
+
 @app.command("demo")
 def demo() -> None:
     """Run the whole media purge and site reset story on an embedded PostgreSQL."""

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
                                      description="Bucket holding Medusa's product files.")
     media_file_url: str | None = Field(None, alias="SAFEOPS_MEDIA_FILE_URL",
                                        description="Medusa's file_url: image URLs start with it.")
+    media_copy_workers: int = Field(16, ge=1, le=128, alias="SAFEOPS_MEDIA_COPY_WORKERS",
+                                    description="Concurrent S3 requests of an ImageRef "
+                                                "migration (HEAD, LIST, copy).")
     lock_timeout_s: float = Field(30.0, alias="SAFEOPS_LOCK_TIMEOUT_S",
                                   description="How long an apply waits for its locks.")
     approval_poll_s: int = Field(2, alias="SAFEOPS_APPROVAL_POLL_S",

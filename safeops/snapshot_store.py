@@ -89,7 +89,8 @@ def split_uri(uri: str) -> tuple[Location, str]:
     raise BadInput(f"Unknown snapshot scheme {parsed.scheme!r} in {uri!r}: use a path or s3://.")
 
 
-def s3_client() -> Any:
+def s3_client(max_pool_connections: int = 10) -> Any:
+    """A boto3 S3 client (thread-safe); size the pool to the threads sharing it."""
     import boto3
     from botocore.config import Config
 
@@ -98,7 +99,8 @@ def s3_client() -> Any:
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         config=Config(connect_timeout=5, read_timeout=60,
-                      retries={"max_attempts": 2, "mode": "standard"}),
+                      retries={"max_attempts": 2, "mode": "standard"},
+                      max_pool_connections=max_pool_connections),
     )
 
 
@@ -222,3 +224,16 @@ def list_snapshots(location: Location, kind_prefix: str) -> list[str]:
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
     return [f"s3://{location.root}/{k}" for k in sorted(keys)
             if SNAPSHOT_NAME.match(k.rpartition("/")[2])]
+
+
+def remove(uri: str) -> None:
+    """Delete one snapshot file (retention only; product files are never deleted)."""
+    location, name = split_uri(uri)
+    if not SNAPSHOT_NAME.match(name):
+        raise BadInput(f"Refusing to delete {uri!r}: not a safeops snapshot name.")
+    if location.scheme == "file":
+        (Path(location.root) / name).unlink(missing_ok=True)
+        return
+    key = f"{location.prefix}/{name}" if location.prefix else name
+    with _s3_errors(f"deleting {uri}"):
+        s3_client().delete_object(Bucket=location.root, Key=key)

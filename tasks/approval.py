@@ -8,12 +8,15 @@ matches the plan exactly (Terraform's saved-plan habit).
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
+from uuid import UUID
 
 from prefect.context import FlowRunContext
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.input.actions import create_flow_run_input
 from pydantic import Field
 
 from safeops import events
@@ -25,8 +28,10 @@ from safeops.settings import get_settings
 class ApprovalForm(RunInput):
     """What the approver fills in (rendered as a form in the Prefect UI)."""
 
-    approver: str = Field(description="Your name, as recorded in the audit row.")
-    reason: str = Field(description="Why this change is being made (ticket, context).")
+    approver: str = Field(min_length=1, max_length=200,
+                          description="Your name, as recorded in the audit row.")
+    reason: str = Field(min_length=1, max_length=2000,
+                        description="Why this change is being made (ticket, context).")
     confirmation: str = Field(description="Type the confirmation text shown above, exactly.")
     decision: Literal["approve", "reject"] = Field(
         "approve", description="Choose 'reject' to stop the run with nothing changed.")
@@ -66,8 +71,15 @@ def request_approval(plan: Plan, *, expected_confirmation: str, what: list[str],
     form = ApprovalForm.with_initial_data(description=description, confirmation="",
                                           decision="approve")
     run = FlowRunContext.get()
-    events.emit("approval", flow_run_id=run.flow_run.id if run and run.flow_run else None,
-                plan=plan, expected_confirmation=expected_confirmation, what=what,
+    run_id = run.flow_run.id if run and run.flow_run else None
+    record_request(run_id, {
+        "flow": run.flow.name if run and run.flow else plan.kind, "target": plan.target,
+        "counts": plan.counts, "planHash": plan.plan_hash,
+        "expectedConfirmation": expected_confirmation, "what": what,
+        "snapshotUri": snapshot_uri, "requestedAt": datetime.now(UTC).isoformat(),
+        "deadline": deadline.isoformat()})
+    events.emit("approval", flow_run_id=run_id, plan=plan,
+                expected_confirmation=expected_confirmation, what=what,
                 snapshot_uri=snapshot_uri, deadline=deadline)
     try:
         answer = pause_flow_run(wait_for_input=form, timeout=timeout_s,
@@ -92,6 +104,17 @@ def request_approval(plan: Plan, *, expected_confirmation: str, what: list[str],
     if not answer.reason.strip():
         raise ApprovalDenied("Approval refused: a reason is required; nothing changed.")
     return Approval(approver=approver, reason=answer.reason.strip(), via="pause")
+
+
+APPROVAL_INPUT_KEY = "safeops-approval"
+
+
+def record_request(flow_run_id: UUID | None, request: dict[str, Any]) -> None:
+    """Store what is being approved on the run, so `safeops approvals` can list it."""
+    if flow_run_id is None:
+        return
+    with contextlib.suppress(Exception):  # a re-run of the same run keeps the first record
+        create_flow_run_input(key=APPROVAL_INPUT_KEY, value=request, flow_run_id=flow_run_id)
 
 
 def _check_allowlist(approver: str) -> None:

@@ -1,12 +1,25 @@
-"""Questions about the product files in MinIO/S3. Nothing here deletes an object."""
+"""Questions about the product files in MinIO/S3. Nothing here deletes an object.
+
+Besides HEAD checks, the ImageRef migration needs server-side copies and
+uploads that never overwrite a key and are checked (size, etag) after writing.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import mimetypes
+import posixpath
+import re
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
-from safeops.errors import BadInput
+from safeops.errors import BadInput, SafeopsError
 from safeops.settings import get_settings
 from safeops.snapshot_store import _s3_errors, s3_client
 
@@ -51,3 +64,154 @@ def head_missing(images: Iterable[tuple[str, str]], workers: int = 16) -> tuple[
                 if len(missing) < 5:
                     missing.append(image_id)
     return count, missing
+
+
+# ---------------------------------------------------------------- ImageRef objects
+
+# Copies record where they came from in user metadata (x-amz-meta-*), so a run
+# that crashed after copying can find and adopt its objects instead of copying
+# twice. Values are ASCII: the source key is stored percent-encoded.
+META_SOURCE_IMAGE_ID = "safeops-source-image-id"
+META_SOURCE_ETAG = "safeops-source-etag"
+META_SOURCE_KEY = "safeops-source-key"
+MAX_SINGLE_COPY = 5 * 1024**3  # copy_object's limit; larger needs a multipart copy
+_HEADERS_KEPT = ("CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage")
+_EXT = re.compile(r"^\.[a-z0-9]{1,10}$")
+_STAMP = re.compile(r"/(\d{8}T\d{6}Z)-[^/]*$")
+
+
+class KeyTaken(SafeopsError):
+    """The new key already exists; we never overwrite an object."""
+
+
+class ObjectMismatch(SafeopsError):
+    """A written object does not have the size/etag it should have."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What HEAD (or LIST, without metadata) says about one object."""
+
+    key: str
+    size: int
+    etag: str  # without quotes
+    content_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    last_modified: datetime | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def multipart(self) -> bool:
+        """Multipart ETags ("<md5>-<parts>") are not the content's MD5."""
+        return "-" in self.etag
+
+
+def _unquote_etag(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def _is_not_found(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+        "404", "NoSuchKey", "NotFound")
+
+
+def head_object(client: Any, bucket: str, key: str) -> ObjectInfo | None:
+    """None when the object does not exist; other errors propagate."""
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+    return ObjectInfo(key=key, size=int(head["ContentLength"]), etag=_unquote_etag(head["ETag"]),
+                      content_type=head.get("ContentType") or None,
+                      metadata=dict(head.get("Metadata") or {}),
+                      last_modified=head.get("LastModified"),
+                      headers={h: head[h] for h in _HEADERS_KEPT if head.get(h)})
+
+
+def list_objects(client: Any, bucket: str, prefix: str) -> list[ObjectInfo]:
+    """Every object under a prefix (no content type or metadata: LIST does not say)."""
+    out: list[ObjectInfo] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out.append(ObjectInfo(key=obj["Key"], size=int(obj["Size"]),
+                                  etag=_unquote_etag(obj["ETag"]),
+                                  last_modified=obj.get("LastModified")))
+    return out
+
+
+def extension_of(key: str) -> str:
+    """Lower-cased extension of a key's last segment, '' when it is not a plain one."""
+    ext = posixpath.splitext(key.rsplit("/", 1)[-1])[1].lower()
+    return ext if _EXT.match(ext) else ""
+
+
+def media_key(product_id: str, ext: str, moment: datetime | None = None) -> str:
+    """``products/<product_id>/<UTC yyyymmddTHHMMSSZ>-<uuid4><ext>``: never by index."""
+    if not product_id or "/" in product_id:
+        raise BadInput(f"Product id {product_id!r} cannot be used in an object key.")
+    stamp = (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"products/{product_id}/{stamp}-{uuid.uuid4()}{ext}"
+
+
+def stamp_of(key: str) -> datetime | None:
+    """The UTC moment encoded in a media key, if it has one."""
+    match = _STAMP.search(key)
+    if not match:
+        return None
+    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def guess_content_type(key: str) -> str:
+    return mimetypes.guess_type(key.rsplit("/", 1)[-1])[0] or "application/octet-stream"
+
+
+def _check_written(written: ObjectInfo | None, key: str, size: int, etag: str | None) -> ObjectInfo:
+    if written is None:
+        raise ObjectMismatch(f"Object {key} is absent right after it was written.")
+    if written.size != size or (etag is not None and written.etag != etag):
+        raise ObjectMismatch(
+            f"Object {key} has size {written.size} and etag {written.etag} after writing; "
+            f"expected size {size}" + (f" and etag {etag}" if etag is not None else "") + ".")
+    return written
+
+
+def copy_verified(client: Any, bucket: str, source: ObjectInfo, dest_key: str,
+                  metadata: dict[str, str]) -> ObjectInfo:
+    """Server-side copy (no download) to a key that must not exist yet, then HEAD the
+    copy: same size, and the source's etag unless the source was a multipart upload
+    (whose etag is not the content's MD5). The source object is only read."""
+    if head_object(client, bucket, dest_key) is not None:
+        raise KeyTaken(f"Refusing to overwrite existing object {dest_key}.")
+    extra = {h: v for h, v in source.headers.items() if h in _HEADERS_KEPT}
+    client.copy_object(
+        Bucket=bucket, Key=dest_key, CopySource={"Bucket": bucket, "Key": source.key},
+        CopySourceIfMatch=f'"{source.etag}"', MetadataDirective="REPLACE",
+        ContentType=source.content_type or guess_content_type(source.key),
+        Metadata={**source.metadata, **metadata}, **extra)
+    return _check_written(head_object(client, bucket, dest_key), dest_key, source.size,
+                          None if source.multipart else source.etag)
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def put_verified(client: Any, bucket: str, key: str, path: Path, content_type: str,
+                 metadata: dict[str, str]) -> ObjectInfo:
+    """Single PUT of a local file to a key that must not exist yet, checked by HEAD
+    (size, and etag = the file's MD5)."""
+    if head_object(client, bucket, key) is not None:
+        raise KeyTaken(f"Refusing to overwrite existing object {key}.")
+    size, md5 = path.stat().st_size, file_md5(path)
+    with open(path, "rb") as body:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type,
+                          Metadata=metadata)
+    return _check_written(head_object(client, bucket, key), key, size, md5)
