@@ -1,0 +1,104 @@
+"""Today's flows, unchanged, run by a real Prefect server and worker."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+import pytest
+
+from tests.conftest import CMS_TABLES, MEDUSA_TABLES
+from tests.pg import scalar, table_checksums
+from tests.server.conftest import PREFECT, Stack
+
+pytestmark = pytest.mark.server
+
+
+def run_deployment(stack: Stack, name: str, *params: str) -> str:
+    args = [*PREFECT, "deployment", "run", name]
+    for p in params:
+        args += ["-p", p]
+    out = stack.run(args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout)
+    assert match, out.stdout
+    return match.group(1)
+
+
+def artifacts_of(stack: Stack, run_id: str) -> list[dict[str, object]]:
+    return list(stack.api("POST", "/artifacts/filter",
+                          json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}))
+
+
+def test_reset_approved_with_safeops_approve(stack: Stack) -> None:
+    site = stack.sites["atelier"]
+    run_id = run_deployment(stack, "reset-site-structure/manual", f"site_id={site}",
+                            "dry_run=false")
+    stack.wait_state(run_id, {"PAUSED"}, timeout=180)
+    listed = stack.safeops("approvals")
+    assert listed.returncode == 0, listed.stderr
+    assert f"waiting: {run_id} reset-site-structure" in listed.stdout
+
+    approved = stack.safeops("approve", run_id, "--approver", "alice", "--confirm", "atelier",
+                             "--reason", "server test")
+    assert approved.returncode == 0, approved.stderr
+    assert stack.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}) == "COMPLETED"
+    assert scalar(stack.cms_url, "SELECT count(*) FROM terms WHERE site_id = %s "
+                                 "AND type = 'category'", site) == 0
+    assert scalar(stack.cms_url, "SELECT approver FROM safeops.safeops_audit "
+                                 "WHERE flow_run_id = %s", run_id) == "alice"
+    deleted = next(a for a in artifacts_of(stack, run_id) if a["key"] == "site-reset-deleted")
+    import json
+
+    rows = json.loads(str(deleted["data"]))
+    assert {r["what"]: r["deleted"] for r in rows}["categories"] == 4
+
+
+def test_invalid_answer_is_refused_and_rejection_changes_nothing(stack: Stack) -> None:
+    before = table_checksums(stack.medusa_url, MEDUSA_TABLES)
+    run_id = run_deployment(stack, "purge-product-media/manual", "dry_run=false")
+    stack.wait_state(run_id, {"PAUSED"}, timeout=180)
+
+    empty = stack.safeops("approve", run_id, "--approver", "", "--confirm", "x")
+    assert empty.returncode == 2 and "refused" in empty.stderr
+    assert stack.flow_run(run_id)["state"]["type"] == "PAUSED"
+
+    rejected = stack.safeops("reject", run_id, "--approver", "bob", "--reason", "not today")
+    assert rejected.returncode == 0, rejected.stderr
+    assert stack.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}) == "FAILED"
+    assert table_checksums(stack.medusa_url, MEDUSA_TABLES) == before
+
+
+def test_nightly_schedule_creates_scheduled_runs(stack: Stack) -> None:
+    deployment = stack.api("GET", "/deployments/name/snapshot-product-media/nightly")
+    assert deployment["parameters"] == {"target": "medusa", "keep": 14}
+    deadline = time.monotonic() + 60
+    runs: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not runs:
+        runs = stack.api("POST", "/flow_runs/filter", json={
+            "deployments": {"id": {"any_": [deployment["id"]]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        time.sleep(1)
+    assert runs, "the scheduler created no run for the nightly deployment"
+
+
+def test_serve_runs_a_deployment_triggered_through_the_api(stack: Stack) -> None:
+    from tests.server.conftest import stop
+
+    stop(stack.processes["worker"])  # from here on, only serve.py can run anything
+    served = stack.start("serve", [sys.executable, "deployments/serve.py"])
+    try:
+        deadline = time.monotonic() + 120
+        log = stack.logs / "serve.log"
+        while "prefect deployment run" not in log.read_text(errors="replace"):
+            assert served.poll() is None, "serve.py exited"
+            assert time.monotonic() < deadline, "serve.py did not register its deployments"
+            time.sleep(0.5)
+        deployment = stack.api("GET", "/deployments/name/check-site-reset/manual")
+        run = stack.api("POST", f"/deployments/{deployment['id']}/create_flow_run",
+                        json={"parameters": {"site_id": stack.sites["gazette"]}})
+        assert stack.wait_state(run["id"], {"COMPLETED", "FAILED", "CRASHED"}) == "COMPLETED"
+        assert table_checksums(stack.cms_url, CMS_TABLES)  # database still readable
+    finally:
+        stop(served)
