@@ -124,7 +124,10 @@ def test_nightly_schedule_creates_scheduled_runs(stack: Stack) -> None:
 def test_serve_runs_a_deployment_triggered_through_the_api(stack: Stack) -> None:
     from tests.server.conftest import stop
 
-    stop(stack.processes["worker"])  # from here on, only serve.py can run anything
+    # serve.py and prefect.yaml register the same names: a server uses one or the other.
+    stop(stack.processes["worker"])
+    for deployment in stack.api("POST", "/deployments/filter", json={}):
+        stack.api("DELETE", f"/deployments/{deployment['id']}")
     served = stack.start("serve", [sys.executable, "deployments/serve.py"])
     try:
         deadline = time.monotonic() + 120
@@ -133,6 +136,9 @@ def test_serve_runs_a_deployment_triggered_through_the_api(stack: Stack) -> None
             assert served.poll() is None, "serve.py exited"
             assert time.monotonic() < deadline, "serve.py did not register its deployments"
             time.sleep(0.5)
+        names = {d["name"] for d in stack.api("POST", "/deployments/filter", json={})}
+        assert names == {"manual", "nightly"}
+        assert len(stack.api("POST", "/deployments/filter", json={})) == 7
         deployment = stack.api("GET", "/deployments/name/check-site-reset/manual")
         run = stack.api("POST", f"/deployments/{deployment['id']}/create_flow_run",
                         json={"parameters": {"site_id": stack.sites["gazette"]}})
