@@ -47,6 +47,10 @@ DEPLOYMENTS: tuple[Spec, ...] = (
          "referenced by an audit row of the last 30 days.",
          ("safeops", "medusa", "read-only", "scheduled"), {"target": "medusa", "keep": 14},
          cron=NIGHTLY_CRON),
+    Spec("flows/media_refs.py:migrate_product_media_refs", "manual",
+         "Copy product files to timestamp+UUID keys in MinIO and write "
+         "product.metadata.media.refs (ImageRefs). Dry run by default; sources never change.",
+         ("safeops", "medusa", "minio"), {"target": "medusa", "dry_run": True}),
     Spec("flows/site_reset.py:check_site_reset", "manual",
          "Can this CMS site's structure be reset? Only with zero published posts.",
          ("safeops", "cms", "read-only"), {"target": "cms"}),

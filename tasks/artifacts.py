@@ -92,3 +92,10 @@ def verify_table(report: VerifyReport, key: str) -> None:
     rows = [{"check": c.name, "ok": "yes" if c.ok else "NO", "detail": c.detail}
             for c in report.checks]
     create_table_artifact(rows, key=key, description=f"verification of {report.uri}")
+
+
+def rows_table(rows: list[dict[str, Any]], key: str, description: str) -> None:
+    """Any table of rows (same columns in each), when the counts are not per table."""
+    if not _in_run():
+        return
+    create_table_artifact(rows, key=key, description=description)

@@ -308,6 +308,23 @@ SELECT
      ON x.entity_type = s.entity_type AND x.entity_id = s.entity_id AND x.id <> s.id)
 """)
 
+# Snapshot categories that can go back: free (id absent, slug not taken) and whose parent
+# exists or goes back too. A child of a skipped category is skipped with it, as its
+# ON DELETE CASCADE parent link would have it; inserting it would break the FK.
+RESTORABLE_CATEGORIES = """
+WITH RECURSIVE free AS (
+  SELECT s.id, s.parent_id FROM _snap_categories s
+  WHERE NOT EXISTS (SELECT 1 FROM terms x WHERE x.id = s.id
+                    OR (x.site_id = s.site_id AND x.type = s.type AND x.slug = s.slug))
+), ok AS (
+  SELECT f.id FROM free f
+  WHERE f.parent_id IS NULL OR EXISTS (SELECT 1 FROM terms p WHERE p.id = f.parent_id)
+  UNION
+  SELECT f.id FROM free f JOIN ok ON f.parent_id = ok.id
+)"""
+SUBCATEGORIES_BLOCKED_SQL = text(RESTORABLE_CATEGORIES + """
+SELECT (SELECT count(*) FROM free) - (SELECT count(*) FROM ok)""")
+
 PRESENT_SQL = text("""
 SELECT
   (SELECT count(*) FROM _snap_content_types s JOIN content_type x USING (id)),
@@ -321,7 +338,11 @@ NAMES = ("content_types", "authors", "categories", "pages", "seo_entries")
 
 
 def restore_conflicts(conn: Connection) -> dict[str, int]:
-    return dict(zip(NAMES, (int(v) for v in conn.execute(CONFLICTS_SQL).one()), strict=True))
+    """Rows whose unique key was taken since the reset, plus the subcategories that
+    cannot go back because their parent category is one of them."""
+    out = dict(zip(NAMES, (int(v) for v in conn.execute(CONFLICTS_SQL).one()), strict=True))
+    out["subcategories"] = int(conn.execute(SUBCATEGORIES_BLOCKED_SQL).scalar_one())
+    return out
 
 
 def restore_present(conn: Connection) -> dict[str, int]:
@@ -346,12 +367,21 @@ def insert_structure(conn: Connection, site_id: str) -> dict[str, int]:
                                          "x.site_id = s.site_id AND x.key = s.key"),
         "authors": _insert_missing(conn, "authors", "_snap_authors",
                                    "x.site_id = s.site_id AND x.slug = s.slug"),
-        "categories": _insert_missing(conn, "terms", "_snap_categories",
-                                      "x.site_id = s.site_id AND x.type = s.type "
-                                      "AND x.slug = s.slug"),
-        "pages": _insert_missing(conn, "content", "_snap_pages",
-                                 "x.site_id = s.site_id AND x.type = s.type AND x.slug = s.slug"),
+        "categories": int(conn.execute(text(
+            RESTORABLE_CATEGORIES + " INSERT INTO terms SELECT s.* FROM _snap_categories s "
+            "WHERE s.id IN (SELECT id FROM ok)")).rowcount),
     }
+    # A page's author or content type skipped as a conflict: the page goes back without
+    # it, as its ON DELETE SET NULL link would have it; inserting it would break the FK.
+    conn.execute(text(
+        "UPDATE _snap_pages s SET author_id = NULL WHERE s.author_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM authors a WHERE a.id = s.author_id)"))
+    conn.execute(text(
+        "UPDATE _snap_pages s SET content_type_id = NULL WHERE s.content_type_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM content_type x WHERE x.id = s.content_type_id)"))
+    out["pages"] = _insert_missing(conn, "content", "_snap_pages",
+                                   "x.site_id = s.site_id AND x.type = s.type "
+                                   "AND x.slug = s.slug")
     out["seo_entries"] = int(conn.execute(text(
         "INSERT INTO seo_meta SELECT s.* FROM _snap_seo_entries s "
         "WHERE NOT EXISTS (SELECT 1 FROM seo_meta x WHERE x.id = s.id "
@@ -387,15 +417,13 @@ def insert_structure(conn: Connection, site_id: str) -> dict[str, int]:
     return out
 
 
-RESTORE_TODO_SQL = text("""
+RESTORE_TODO_SQL = text(RESTORABLE_CATEGORIES + """
 SELECT
   (SELECT count(*) FROM _snap_content_types s WHERE NOT EXISTS
      (SELECT 1 FROM content_type x WHERE x.id = s.id OR (x.site_id = s.site_id AND x.key = s.key))),
   (SELECT count(*) FROM _snap_authors s WHERE NOT EXISTS
      (SELECT 1 FROM authors x WHERE x.id = s.id OR (x.site_id = s.site_id AND x.slug = s.slug))),
-  (SELECT count(*) FROM _snap_categories s WHERE NOT EXISTS
-     (SELECT 1 FROM terms x WHERE x.id = s.id
-        OR (x.site_id = s.site_id AND x.type = s.type AND x.slug = s.slug))),
+  (SELECT count(*) FROM ok),
   (SELECT count(*) FROM _snap_pages s WHERE NOT EXISTS
      (SELECT 1 FROM content x WHERE x.id = s.id
         OR (x.site_id = s.site_id AND x.type = s.type AND x.slug = s.slug))),

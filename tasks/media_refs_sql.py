@@ -75,11 +75,19 @@ def product_states(conn: Connection, table: SourceTable) -> dict[str, ProductSta
             for r in conn.execute(text(sql))}
 
 
-def lock_products(conn: Connection, ids: Sequence[str]) -> dict[str, ProductState]:
-    """Row locks on the products about to change (id order: no deadlock between runs)."""
-    rows = conn.execute(text(_PRODUCT_COLUMNS + "WHERE p.id = ANY(:ids) ORDER BY p.id "
-                             "FOR UPDATE OF p"), {"ids": list(ids)})
+def read_products(conn: Connection, ids: Sequence[str], *,
+                  for_update: bool = False) -> dict[str, ProductState]:
+    """Products by id; ``for_update`` row-locks them in id order (no deadlock
+    between two writers), holding Medusa's writers of those rows until commit."""
+    sql = _PRODUCT_COLUMNS + "WHERE p.id = ANY(:ids) ORDER BY p.id"
+    if for_update:
+        sql += " FOR UPDATE OF p"
+    rows = conn.execute(text(sql), {"ids": list(ids)})
     return {r.id: ProductState(r.id, bool(r.deleted), r.metadata_kind, r.media) for r in rows}
+
+
+def lock_products(conn: Connection, ids: Sequence[str]) -> dict[str, ProductState]:
+    return read_products(conn, ids, for_update=True)
 
 
 SET_MEDIA_SQL = text("""

@@ -75,18 +75,19 @@ def verify_media_snapshot(target: str, uri: str, *, require_live_match: bool = T
         problem = check_source(reader, fingerprint(conn))
         checks.append(Check(name="source", ok=problem is None,
                             detail=problem or "taken from this database"))
+        # pydantic copies the list: later checks go to report.checks, not `checks`.
         report = VerifyReport(uri=uri, checks=checks, totals=totals)
         if require_live_match:
             report.diffs = sql.compare_with_live(conn)
             dirty = describe_diffs(report.diffs)
-            checks.append(Check(name="live-match", ok=not dirty,
-                                detail=dirty or "id sets equal the live database's"))
+            report.checks.append(Check(name="live-match", ok=not dirty,
+                                       detail=dirty or "id sets equal the live database's"))
         if check_objects:
             missing, first = head_missing(sql.snapshot_image_urls(conn))
             report.missing_objects, report.first_missing_objects = missing, first
-            checks.append(Check(name="objects", ok=missing == 0,
-                                detail=f"{missing} object(s) missing"
-                                + (f" ({', '.join(first)})" if first else "")))
+            report.checks.append(Check(name="objects", ok=missing == 0,
+                                       detail=f"{missing} object(s) missing"
+                                       + (f" ({', '.join(first)})" if first else "")))
     return report
 
 

@@ -215,3 +215,48 @@ def put_verified(client: Any, bucket: str, key: str, path: Path, content_type: s
         client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type,
                           Metadata=metadata)
     return _check_written(head_object(client, bucket, key), key, size, md5)
+
+
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\xd8\xff", "image/jpeg"),
+    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
+    (0, b"GIF87a", "image/gif"),
+    (0, b"GIF89a", "image/gif"),
+    (4, b"ftypavif", "image/avif"),
+    (4, b"ftypavis", "image/avif"),
+    (4, b"ftypheic", "image/heic"),
+    (4, b"ftypheix", "image/heic"),
+    (4, b"ftypmif1", "image/heif"),
+    (0, b"II*\x00", "image/tiff"),
+    (0, b"MM\x00*", "image/tiff"),
+    (0, b"%PDF-", "application/pdf"),
+)
+
+
+def sniff_content_type(path: Path) -> str:
+    """What the bytes say (magic numbers), else the file name, else octet-stream.
+
+    The content wins over the extension: a PNG saved as ``photo.jpg`` is stored
+    as image/png, so browsers and the dashboard get the truth."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    for offset, magic, content_type in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return content_type
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
+        return "image/svg+xml"
+    return guess_content_type(path.name)
+
+
+def extension_for(name: str, content_type: str) -> str:
+    """The file's own extension (lower-case) when it fits the content type, else the
+    usual one for the type (a PNG named ``photo.jpg`` is stored as ``.png``)."""
+    ext = extension_of(name)
+    if ext and (content_type == "application/octet-stream"
+                or mimetypes.guess_type(f"x{ext}")[0] == content_type):
+        return ext
+    guessed = mimetypes.guess_extension(content_type) or ""
+    return guessed if _EXT.match(guessed) else ext

@@ -138,7 +138,7 @@ def test_serve_runs_a_deployment_triggered_through_the_api(stack: Stack) -> None
             time.sleep(0.5)
         names = {d["name"] for d in stack.api("POST", "/deployments/filter", json={})}
         assert names == {"manual", "nightly"}
-        assert len(stack.api("POST", "/deployments/filter", json={})) == 7
+        assert len(stack.api("POST", "/deployments/filter", json={})) == 8
         deployment = stack.api("GET", "/deployments/name/check-site-reset/manual")
         run = stack.api("POST", f"/deployments/{deployment['id']}/create_flow_run",
                         json={"parameters": {"site_id": stack.sites["gazette"]}})
