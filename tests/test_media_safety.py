@@ -49,6 +49,12 @@ def count(url: str, sql: str, *params: object) -> int:
     return int(scalar(url, sql, *params))  # type: ignore[call-overload]
 
 
+def audit_rows(url: str) -> int:
+    if scalar(url, "SELECT to_regclass('safeops.safeops_audit')") is None:
+        return 0
+    return count(url, "SELECT count(*) FROM safeops.safeops_audit")
+
+
 def purge_live(approver: str = "alice") -> RunResult:
     with answer_approval(approve_as(approver)) as seen:
         result = purge_product_media(dry_run=False)
@@ -149,7 +155,7 @@ def test_refused_approval_changes_nothing(medusa_url: str, exports: Path,
         assert "PURGE 1 IMAGES" in str(refused.value)
         assert seen[0]["expected_confirmation"] in str(refused.value)
     assert table_checksums(medusa_url, MEDUSA_TABLES) == before
-    assert scalar(medusa_url, "SELECT to_regclass('safeops.safeops_audit')") is None
+    assert audit_rows(medusa_url) == 0
 
 
 def test_approval_timeout_fails_the_run_and_changes_nothing(medusa_url: str,
@@ -226,8 +232,7 @@ def test_fault_mid_apply_leaves_nothing_half_done_and_a_rerun_succeeds(medusa_ur
     assert "injected fault" in str(state.message) + repr(state.result(raise_on_failure=False))
     # The images were deleted before the thumbnail update failed: all of it rolled back.
     assert table_checksums(medusa_url, MEDUSA_TABLES) == before
-    audit = scalar(medusa_url, "SELECT to_regclass('safeops.safeops_audit')")
-    assert audit is None or count(medusa_url, "SELECT count(*) FROM safeops.safeops_audit") == 0
+    assert audit_rows(medusa_url) == 0
 
     execute(medusa_url, "DROP TRIGGER safeops_test_fault ON product")
     result = purge_live()
@@ -329,15 +334,20 @@ AWS_SECRET = "AwsSecretMarker-9f3Kq"
 
 @pytest.fixture()
 def password_url(medusa_url: str, pg_admin: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """MEDUSA_DATABASE_URL with a password (the server trusts loopback, so any works)."""
-    execute(pg_admin, f"""DO $$ BEGIN
-        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'safeops_pw_test') THEN
-            CREATE ROLE safeops_pw_test WITH LOGIN SUPERUSER PASSWORD '{PASSWORD}';
-        END IF; END $$""")
-    database = medusa_url.rsplit("/", 1)[1].split("?")[0]
-    url = f"postgresql://safeops_pw_test:{PASSWORD}@127.0.0.1:5432/{database}"
-    if not pg_admin.startswith(LOCAL.rsplit("/", 1)[0]):
+    """MEDUSA_DATABASE_URL with a password, for a role that may work on the test database.
+
+    The server trusts loopback, so any password logs in; what matters is that the
+    URL carries one. The role is not a superuser and is left in place (other test
+    runs on the same server may be using it)."""
+    if pg_admin != LOCAL:
         pytest.skip("needs the machine's PostgreSQL on 127.0.0.1:5432")
+    execute(pg_admin, f"""DO $$ BEGIN
+        CREATE ROLE safeops_pw_test WITH LOGIN PASSWORD '{PASSWORD}';
+        EXCEPTION WHEN duplicate_object THEN NULL; END $$""")
+    database = medusa_url.rsplit("/", 1)[1].split("?")[0]
+    execute(medusa_url, f'GRANT CREATE ON DATABASE "{database}" TO safeops_pw_test; '
+                        "GRANT ALL ON ALL TABLES IN SCHEMA public TO safeops_pw_test")
+    url = f"postgresql://safeops_pw_test:{PASSWORD}@127.0.0.1:5432/{database}"
     monkeypatch.setenv("MEDUSA_DATABASE_URL", url)
     return url
 
