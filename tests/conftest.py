@@ -150,22 +150,35 @@ CMS_TABLES = ["sites", "authors", "terms", "content_type", "content", "content_t
               "site_settings"]
 
 
-@pytest.fixture()
-def cms(pg_admin: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
-    """A fresh CMS database with three sites; yields (url, {slug: site id})."""
+@pytest.fixture(scope="session")
+def cms_template(pg_admin: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A CMS database with the schema and three seeded sites, built once per session;
+    yields (database name, {slug: site id}). Only ever copied, never connected to."""
     from sqlalchemy import create_engine
 
     from safeops.seed_cms import seed_cms
     from safeops.settings import sqlalchemy_url
 
-    with fresh_database(pg_admin) as url:
+    with fresh_database(pg_admin, prefix="safeops_tmpl") as url:
         engine = create_engine(sqlalchemy_url(url))
         with engine.begin() as conn:
             load_schema(conn, "cms.sql")
             sites = seed_cms(conn)
         engine.dispose()
+        yield url.rsplit("/", 1)[1].split("?")[0], sites
+
+
+@pytest.fixture()
+def cms(pg_admin: str, cms_template: tuple[str, dict[str, str]],
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
+    """A fresh CMS database with three sites; yields (url, {slug: site id}).
+
+    A copy of the session's seeded template (CREATE DATABASE … TEMPLATE): ≈0.1 s
+    instead of ≈1 s of DDL and seeding per test."""
+    template, sites = cms_template
+    with fresh_database(pg_admin, template=template) as url:
         monkeypatch.setenv("CMS_DATABASE_URL", url)
-        yield url, sites
+        yield url, dict(sites)
 
 
 def approve_slug(approver: str = "alice") -> Callable[[dict[str, Any]], dict[str, Any]]:

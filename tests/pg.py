@@ -33,10 +33,13 @@ def with_database(admin_url: str, name: str) -> str:
 
 
 @contextmanager
-def fresh_database(admin_url: str, prefix: str = "safeops_t") -> Iterator[str]:
+def fresh_database(admin_url: str, prefix: str = "safeops_t",
+                   template: str | None = None) -> Iterator[str]:
+    """A new empty database (or a copy of ``template``), dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"'
+                     + (f' TEMPLATE "{template}"' if template else ""))
     try:
         yield with_database(admin_url, name)
     finally:
