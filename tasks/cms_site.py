@@ -12,7 +12,6 @@ from sqlalchemy import Connection
 from safeops.db import engine_for, fingerprint, read_snapshot, transaction
 from safeops.errors import (
     BadInput,
-    DriftDetected,
     ResetNotAllowed,
     RestoreConflict,
     SafeopsError,
@@ -23,6 +22,7 @@ from safeops.settings import describe_target, get_settings
 from safeops.snapshot_format import SnapshotWriter
 from tasks import cms_sql as sql
 from tasks.audit import applied_counts, write_audit
+from tasks.guards import refuse_if_plan_moved, require_as_planned
 from tasks.medusa_media import _flow_run_id
 from tasks.retry import TRANSIENT_RETRIES
 from tasks.snapshots import (
@@ -157,11 +157,8 @@ def apply_site_reset(target: str, site_id: str, snapshot_uri: str, approved_plan
             raise ResetNotAllowed(eligibility(published)["reason"] + " (published since the "
                                   "check; nothing changed)")
         plan = sql.reset_plan(conn, site_id, describe_target(target))
-        if plan.plan_hash != approved_plan_hash:
-            raise DriftDetected(f"Refused: the site's structure changed since it was approved "
-                                f"({approved_plan_hash[:16]}… → {plan.plan_hash[:16]}…; now "
-                                + ", ".join(f"{k}={plan.counts[k]}" for k in sql.HEADLINE)
-                                + "); nothing changed.")
+        refuse_if_plan_moved(plan, approved_plan_hash,
+                             "the site's structure changed since it was approved")
         kept_before = sql.kept_checksum(conn, site_id)
         deleted = sql.delete_structure(conn, site_id)
         if sql.kept_checksum(conn, site_id) != kept_before:
@@ -169,10 +166,7 @@ def apply_site_reset(target: str, site_id: str, snapshot_uri: str, approved_plan
         left = sql.leftovers(conn, site_id)
         if any(left.values()):
             raise SafeopsError(f"Reset left rows behind ({left}); rolled back, nothing changed.")
-        expected = {k: plan.counts[k] for k in deleted}
-        if deleted != expected:
-            raise SafeopsError(f"Reset deleted {deleted} but the plan said {expected}; "
-                               "rolled back, nothing changed.")
+        require_as_planned(deleted, plan, "Reset deleted")
         write_audit(conn, flow_run_id=flow_run_id, flow_name="reset-site-structure",
                     target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
                     counts={"site_id": site_id, "planned": plan.counts, "deleted": deleted},
@@ -230,10 +224,8 @@ def apply_site_restore(target: str, uri: str, skip_conflicts: bool, approved_pla
         site_id = str(reader.summary.get("siteId"))
         _require_site(conn, parse_site_id(site_id), lock=True)
         _, plan = _restore_plan(conn, target, reader, uri, skip_conflicts)
-        if plan.plan_hash != approved_plan_hash:
-            raise DriftDetected("Refused: the site changed since the restore was planned "
-                                f"({approved_plan_hash[:16]}… → {plan.plan_hash[:16]}…); "
-                                "nothing changed.")
+        refuse_if_plan_moved(plan, approved_plan_hash,
+                             "the site changed since the restore was planned")
         restored = sql.insert_structure(conn, site_id)
         write_audit(conn, flow_run_id=flow_run_id, flow_name="restore-site-structure",
                     target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,

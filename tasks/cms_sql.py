@@ -181,10 +181,7 @@ def load_snapshot(conn: Connection, documents: Iterator[bytes], uri: str) -> dic
                               "SELECT d.doc::json->>'kind' AS kind, d.doc::json->'row' AS row "
                               "FROM _snap_doc d"))
             for kind in KINDS:
-                if kind.columns:
-                    cols = ", ".join(f"r.{c}" for c in kind.columns)
-                else:
-                    cols = "r.*"
+                cols = ", ".join(f"r.{c}" for c in kind.columns) if kind.columns else "r.*"
                 conn.execute(text(
                     f"CREATE TEMP TABLE {kind.temp} ON COMMIT DROP AS SELECT {cols} "
                     f"FROM _snap_json j, json_populate_record(NULL::{kind.table}, j.row) r "
@@ -270,7 +267,7 @@ def delete_structure(conn: Connection, site_id: str) -> dict[str, int]:
             "content_types": content_types, "seo_entries": seo, "term_links": term_links}
 
 
-LEFTOVERS_SQL = text(f"""
+LEFTOVERS_SQL = text("""
 SELECT
   (SELECT count(*) FROM terms WHERE site_id = :site AND type = 'category'),
   (SELECT count(*) FROM authors WHERE site_id = :site),

@@ -13,13 +13,14 @@ from prefect import task
 from prefect.context import FlowRunContext
 
 from safeops.db import engine_for, fingerprint, read_snapshot, transaction
-from safeops.errors import DriftDetected, SafeopsError
+from safeops.errors import DriftDetected
 from safeops.models import Approval, Check, Plan, SnapshotRef, VerifyReport, describe_diffs
 from safeops.settings import describe_target, get_settings
 from safeops.snapshot_format import SnapshotWriter
 from tasks import medusa_sql as sql
 from tasks.artifacts import Progress
 from tasks.audit import applied_counts, write_audit
+from tasks.guards import refuse_if_plan_moved, require_as_planned
 from tasks.object_store import head_missing
 from tasks.retry import TRANSIENT_RETRIES
 from tasks.snapshots import (
@@ -120,15 +121,9 @@ def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
         sql.load_snapshot(conn, reader)
         _ensure_equal(conn, snapshot_uri)
         plan = sql.purge_plan(conn, describe_target(target))
-        if plan.plan_hash != approved_plan_hash:
-            raise DriftDetected(f"Refused: the plan changed since approval "
-                                f"({approved_plan_hash[:16]}… → {plan.plan_hash[:16]}…); "
-                                "nothing changed.")
+        refuse_if_plan_moved(plan, approved_plan_hash, "the plan changed since approval")
         applied = sql.delete_snapshot_rows(conn)
-        expected = {k: plan.counts[k] for k in applied}
-        if applied != expected:
-            raise SafeopsError(f"Purge changed {applied} but the plan said {expected}; "
-                               "rolled back, nothing changed.")
+        require_as_planned(applied, plan, "Purge changed")
         write_audit(conn, flow_run_id=flow_run_id, flow_name="purge-product-media",
                     target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
                     counts={"planned": plan.counts, "applied": applied},
@@ -159,15 +154,10 @@ def apply_media_restore(target: str, uri: str, force: bool, approved_plan_hash: 
         refuse_foreign(reader, fingerprint(conn), force)
         sql.load_snapshot(conn, reader)
         plan = sql.restore_plan(conn, describe_target(target), reader.actual_sha256)
-        if plan.plan_hash != approved_plan_hash:
-            raise DriftDetected(f"Refused: the database changed since the restore was planned "
-                                f"({approved_plan_hash[:16]}… → {plan.plan_hash[:16]}…); "
-                                "nothing changed.")
+        refuse_if_plan_moved(plan, approved_plan_hash,
+                             "the database changed since the restore was planned")
         applied = sql.insert_snapshot_rows(conn)
-        expected = {k: plan.counts[k] for k in applied}
-        if applied != expected:
-            raise SafeopsError(f"Restore changed {applied} but the plan said {expected}; "
-                               "rolled back, nothing changed.")
+        require_as_planned(applied, plan, "Restore changed")
         write_audit(conn, flow_run_id=flow_run_id, flow_name="restore-product-media",
                     target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
                     counts={"planned": plan.counts, "applied": applied}, snapshot_uri=uri,
