@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from safeops import events
@@ -52,6 +53,31 @@ def print_plan(plan: Plan) -> None:
     console.print(table)
     for note in plan.notes:
         console.print(f"note: {note}")
+
+
+class ProgressBars:
+    """Rich progress bars for long steps (snapshot streaming), fed by flow events."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+
+    def tick(self, data: dict[str, Any]) -> None:
+        if not console.is_terminal:
+            return
+        if self._progress is None:
+            self._progress = Progress(transient=True, console=console)
+            self._progress.start()
+        key = data["key"]
+        if key not in self._tasks:
+            self._tasks[key] = self._progress.add_task(data["description"], total=data["total"])
+        self._progress.update(self._tasks[key], completed=data["done"], total=data["total"])
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._tasks.clear()
 
 
 class Decider:
@@ -94,7 +120,13 @@ def run_flow(flow_fn: Callable[..., Any], params: dict[str, Any], decider: Decid
     inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
     outcome: dict[str, Any] = {}
 
+    bars = ProgressBars()
+
     def listener(kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            bars.tick(data)
+            return
+        bars.close()
         if kind == "snapshot":
             print(f"snapshot: {data['uri']}", flush=True)
         elif kind == "plan":
@@ -126,6 +158,7 @@ def run_flow(flow_fn: Callable[..., Any], params: dict[str, Any], decider: Decid
                 answer = decider.answer(data)
             _resume_when_paused(data["flow_run_id"], answer, resume_flow_run)
         worker.join()
+    bars.close()
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")

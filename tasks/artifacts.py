@@ -16,6 +16,7 @@ from prefect.artifacts import (
 )
 from prefect.context import FlowRunContext, TaskRunContext
 
+from safeops import events
 from safeops.models import Plan, RunResult, VerifyReport
 
 
@@ -67,9 +68,11 @@ def snapshot_link(uri: str, key: str) -> None:
 
 class Progress:
     """A progress artifact updated at most once a second, so big catalogs do
-    not flood the API."""
+    not flood the API; the same ticks drive the CLI's progress bar."""
 
     def __init__(self, key: str, total: int, description: str) -> None:
+        self.key = key
+        self.description = description
         self.total = max(total, 1)
         self._id: UUID | None = None
         self._last = 0.0
@@ -78,11 +81,13 @@ class Progress:
                                                            description=description))
 
     def update(self, done: int, force: bool = False) -> None:
-        if self._id is None:
-            return
         now = time.monotonic()
-        if force or now - self._last >= 1.0:
-            self._last = now
+        if not (force or now - self._last >= 1.0):
+            return
+        self._last = now
+        events.emit("progress", key=self.key, description=self.description, done=done,
+                    total=self.total)
+        if self._id is not None:
             update_progress_artifact(self._id, min(100.0, 100.0 * done / self.total))
 
 
