@@ -44,7 +44,7 @@ class Settings(BaseSettings):
                                   description="How long an apply waits for its locks.")
     approval_poll_s: int = Field(2, alias="SAFEOPS_APPROVAL_POLL_S",
                                  description="How often a paused run checks for an answer.")
-    task_retry_delay_s: float = Field(2.0, alias="SAFEOPS_RETRY_DELAY_S",
+    task_retry_delay_s: float = Field(1.0, ge=0, alias="SAFEOPS_RETRY_DELAY_S",
                                       description="First retry delay of transient faults.")
 
     def approver_allowlist(self) -> set[str] | None:

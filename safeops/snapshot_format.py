@@ -31,9 +31,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from safeops.errors import SnapshotInvalid
+from safeops.errors import BadInput, SnapshotInvalid
 
 FORMAT_VERSION = 1
+
+
+class NotASnapshot(BadInput):
+    """The file is not a safeops snapshot at all (exit 2), as opposed to a damaged one."""
 
 
 class SnapshotWriter:
@@ -121,8 +125,12 @@ class SnapshotReader:
 
     def _read_summary(self, expected_format: str) -> None:
         first = next(self._lines, b"")
+        if not first.strip():
+            raise self._fail("truncation", "the file is empty")
         if first.strip() != b"{":
-            raise self._fail("format", "it does not start with a safeops summary ('{' line)")
+            # Not a damaged snapshot but some other file: the caller named the wrong thing.
+            raise NotASnapshot(f"{self.uri} is not a safeops snapshot: it does not start with "
+                               "a safeops summary ('{' line)")
         for raw in self._lines:
             line = raw.rstrip(b"\r\n")
             if line.endswith(b": ["):

@@ -110,10 +110,15 @@ def _endpoint() -> str:
 
 @contextmanager
 def _s3_errors(what: str) -> Iterator[None]:
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import ClientError, EndpointConnectionError
 
     try:
         yield
+    except S3UploadFailedError as exc:  # upload_file wraps the ClientError in its text
+        if "NoSuchBucket" in str(exc):
+            raise BadInput(f"Bucket does not exist at {_endpoint()} while {what}.") from None
+        raise
     except EndpointConnectionError as exc:
         raise StoreUnavailable(
             f"S3 endpoint {_endpoint()} unreachable while {what}: {exc}") from None

@@ -52,4 +52,30 @@ def applied_counts(conn: Connection, flow_run_id: UUID | None, flow_name: str,
         WHERE flow_run_id = :run AND flow_name = :flow AND plan_hash = :hash
         ORDER BY id DESC LIMIT 1"""), {"run": flow_run_id, "flow": flow_name, "hash": plan_hash}
     ).scalar_one_or_none()
-    return dict(row) if row is not None else None
+    if row is None:
+        return None
+    # The row holds {"planned": …, "applied"/"deleted"/"restored": …}: hand back what the
+    # apply itself returned, not the whole record.
+    for key in ("applied", "deleted", "restored"):
+        if isinstance(row.get(key), dict):
+            return dict(row[key])
+    return dict(row)
+
+
+def recorded_for_snapshot(conn: Connection, flow_name: str, uri: str
+                          ) -> list[tuple[str, dict[str, Any]]]:
+    """(plan hash, counts) of the committed applies of ``flow_name`` whose undo point is this
+    snapshot (matched by file name: names are unique in a store and survive a copy).
+
+    A restore compares them with the file: a snapshot edited after the apply, even with its
+    checksum and summary recomputed to match, no longer agrees with what the apply recorded
+    in the same transaction as its change."""
+    if conn.execute(text("SELECT to_regclass('safeops.safeops_audit')")).scalar_one() is None:
+        return []
+    name = uri.strip().rstrip("/").rsplit("/", 1)[-1]
+    rows = conn.execute(text("""
+        SELECT plan_hash, counts FROM safeops.safeops_audit
+        WHERE flow_name = :flow AND (snapshot_uri = :name
+              OR right(snapshot_uri, length(:name) + 1) = '/' || :name)
+        ORDER BY id"""), {"flow": flow_name, "name": name}).all()
+    return [(str(plan_hash), dict(counts or {})) for plan_hash, counts in rows]

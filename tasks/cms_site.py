@@ -21,7 +21,7 @@ from safeops.models import Approval, Check, Plan, SnapshotRef, VerifyReport, pla
 from safeops.settings import describe_target, get_settings
 from safeops.snapshot_format import SnapshotWriter
 from tasks import cms_sql as sql
-from tasks.audit import applied_counts, write_audit
+from tasks.audit import applied_counts, recorded_for_snapshot, write_audit
 from tasks.guards import refuse_if_plan_moved, require_as_planned
 from tasks.medusa_media import _flow_run_id
 from tasks.retry import TRANSIENT_RETRIES
@@ -119,6 +119,11 @@ def _load_verified(conn: Connection, uri: str, reader: Any) -> tuple[str, dict[s
         raise SnapshotInvalid(f"Snapshot {uri} failed the plan-hash check: its rows hash to "
                               f"{derived[:16]}…, the summary records "
                               f"{str(reader.summary.get('planHash'))[:16]}…")
+    recorded = {h for h, _ in recorded_for_snapshot(conn, "reset-site-structure", uri)}
+    if recorded and reader.summary.get("planHash") not in recorded:
+        raise SnapshotInvalid(f"Snapshot {uri} failed the audit check: the reset that wrote it "
+                              f"recorded plan {min(recorded)[:16]}…, the file now records "
+                              f"{str(reader.summary.get('planHash'))[:16]}… (edited since)")
     return site_id, loaded
 
 
@@ -150,6 +155,14 @@ def apply_site_reset(target: str, site_id: str, snapshot_uri: str, approved_plan
         done = applied_counts(conn, flow_run_id, "reset-site-structure", approved_plan_hash)
         if done is not None:
             return done
+        # The undo point must still be intact when the deletes run (not only at approval).
+        with open_snapshot(snapshot_uri, sql.SITE_FORMAT) as reader:
+            refuse_foreign(reader, fingerprint(conn), force=False)
+            snapshot_site_id, _ = _load_verified(conn, snapshot_uri, reader)
+        if snapshot_site_id != site_id or reader.summary.get("planHash") != approved_plan_hash:
+            raise SnapshotInvalid(f"Snapshot {snapshot_uri} failed the plan-hash check: it "
+                                  f"records {str(reader.summary.get('planHash'))[:16]}…, the "
+                                  f"approved plan is {approved_plan_hash[:16]}…; nothing changed.")
         _require_site(conn, site_id)
         sql.lock_site_for_reset(conn, site_id)
         published = sql.published_posts(conn, site_id)

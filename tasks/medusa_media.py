@@ -13,13 +13,13 @@ from prefect import task
 from prefect.context import FlowRunContext
 
 from safeops.db import engine_for, fingerprint, read_snapshot, transaction
-from safeops.errors import DriftDetected
+from safeops.errors import DriftDetected, SnapshotInvalid
 from safeops.models import Approval, Check, Plan, SnapshotRef, VerifyReport, describe_diffs
 from safeops.settings import describe_target, get_settings
 from safeops.snapshot_format import SnapshotWriter
 from tasks import medusa_sql as sql
 from tasks.artifacts import Progress
-from tasks.audit import applied_counts, write_audit
+from tasks.audit import applied_counts, recorded_for_snapshot, write_audit
 from tasks.guards import refuse_if_plan_moved, require_as_planned
 from tasks.object_store import head_missing
 from tasks.retry import TRANSIENT_RETRIES
@@ -68,7 +68,19 @@ def verify_media_snapshot(target: str, uri: str, *, require_live_match: bool = T
     object checks are collected so the report can show all of them."""
     with open_snapshot(uri, sql.MEDIA_FORMAT) as reader, \
             read_snapshot(engine_for(target)) as conn:
-        totals = sql.load_snapshot(conn, reader)
+        # Fast path: the body equals a fresh rendering of the live catalog, so
+        # totals, ids and contents all hold without loading it. Anything else
+        # (or an object check, which reads the loaded urls) loads it and names
+        # the differences as before.
+        matched = None
+        if require_live_match and not check_objects:
+            matched = sql.match_live(conn, reader)
+        if matched is None:
+            with open_snapshot(uri, sql.MEDIA_FORMAT) as again:
+                totals = sql.load_snapshot(conn, again)
+            reader = again
+        else:
+            totals = matched
         checks = [Check(name="format", ok=True, detail=f"{sql.MEDIA_FORMAT} v1"),
                   Check(name="checksum", ok=True, detail=f"sha256 {reader.actual_sha256[:16]}…"),
                   Check(name="totals", ok=True,
@@ -76,10 +88,13 @@ def verify_media_snapshot(target: str, uri: str, *, require_live_match: bool = T
         problem = check_source(reader, fingerprint(conn))
         checks.append(Check(name="source", ok=problem is None,
                             detail=problem or "taken from this database"))
+        edited = _edited_since_purge(conn, uri, reader.actual_sha256)
+        checks.append(Check(name="audit", ok=edited is None,
+                            detail=edited or "agrees with every audit row naming it"))
         # pydantic copies the list: later checks go to report.checks, not `checks`.
         report = VerifyReport(uri=uri, checks=checks, totals=totals)
         if require_live_match:
-            report.diffs = sql.compare_with_live(conn)
+            report.diffs = sql.clean_diffs() if matched is not None else sql.compare_with_live(conn)
             dirty = describe_diffs(report.diffs)
             report.checks.append(Check(name="live-match", ok=not dirty,
                                        detail=dirty or "id sets equal the live database's"))
@@ -118,17 +133,41 @@ def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
             return done  # this run committed before its connection dropped
         sql.lock_media_tables(conn)
         refuse_foreign(reader, fingerprint(conn), force=False)
-        sql.load_snapshot(conn, reader)
-        _ensure_equal(conn, snapshot_uri)
+        # Under the lock: the snapshot equals a fresh rendering of the live
+        # catalog (fast path), or, loaded into temp tables, equals it row by row
+        # (otherwise DriftDetected names what moved).
+        matched = sql.match_live(conn, reader) is not None
+        if not matched:
+            with open_snapshot(snapshot_uri, sql.MEDIA_FORMAT) as again:
+                sql.load_snapshot(conn, again)
+            _ensure_equal(conn, snapshot_uri)
         plan = sql.purge_plan(conn, describe_target(target))
         refuse_if_plan_moved(plan, approved_plan_hash, "the plan changed since approval")
-        applied = sql.delete_snapshot_rows(conn)
+        applied = sql.delete_matched_rows(conn) if matched else sql.delete_snapshot_rows(conn)
         require_as_planned(applied, plan, "Purge changed")
         write_audit(conn, flow_run_id=flow_run_id, flow_name="purge-product-media",
                     target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
-                    counts={"planned": plan.counts, "applied": applied},
+                    counts={"planned": plan.counts, "applied": applied,
+                            "snapshotSha256": reader.actual_sha256},
                     snapshot_uri=snapshot_uri, started_at=started_at)
     return applied
+
+
+def _edited_since_purge(conn: object, uri: str, sha256: str) -> str | None:
+    """Why the file is not the undo point a purge recorded (None when it is, or when no
+    purge recorded it): its checksum is in the purge's audit row, committed with the purge."""
+    recorded = {str(c["snapshotSha256"]) for _, c in recorded_for_snapshot(
+        conn, "purge-product-media", uri) if c.get("snapshotSha256")}  # type: ignore[arg-type]
+    if recorded and sha256 not in recorded:
+        return (f"the purge that wrote it recorded sha256 {min(recorded)[:16]}…, the file "
+                f"now hashes to {sha256[:16]}… (edited since)")
+    return None
+
+
+def _refuse_if_edited(conn: object, uri: str, sha256: str) -> None:
+    problem = _edited_since_purge(conn, uri, sha256)
+    if problem:
+        raise SnapshotInvalid(f"Snapshot {uri} failed the audit check: {problem}")
 
 
 @task(name="plan-media-restore", **TRANSIENT_RETRIES)
@@ -137,6 +176,7 @@ def plan_media_restore(target: str, uri: str, force: bool) -> Plan:
             read_snapshot(engine_for(target)) as conn:
         refuse_foreign(reader, fingerprint(conn), force)
         sql.load_snapshot(conn, reader)
+        _refuse_if_edited(conn, uri, reader.actual_sha256)
         return sql.restore_plan(conn, describe_target(target), reader.actual_sha256)
 
 
@@ -153,6 +193,7 @@ def apply_media_restore(target: str, uri: str, force: bool, approved_plan_hash: 
         sql.lock_media_tables(conn)
         refuse_foreign(reader, fingerprint(conn), force)
         sql.load_snapshot(conn, reader)
+        _refuse_if_edited(conn, uri, reader.actual_sha256)
         plan = sql.restore_plan(conn, describe_target(target), reader.actual_sha256)
         refuse_if_plan_moved(plan, approved_plan_hash,
                              "the database changed since the restore was planned")

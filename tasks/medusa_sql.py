@@ -23,43 +23,55 @@ MEDIA_FORMAT = "safeops/medusa-media-snapshot"
 TOTAL_KEYS = ("totalProducts", "totalImages", "totalVariantLinks", "totalThumbnails",
               "totalProductThumbnails", "totalVariantThumbnails")
 
-# One row per product that holds any reference, its document built by PostgreSQL
-# (string_agg keeps each document on one line; json_agg would add newlines).
+# One row per product that holds any reference, its document built by PostgreSQL.
+# Set-based: each kind of row is aggregated per product in one ordered pass
+# (merge joins on product id, no per-product subqueries), and the document is
+# concatenated as text in exactly the layout json_build_object writes
+# (``{"key" : value, ...}``), so no JSON is parsed again on the way out.
+# string_agg keeps each document on one line (json_agg would add newlines).
 SNAPSHOT_SQL = text("""
-WITH scope AS (
-    SELECT p.id, p.handle, p.thumbnail FROM product p
-    WHERE p.thumbnail IS NOT NULL
-       OR EXISTS (SELECT 1 FROM image i WHERE i.product_id = p.id)
-       OR EXISTS (SELECT 1 FROM product_variant v
-                  WHERE v.product_id = p.id AND v.thumbnail IS NOT NULL)
-), docs AS (
-    SELECT s.id, s.thumbnail IS NOT NULL AS has_thumb,
-        (SELECT count(*) FROM image i WHERE i.product_id = s.id) AS n_images,
-        (SELECT count(*) FROM product_variant_product_image l
-           JOIN image i ON i.id = l.image_id WHERE i.product_id = s.id) AS n_links,
-        (SELECT count(*) FROM product_variant v
-           WHERE v.product_id = s.id AND v.thumbnail IS NOT NULL) AS n_vthumbs,
-        json_build_object(
-            'id', s.id, 'handle', s.handle, 'thumbnail', s.thumbnail,
-            'images', COALESCE((SELECT ('[' || string_agg(row_to_json(i)::text, ','
-                                  ORDER BY i.id) || ']')::json
-                                FROM image i WHERE i.product_id = s.id), '[]'::json),
-            'variantLinks', COALESCE((SELECT ('[' || string_agg(row_to_json(l)::text, ','
-                                  ORDER BY l.id) || ']')::json
-                                FROM product_variant_product_image l
-                                JOIN image i ON i.id = l.image_id
-                                WHERE i.product_id = s.id), '[]'::json),
-            'variantThumbnails', COALESCE((SELECT ('[' || string_agg(
-                                  json_build_object('id', v.id, 'thumbnail', v.thumbnail)::text,
-                                  ',' ORDER BY v.id) || ']')::json
-                                FROM product_variant v
-                                WHERE v.product_id = s.id AND v.thumbnail IS NOT NULL),
-                                '[]'::json)
-        )::text AS doc
-    FROM scope s
+WITH images AS (
+    SELECT i.product_id, count(*) AS n,
+           string_agg(row_to_json(i)::text, ',' ORDER BY i.id) AS docs
+    FROM image i GROUP BY i.product_id
+), links AS (
+    SELECT i.product_id, count(*) AS n,
+           string_agg(row_to_json(l)::text, ',' ORDER BY l.id) AS docs
+    FROM product_variant_product_image l JOIN image i ON i.id = l.image_id
+    GROUP BY i.product_id
+), vthumbs AS (
+    SELECT v.product_id, count(*) AS n,
+           string_agg(json_build_object('id', v.id, 'thumbnail', v.thumbnail)::text, ','
+                      ORDER BY v.id) AS docs
+    FROM product_variant v WHERE v.thumbnail IS NOT NULL AND v.product_id IS NOT NULL
+    GROUP BY v.product_id
 )
-SELECT doc, n_images, n_links, n_vthumbs, has_thumb FROM docs ORDER BY id
+SELECT '{"id" : ' || to_json(p.id)::text || ', "handle" : ' || to_json(p.handle)::text
+       || ', "thumbnail" : ' || COALESCE(to_json(p.thumbnail)::text, 'null')
+       || ', "images" : [' || COALESCE(im.docs, '') || '], "variantLinks" : ['
+       || COALESCE(li.docs, '') || '], "variantThumbnails" : [' || COALESCE(vt.docs, '')
+       || ']}' AS doc,
+       COALESCE(im.n, 0) AS n_images, COALESCE(li.n, 0) AS n_links,
+       COALESCE(vt.n, 0) AS n_vthumbs, p.thumbnail IS NOT NULL AS has_thumb
+FROM product p
+LEFT JOIN images im ON im.product_id = p.id
+LEFT JOIN links li ON li.product_id = p.id
+LEFT JOIN vthumbs vt ON vt.product_id = p.id
+WHERE p.thumbnail IS NOT NULL OR im.n IS NOT NULL OR vt.n IS NOT NULL
+ORDER BY p.id
 """)
+
+# Bulk statements over the whole catalog: JIT compilation costs seconds per
+# statement here and buys nothing for row_to_json/string_agg work, and the
+# per-product aggregates sort in memory instead of spilling at catalog scale.
+BULK_SETTINGS = ("SET LOCAL jit = off", "SET LOCAL work_mem = '64MB'")
+
+
+def tune_for_bulk(conn: Connection) -> None:
+    """Transaction-local settings for catalog-sized statements."""
+    for statement in BULK_SETTINGS:
+        conn.execute(text(statement))
+
 
 COUNT_SCOPE_SQL = text("""
 SELECT count(*) FROM product p
@@ -70,55 +82,130 @@ WHERE p.thumbnail IS NOT NULL
 
 
 def count_products_in_scope(conn: Connection) -> int:
+    tune_for_bulk(conn)
     return int(conn.execute(COUNT_SCOPE_SQL).scalar_one())
+
+
+def live_documents(conn: Connection) -> Iterator[tuple[bytes, int, int, int, bool]]:
+    """(document, images, links, variant thumbnails, has thumbnail) per product, in id order.
+
+    Streamed with ``COPY (SNAPSHOT_SQL) TO STDOUT`` in binary format: PostgreSQL
+    keeps rendering while Python hashes and writes (a cursor's FETCHes would
+    leave one side idle at a time), and the documents arrive as raw UTF-8 bytes
+    with nothing to unescape or decode. Callers consume every row: leaving a
+    COPY early means cancelling it (``close()`` the generator, as every caller
+    does in a ``finally``), which aborts the transaction: only for errors."""
+    tune_for_bulk(conn)
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(  # type: ignore[union-attr]
+            f"COPY ({SNAPSHOT_SQL.text}) TO STDOUT (FORMAT BINARY)") as copy:
+        copy.set_types(["bytea", "int8", "int8", "int8", "bool"])
+        yield from copy.rows()
 
 
 def stream_snapshot(conn: Connection, writer: SnapshotWriter,
                     on_product: Callable[[int], None] | None = None) -> dict[str, int]:
     """Write every product document; returns the totals for the summary."""
     totals = dict.fromkeys(TOTAL_KEYS, 0)
-    result = conn.execute(SNAPSHOT_SQL.execution_options(stream_results=True, yield_per=500))
-    for doc, n_images, n_links, n_vthumbs, has_thumb in result:
-        writer.add(doc)
-        totals["totalProducts"] += 1
-        totals["totalImages"] += n_images
-        totals["totalVariantLinks"] += n_links
-        totals["totalProductThumbnails"] += int(has_thumb)
-        totals["totalVariantThumbnails"] += n_vthumbs
-        if on_product is not None:
-            on_product(totals["totalProducts"])
+    live = live_documents(conn)
+    try:
+        for doc, n_images, n_links, n_vthumbs, has_thumb in live:
+            writer.add(doc)
+            totals["totalProducts"] += 1
+            totals["totalImages"] += n_images
+            totals["totalVariantLinks"] += n_links
+            totals["totalProductThumbnails"] += int(has_thumb)
+            totals["totalVariantThumbnails"] += n_vthumbs
+            if on_product is not None:
+                on_product(totals["totalProducts"])
+    finally:
+        live.close()  # an unfinished COPY holds the connection: end it before anything else
     totals["totalThumbnails"] = totals["totalProductThumbnails"] + totals["totalVariantThumbnails"]
     return totals
 
 
+def match_live(conn: Connection, reader: SnapshotReader) -> dict[str, int] | None:
+    """Stream the snapshot's documents against a fresh rendering of the live catalog.
+
+    The rendering is the snapshot query itself, in the caller's transaction, so
+    a document equals its live counterpart byte for byte exactly when every
+    column of every image and link row and every thumbnail of that product is
+    unchanged, and equal streams mean equal id sets. Returns the body's totals
+    when every document matches and the totals agree with the summary; None
+    otherwise (the caller then loads the snapshot to name the differences).
+    The whole body is always read, so a tampered file still fails its checksum
+    (SnapshotInvalid) before anything is compared. Memory stays flat: one
+    document of each side at a time."""
+    totals = dict.fromkeys(TOTAL_KEYS, 0)
+    live = live_documents(conn)
+    equal = True
+    try:
+        for doc in reader.documents():  # raises SnapshotInvalid at the end if tampered
+            row = next(live, None)
+            if row is None:
+                equal = False
+                continue
+            if not equal:
+                continue  # keep reading both sides to their ends
+            if row[0] != doc:
+                equal = False
+                continue
+            totals["totalProducts"] += 1
+            totals["totalImages"] += row[1]
+            totals["totalVariantLinks"] += row[2]
+            totals["totalVariantThumbnails"] += row[3]
+            totals["totalProductThumbnails"] += int(row[4])
+        for _ in live:
+            equal = False  # the live catalog has products the snapshot lacks
+    finally:
+        live.close()  # an unfinished COPY holds the connection: end it before anything else
+    loaded = {k: totals[k] for k in ("totalProducts", "totalImages", "totalVariantLinks",
+                                     "totalProductThumbnails", "totalVariantThumbnails")}
+    loaded["totalThumbnails"] = loaded["totalProductThumbnails"] + loaded["totalVariantThumbnails"]
+    if not equal or any(reader.summary.get(k) != v for k, v in loaded.items()):
+        return None
+    return loaded  # same keys, same order as load_snapshot's
+
+
+def clean_diffs() -> list[TableDiff]:
+    """What compare_with_live reports when snapshot and live are equal."""
+    return [TableDiff(table=t) for t in ("image", "product_variant_product_image",
+                                         "product.thumbnail", "product_variant.thumbnail")]
+
+
 # ---------------------------------------------------------------- loading a snapshot
 
+# Each document is parsed once, into jsonb (the OFFSET 0 keeps PostgreSQL from
+# inlining the cast into each of the five extractions, which would parse every
+# document five times); the element tables then read the binary jsonb.
 LOAD_SQL = [
     "CREATE TEMP TABLE _snap_product ON COMMIT DROP AS "
     "SELECT j->>'id' AS id, j->>'thumbnail' AS thumbnail, j->'images' AS images, "
     "       j->'variantLinks' AS links, j->'variantThumbnails' AS vthumbs "
-    "FROM (SELECT doc::json AS j FROM _snap_doc) d",
+    "FROM (SELECT doc::jsonb AS j FROM _snap_doc OFFSET 0) d",
     "CREATE TEMP TABLE _snap_image ON COMMIT DROP AS "
-    "SELECT r.* FROM _snap_product p, json_array_elements(p.images) e, "
-    "     json_populate_record(NULL::image, e) r",
+    "SELECT r.* FROM _snap_product p, jsonb_array_elements(p.images) e, "
+    "     jsonb_populate_record(NULL::image, e) r",
     "CREATE TEMP TABLE _snap_image_owner ON COMMIT DROP AS "
     "SELECT p.id AS product_id, e->>'product_id' AS claimed FROM _snap_product p, "
-    "     json_array_elements(p.images) e",
+    "     jsonb_array_elements(p.images) e",
     "CREATE TEMP TABLE _snap_link ON COMMIT DROP AS "
-    "SELECT r.* FROM _snap_product p, json_array_elements(p.links) e, "
-    "     json_populate_record(NULL::product_variant_product_image, e) r",
+    "SELECT r.* FROM _snap_product p, jsonb_array_elements(p.links) e, "
+    "     jsonb_populate_record(NULL::product_variant_product_image, e) r",
     "CREATE TEMP TABLE _snap_product_thumb ON COMMIT DROP AS "
     "SELECT id, thumbnail FROM _snap_product WHERE thumbnail IS NOT NULL",
     "CREATE TEMP TABLE _snap_variant_thumb ON COMMIT DROP AS "
     "SELECT e->>'id' AS id, e->>'thumbnail' AS thumbnail, p.id AS product_id "
-    "FROM _snap_product p, json_array_elements(p.vthumbs) e",
+    "FROM _snap_product p, jsonb_array_elements(p.vthumbs) e",
     "CREATE INDEX ON _snap_image (id)",
     "CREATE INDEX ON _snap_link (id)",
-    "ANALYZE _snap_product",
-    "ANALYZE _snap_image",
-    "ANALYZE _snap_link",
-    "ANALYZE _snap_product_thumb",
-    "ANALYZE _snap_variant_thumb",
+    # Statistics only for the columns that joins use: the jsonb and url columns
+    # would cost more to analyze than they could ever save.
+    "ANALYZE _snap_product (id)",
+    "ANALYZE _snap_image (id, product_id)",
+    "ANALYZE _snap_link (id, image_id)",
+    "ANALYZE _snap_product_thumb (id)",
+    "ANALYZE _snap_variant_thumb (id)",
 ]
 
 LOADED_TOTALS_SQL = text("""
@@ -139,6 +226,7 @@ def load_snapshot(conn: Connection, reader: SnapshotReader) -> dict[str, int]:
 
     The body is copied as text and parsed only after the checksum held, so a
     tampered file is reported as a checksum failure, not as a JSON error."""
+    tune_for_bulk(conn)
     conn.execute(text("CREATE TEMP TABLE _snap_doc (doc text NOT NULL) ON COMMIT DROP"))
     raw = conn.connection.driver_connection
     with raw.cursor() as cur, cur.copy("COPY _snap_doc (doc) FROM STDIN") as copy:  # type: ignore[union-attr]
@@ -281,6 +369,24 @@ def delete_snapshot_rows(conn: Connection) -> dict[str, int]:
             "variant_thumbnails": vthumbs}
 
 
+def delete_matched_rows(conn: Connection) -> dict[str, int]:
+    """The snapshot's rows, once match_live proved (under the lock) that the live
+    scope is exactly the snapshot: every image (each belongs to a product), every
+    link (each points at an image), every product thumbnail, every thumbnail of a
+    variant that belongs to a product. Plain set-based statements, as the SQL
+    fallback runs them, with no join against a loaded copy."""
+    links = conn.execute(text("DELETE FROM product_variant_product_image")).rowcount
+    images = conn.execute(text("DELETE FROM image")).rowcount
+    pthumbs = conn.execute(text(
+        "UPDATE product SET thumbnail = NULL, updated_at = now() "
+        "WHERE thumbnail IS NOT NULL")).rowcount
+    vthumbs = conn.execute(text(
+        "UPDATE product_variant SET thumbnail = NULL, updated_at = now() "
+        "WHERE thumbnail IS NOT NULL AND product_id IS NOT NULL")).rowcount
+    return {"images": images, "variant_links": links, "product_thumbnails": pthumbs,
+            "variant_thumbnails": vthumbs}
+
+
 RESTORE_PLAN_SQL = text("""
 SELECT
   (SELECT count(*) FROM _snap_image s WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = s.id)
@@ -328,14 +434,21 @@ def restore_plan(conn: Connection, target: str, body_sha256: str) -> Plan:
 
 def insert_snapshot_rows(conn: Connection) -> dict[str, int]:
     """Same ids, urls, ranks, metadata and timestamps; never clobbers a newer thumbnail."""
-    images = conn.execute(text(
-        "INSERT INTO image SELECT s.* FROM _snap_image s "
+    # Which rows to insert is decided before inserting any: an INSERT whose own
+    # NOT EXISTS reads the table it grows gets planned for the (empty, after a
+    # purge) table as a nested loop over a sequential scan, and every inserted
+    # row then lengthens the scan of the next: quadratic, hours at 1M images.
+    conn.execute(text(
+        "CREATE TEMP TABLE _todo_image ON COMMIT DROP AS SELECT s.* FROM _snap_image s "
         "WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = s.id) "
-        "AND EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)")).rowcount
-    links = conn.execute(text(
-        "INSERT INTO product_variant_product_image SELECT s.* FROM _snap_link s "
+        "AND EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)"))
+    images = conn.execute(text("INSERT INTO image SELECT * FROM _todo_image")).rowcount
+    conn.execute(text(
+        "CREATE TEMP TABLE _todo_link ON COMMIT DROP AS SELECT s.* FROM _snap_link s "
         "WHERE NOT EXISTS (SELECT 1 FROM product_variant_product_image l WHERE l.id = s.id) "
-        "AND EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)")).rowcount
+        "AND EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)"))
+    links = conn.execute(text(
+        "INSERT INTO product_variant_product_image SELECT * FROM _todo_link")).rowcount
     pthumbs = conn.execute(text(
         "UPDATE product p SET thumbnail = s.thumbnail, updated_at = now() "
         "FROM _snap_product_thumb s WHERE p.id = s.id AND p.thumbnail IS NULL")).rowcount

@@ -32,8 +32,16 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def _delays() -> list[float]:
+    """1, 3, 9 s by default; SAFEOPS_RETRY_DELAY_S scales them (read when tasks are defined)."""
+    from safeops.settings import get_settings
+
+    first = get_settings().task_retry_delay_s
+    return [first, 3 * first, 9 * first]
+
+
 TRANSIENT_RETRIES: dict[str, Any] = {
     "retries": 3,
-    "retry_delay_seconds": [1, 3, 9],
+    "retry_delay_seconds": _delays(),
     "retry_condition_fn": retry_transient,
 }

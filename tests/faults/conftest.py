@@ -1,0 +1,344 @@
+"""Tools of the fault suite: state checksums, the fully-applied state computed in a
+rolled-back transaction, a stall trigger that parks an apply mid-transaction, and
+ways to run the CLI (real subprocess, or in-process through Typer's runner).
+
+The guarantee every fault test checks is the same: after the fault, each table's
+checksum equals its value *before* the run or its value in the *fully-applied*
+state, for all tables at once; never anything in between.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+
+from tests.conftest import CMS_TABLES, MEDUSA_TABLES
+from tests.pg import execute, scalar
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Columns the apply legitimately stamps with now(); the applied state ignores them.
+STAMPS = ("updated_at",)
+
+MEDIA_PURGE_MODEL = [
+    # An independent model of the purge (not the product's SQL): every image reference goes.
+    "DELETE FROM product_variant_product_image",
+    "DELETE FROM image",
+    "UPDATE product SET thumbnail = NULL WHERE thumbnail IS NOT NULL",
+    "UPDATE product_variant SET thumbnail = NULL "
+    "WHERE thumbnail IS NOT NULL AND product_id IS NOT NULL",
+]
+
+
+def checksums(conn_or_url: psycopg.Connection[Any] | str, tables: list[str],
+              ignore: tuple[str, ...] = STAMPS) -> dict[str, str]:
+    """count:md5 of every row of each table (as jsonb, minus the ``ignore`` keys)."""
+    if isinstance(conn_or_url, str):
+        with psycopg.connect(conn_or_url) as conn:
+            return checksums(conn, tables, ignore)
+    conn = conn_or_url
+    conn.execute("SET TimeZone = 'UTC'")
+    drop = "".join(f" - '{c}'" for c in ignore)
+    out = {}
+    for table in tables:
+        row = conn.execute(
+            f"SELECT count(*), md5(COALESCE(string_agg((to_jsonb(t){drop})::text, '|' "
+            f"ORDER BY (to_jsonb(t){drop})::text), '')) FROM {table} t").fetchone()
+        assert row is not None
+        out[table] = f"{row[0]}:{row[1]}"
+    return out
+
+
+def applied_state(url: str, tables: list[str], apply: Callable[[Any], None]) -> dict[str, str]:
+    """The checksums the database would have once the change is fully applied, computed by
+    applying it in a transaction that is rolled back (nothing is ever committed)."""
+    from sqlalchemy import create_engine, text
+
+    from safeops.settings import sqlalchemy_url
+
+    engine = create_engine(sqlalchemy_url(url))
+    try:
+        with engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
+                apply(conn)
+                raw = conn.connection.driver_connection
+                return checksums(raw, tables)  # type: ignore[arg-type]
+            finally:
+                trans.rollback()
+    finally:
+        engine.dispose()
+
+
+def purge_model(conn: Any) -> None:
+    from sqlalchemy import text
+
+    for statement in MEDIA_PURGE_MODEL:
+        conn.execute(text(statement))
+
+
+def reset_model(site_id: str) -> Callable[[Any], None]:
+    def apply(conn: Any) -> None:
+        from tasks import cms_sql
+
+        cms_sql.delete_structure(conn, site_id)
+    return apply
+
+
+class States:
+    """The two states a fault may leave behind, and a classifier."""
+
+    def __init__(self, url: str, tables: list[str], apply: Callable[[Any], None]) -> None:
+        self.url, self.tables, self.applied_fn = url, tables, apply
+        self.before = checksums(url, tables)
+        self.applied = applied_state(url, tables, apply)
+        assert self.before != self.applied, "the change would change nothing"
+
+    def now(self) -> str:
+        """'before' or 'applied'; anything else fails, naming the tables in between."""
+        current = checksums(self.url, self.tables)
+        if current == self.before:
+            return "before"
+        if current == self.applied:
+            return "applied"
+        mixed = {t: ("before" if current[t] == self.before[t] else
+                     "applied" if current[t] == self.applied[t] else "neither")
+                 for t in self.tables if self.before[t] != self.applied[t]}
+        raise AssertionError(f"database is in between before and applied: {mixed}")
+
+
+@pytest.fixture()
+def media_states(medusa_url: str) -> States:
+    return States(medusa_url, MEDUSA_TABLES, purge_model)
+
+
+def site_states(url: str, site_id: str) -> States:
+    return States(url, CMS_TABLES, reset_model(site_id))
+
+
+def audit_rows(url: str, flow_name: str | None = None) -> list[tuple[Any, ...]]:
+    if scalar(url, "SELECT to_regclass('safeops.safeops_audit')") is None:
+        return []
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT flow_run_id, flow_name, plan_hash, counts "
+                            "FROM safeops.safeops_audit ORDER BY id").fetchall()
+    return [r for r in rows if flow_name is None or r[1] == flow_name]
+
+
+# ---------------------------------------------------------------- stalling an apply
+
+
+def install_stall(url: str, table: str, seconds: float) -> None:
+    """A BEFORE DELETE row trigger on ``table`` that sleeps once (the first row ever, counted
+    by a sequence, which a rollback does not undo), so the apply parks mid-transaction after
+    its earlier statements ran; a retry or re-run is not stalled again."""
+    execute(url, f"""
+        CREATE SEQUENCE faults_stall_seq;
+        CREATE FUNCTION faults_stall() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('faults_stall_seq') = 1 THEN PERFORM pg_sleep({seconds}); END IF;
+            RETURN OLD;
+        END $$;
+        CREATE TRIGGER faults_stall BEFORE DELETE ON {table}
+            FOR EACH ROW EXECUTE FUNCTION faults_stall();""")
+
+
+def wait_for_stall(url: str, timeout_s: float = 120,
+                   alive: Callable[[], bool] = lambda: True) -> tuple[int, str]:
+    """(pid, query) of the safeops backend sleeping in the stall trigger."""
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'safeops' AND wait_event = 'PgSleep'").fetchone()
+            if row:
+                return int(row[0]), str(row[1])
+            assert alive(), "the run ended without reaching the stalled statement"
+            time.sleep(0.05)
+    raise AssertionError("the apply never reached the stall trigger")
+
+
+def terminate(url: str, pid: int) -> None:
+    assert scalar(url, "SELECT pg_terminate_backend(%s)", pid) is True
+
+
+def wait_backend_gone(url: str, pid: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not scalar(url, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", pid):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"backend {pid} still there after {timeout_s} s")
+
+
+# ---------------------------------------------------------------- Prefect API
+
+
+def task_runs(flow_run_id: UUID, name: str, timeout_s: float = 30) -> list[Any]:
+    """Task runs of a flow run whose name starts with ``name``, once all are final
+    (the API records them asynchronously)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [r for r in client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_run_id]))) if r.name.startswith(name)]
+            if runs and all(r.state and r.state.is_final() for r in runs):
+                return runs
+            if time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)
+
+
+def flow_run(run_id: UUID) -> Any:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id)
+
+
+def runs_of(flow_name: str, since: Any) -> list[Any]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
+
+    with get_client(sync_client=True) as client:
+        return list(client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since))))
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, **(extra or {}), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The real CLI in its own process (own session, so it can be SIGKILLed alone)."""
+    return subprocess.Popen([sys.executable, "-m", "safeops.cli", *args], cwd=ROOT,
+                            env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout_s: float = 240) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"CLI still running after {timeout_s} s:\n{out}\n{err}") from None
+    return proc.returncode, out, err
+
+
+class CliResult:
+    def __init__(self, code: int, stdout: str, stderr: str) -> None:
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    @property
+    def error_line(self) -> str:
+        """The one line a refusal prints (stderr must hold exactly one)."""
+        lines = self.stderr.strip().splitlines()
+        assert len(lines) == 1, f"expected one line on stderr, got:\n{self.stderr}"
+        return lines[0]
+
+    def __repr__(self) -> str:
+        return f"exit {self.code}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+
+
+def cli(*args: str) -> CliResult:
+    """The CLI in this process (Typer's runner): same code path, exit code and output
+    streams as the console script, without 10 s of interpreter and Prefect start-up."""
+    from typer.testing import CliRunner
+
+    from safeops.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+@contextmanager
+def on_event(kind: str, action: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Run ``action`` synchronously when a flow emits ``kind`` (before the CLI sees it)."""
+    from safeops import events
+
+    def listener(k: str, data: dict[str, Any]) -> None:
+        if k == kind:
+            action(data)
+
+    with events.listening(listener):
+        yield
+
+
+# ---------------------------------------------------------------- snapshot files
+
+
+def read_snapshot_file(path: str | Path) -> tuple[dict[str, Any], str, list[bytes]]:
+    """(summary, body key, body documents) of a snapshot file."""
+    import json
+
+    lines = Path(path).read_bytes().split(b"\n")
+    summary: dict[str, Any] = {}
+    i = 1
+    while not lines[i].endswith(b": ["):
+        summary.update(json.loads(b"{" + lines[i].rstrip(b",") + b"}"))
+        i += 1
+    body_key = json.loads(lines[i][:-3])
+    docs = []
+    for line in lines[i + 1:]:
+        if line == b"]":
+            break
+        docs.append(line[:-1] if line.endswith(b",") else line)
+    return summary, body_key, docs
+
+
+def write_snapshot_file(path: str | Path, summary: dict[str, Any], body_key: str,
+                        docs: list[bytes]) -> None:
+    """Write a snapshot whose summary matches its body: the checksum recomputed, as a
+    careful forger (or a buggy tool) would."""
+    import shutil
+
+    from safeops.snapshot_format import SnapshotWriter
+
+    writer = SnapshotWriter(summary["format"], body_key)
+    for doc in docs:
+        writer.add(doc)
+    rest = {k: v for k, v in summary.items() if k not in ("format", "formatVersion",
+                                                          "bodySha256")}
+    shutil.move(writer.finish(rest), path)
+
+
+def change_one_byte(path: str | Path, needle: bytes, replacement: bytes) -> None:
+    """Edit the first body line holding ``needle``, same length, checksum left stale."""
+    data = Path(path).read_bytes()
+    start = data.index(b": [\n") + 4
+    at = data.index(needle, start)
+    assert len(needle) == len(replacement) and needle != replacement
+    Path(path).write_bytes(data[:at] + replacement + data[at + len(needle):])
+
+
+def truncate_mid_body(path: str | Path) -> None:
+    data = Path(path).read_bytes()
+    start = data.index(b": [\n") + 4
+    Path(path).write_bytes(data[:start + (len(data) - start) // 2])
