@@ -26,25 +26,26 @@ AWS_SECRET = "AwsFaultsMarker-2Lm"
 
 
 def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
-        exports: Path) -> None:
+        exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The closed port in a real process (all it prints, with the task's 3 retries at
+    SAFEOPS_RETRY_DELAY_S=0.1); the unknown database in-process, retries shortened."""
     from prefect.types._datetime import now
+
+    from tasks.cms_site import check_site
 
     closed = free_port()
     medusa = f"postgresql://shop_admin:{PASSWORD}@127.0.0.1:{closed}/shop"
-    cms = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/safeops_no_such_database"
-    fast = {"SAFEOPS_RETRY_DELAY_S": "0.1"}  # the same 3 retries, 0.1/0.3/0.9 s apart
     since = now("UTC")
-    procs = {
-        "closed port": start_cli("media", "purge", env={"MEDUSA_DATABASE_URL": medusa, **fast}),
-        "no database": start_cli("site", "check", "00000000-0000-4000-8000-000000000000",
-                                 env={"CMS_DATABASE_URL": cms, **fast}),
-    }
-    runs = {name: finish(proc) for name, proc in procs.items()}
-    for flow_name, task_name in (("purge-product-media", "snapshot-media"),
-                                 ("check-site-reset", "check-site-reset")):
-        (run,) = runs_of(flow_name, since)
-        (attempts,) = task_runs(run.id, task_name)
-        assert attempts.run_count == 4 and run.state.is_failed()  # retried, then failed
+    proc = start_cli("media", "purge", env={"MEDUSA_DATABASE_URL": medusa,
+                                            "SAFEOPS_RETRY_DELAY_S": "0.1"})
+    monkeypatch.setattr(check_site, "retry_delay_seconds", [0.1, 0.1, 0.1])
+    monkeypatch.setenv("CMS_DATABASE_URL", f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/"
+                                           "safeops_no_such_database")
+    unknown = cli("site", "check", "00000000-0000-4000-8000-000000000000")
+    code, out, err = finish(proc)
+
+    runs = {"closed port": (code, out, err),
+            "no database": (unknown.code, unknown.stdout, unknown.stderr)}
     for name, (code, out, err) in runs.items():
         assert code == 1, (name, out, err)
         assert PASSWORD not in out + err, name
@@ -53,6 +54,11 @@ def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
         assert ":***@127.0.0.1:" in line, (name, line)
     assert f"127.0.0.1:{closed}/shop" in runs["closed port"][2]
     assert 'database "safeops_no_such_database" does not exist' in runs["no database"][2]
+    for flow_name, task_name in (("purge-product-media", "snapshot-media"),
+                                 ("check-site-reset", "check-site-reset")):
+        (run,) = runs_of(flow_name, since)
+        (attempts,) = task_runs(run.id, task_name)
+        assert attempts.run_count == 4 and run.state.is_failed()  # retried, then failed
 
 
 # ---------------------------------------------------------------- secrets, CMS side
