@@ -11,7 +11,7 @@ comparison, purge and restore are set-based SQL whatever the catalog size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from sqlalchemy import Connection, text
 
@@ -86,7 +86,7 @@ def count_products_in_scope(conn: Connection) -> int:
     return int(conn.execute(COUNT_SCOPE_SQL).scalar_one())
 
 
-def live_documents(conn: Connection) -> Iterator[tuple[bytes, int, int, int, bool]]:
+def live_documents(conn: Connection) -> Generator[tuple[bytes, int, int, int, bool], None, None]:
     """(document, images, links, variant thumbnails, has thumbnail) per product, in id order.
 
     Streamed with ``COPY (SNAPSHOT_SQL) TO STDOUT`` in binary format: PostgreSQL
@@ -238,7 +238,8 @@ def load_snapshot(conn: Connection, reader: SnapshotReader) -> dict[str, int]:
                 conn.execute(text(statement))
     except Exception as exc:
         raise SnapshotInvalid(f"Snapshot {reader.uri} failed the format check: its documents "
-                              f"do not fit the Medusa tables ({str(exc).splitlines()[0]})") from None
+                              f"do not fit the Medusa tables ({str(exc).splitlines()[0]})"
+                              ) from None
     (products, d_products, images, d_images, links, d_links, pthumbs, vthumbs, d_vthumbs,
      misowned, dangling) = conn.execute(LOADED_TOTALS_SQL).one()
     loaded = {"totalProducts": products, "totalImages": images, "totalVariantLinks": links,
@@ -463,5 +464,4 @@ def snapshot_image_urls(conn: Connection) -> Iterator[tuple[str, str]]:
     """(image id, url) of the loaded snapshot, streamed, for object checks."""
     result = conn.execute(text("SELECT id, url FROM _snap_image ORDER BY id")
                           .execution_options(stream_results=True, yield_per=2000))
-    for image_id, url in result:
-        yield image_id, url
+    yield from ((image_id, url) for image_id, url in result)

@@ -51,7 +51,12 @@ class Stack:
         return self.run([sys.executable, "-m", "safeops.cli", *args])
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+        """The REST API; a 503 (SQLite busy under load) is retried like Prefect's client does."""
+        for _ in range(20):
+            response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+            if response.status_code != 503:
+                break
+            time.sleep(1)
         response.raise_for_status()
         return response.json() if response.content else None
 
