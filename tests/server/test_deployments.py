@@ -74,6 +74,8 @@ def test_invalid_answer_is_refused_and_rejection_changes_nothing(stack: Stack) -
     assert table_checksums(stack.medusa_url, MEDUSA_TABLES) == before
 
 
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason=f"{CHROMIUM} missing: `apt-get install chromium` (.ci/run does)")
 def test_approval_in_the_prefect_ui_with_headless_chromium(stack: Stack) -> None:
     from playwright.sync_api import sync_playwright
 
