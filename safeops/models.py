@@ -62,6 +62,8 @@ class SnapshotRef(BaseModel):
 class VerifyReport(BaseModel):
     uri: str
     checks: list[Check]
+    # sha256 of the whole file as verified; an apply refuses any other bytes.
+    file_sha256: str = ""
     totals: dict[str, int] = Field(default_factory=dict)
     diffs: list[TableDiff] = Field(default_factory=list)
     missing_objects: int = 0

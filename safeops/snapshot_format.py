@@ -113,12 +113,26 @@ class SnapshotReader:
 
     def __init__(self, lines: Iterator[bytes], expected_format: str, uri: str) -> None:
         self.uri = uri
-        self._lines = lines
+        self._file_sha = hashlib.sha256()
+        self._lines = self._hashed(lines)
         self.summary: dict[str, Any] = {}
         self.body_key = ""
         self.documents_read = 0
         self.actual_sha256 = ""
         self._read_summary(expected_format)
+
+    def _hashed(self, lines: Iterator[bytes]) -> Iterator[bytes]:
+        for line in lines:
+            self._file_sha.update(line)
+            yield line
+
+    @property
+    def file_sha256(self) -> str:
+        """sha256 of every byte read so far: of the whole file once documents() has ended.
+
+        The body checksum cannot see an edited summary; this one binds both, so an
+        apply can demand the very file a verify accepted (see tasks/guards.py)."""
+        return self._file_sha.hexdigest()
 
     def _fail(self, check: str, detail: str) -> SnapshotInvalid:
         return SnapshotInvalid(f"Snapshot {self.uri} failed the {check} check: {detail}")

@@ -7,6 +7,7 @@ not grow with the catalog.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -190,6 +191,28 @@ def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 @contextmanager
+def open_chunks(uri: str) -> Iterator[Iterator[bytes]]:
+    """Stream a snapshot's bytes in 1 MiB chunks from wherever it lives."""
+    location, name = split_uri(uri)
+    if location.scheme == "file":
+        path = Path(location.root) / name
+        if not path.is_file():
+            raise SnapshotNotFound(f"No snapshot file at {path}.")
+        with open(path, "rb") as handle:
+            yield iter(lambda: handle.read(CHUNK), b"")
+        return
+    client = s3_client()
+    key = f"{location.prefix}/{name}" if location.prefix else name
+    with _s3_errors(f"reading {uri}"):
+        body = client.get_object(Bucket=location.root, Key=key)["Body"]
+    try:
+        with _s3_errors(f"reading {uri}"):
+            yield iter(lambda: body.read(CHUNK), b"")
+    finally:
+        body.close()
+
+
+@contextmanager
 def open_lines(uri: str) -> Iterator[Iterator[bytes]]:
     """Stream a snapshot's lines (with their newline) from wherever it lives."""
     location, name = split_uri(uri)
@@ -200,15 +223,18 @@ def open_lines(uri: str) -> Iterator[Iterator[bytes]]:
         with open(path, "rb") as handle:
             yield iter(handle)
         return
-    client = s3_client()
-    key = f"{location.prefix}/{name}" if location.prefix else name
-    with _s3_errors(f"reading {uri}"):
-        body = client.get_object(Bucket=location.root, Key=key)["Body"]
-    try:
-        with _s3_errors(f"reading {uri}"):
-            yield _split_lines(iter(lambda: body.read(CHUNK), b""))
-    finally:
-        body.close()
+    with open_chunks(uri) as chunks:
+        yield _split_lines(chunks)
+
+
+def file_sha256(uri: str) -> str:
+    """sha256 of the stored file's bytes, read in chunks (hashlib releases the GIL,
+    so a thread can hash while the caller's SQL runs)."""
+    sha = hashlib.sha256()
+    with open_chunks(uri) as chunks:
+        for chunk in chunks:
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 def list_snapshots(location: Location, kind_prefix: str) -> list[str]:

@@ -142,7 +142,7 @@ def verify_site_snapshot(target: str, uri: str, expected_plan_hash: str | None) 
             raise SnapshotInvalid(f"Snapshot {uri} failed the plan-hash check: it records "
                                   f"{reader.summary.get('planHash')}, the plan is "
                                   f"{expected_plan_hash}")
-    return VerifyReport(uri=uri, checks=checks, totals=loaded)
+    return VerifyReport(uri=uri, checks=checks, totals=loaded, file_sha256=reader.file_sha256)
 
 
 @task(name="apply-site-reset", **TRANSIENT_RETRIES)

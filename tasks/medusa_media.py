@@ -92,7 +92,8 @@ def verify_media_snapshot(target: str, uri: str, *, require_live_match: bool = T
         checks.append(Check(name="audit", ok=edited is None,
                             detail=edited or "agrees with every audit row naming it"))
         # pydantic copies the list: later checks go to report.checks, not `checks`.
-        report = VerifyReport(uri=uri, checks=checks, totals=totals)
+        report = VerifyReport(uri=uri, checks=checks, totals=totals,
+                              file_sha256=reader.file_sha256)
         if require_live_match:
             report.diffs = sql.clean_diffs() if matched is not None else sql.compare_with_live(conn)
             dirty = describe_diffs(report.diffs)
