@@ -121,7 +121,8 @@ def op_purge_ours(a: dict[str, Any]) -> dict[str, Any]:
     from tasks.medusa_media import apply_media_purge
 
     applied = apply_media_purge.fn("medusa", a["uri"], a["plan_hash"], _approval(),
-                                   datetime.now(UTC))
+                                   datetime.now(UTC), verified_sha256=a["file_sha256"],
+                                   verified_plan_hash=a["plan_hash"])
     return {"applied": applied}
 
 
@@ -231,12 +232,16 @@ def op_reset_baseline(a: dict[str, Any]) -> dict[str, Any]:
 def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     """The media snapshot and purge plan every purge applies, and the site's reset plan."""
     from tasks.cms_site import snapshot_site
-    from tasks.medusa_media import plan_media_purge, take_media_snapshot
+    from tasks.medusa_media import plan_media_purge, take_media_snapshot, verify_media_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
+    report = verify_media_snapshot.fn("medusa", ref.uri)  # what the flow hands the apply
     plan = plan_media_purge.fn("medusa")
+    if not report.ok or plan.plan_hash != report.plan_hash:
+        raise RuntimeError(f"setup snapshot does not verify: {report.failures()}")
     site_ref, site_plan = snapshot_site.fn("cms", a["site"], a["location"])
-    return {"media": {"uri": ref.uri, "plan_hash": plan.plan_hash, "counts": plan.counts},
+    return {"media": {"uri": ref.uri, "plan_hash": plan.plan_hash, "counts": plan.counts,
+                      "file_sha256": report.file_sha256},
             "cms": {"uri": site_ref.uri, "plan_hash": site_plan.plan_hash,
                     "counts": site_plan.counts}}
 
@@ -558,8 +563,9 @@ class Runner:
         if stage == "purge":
             gen.checkpoint(self.medusa_url)
             if variant == "ours":
-                m = self._measure(stage, variant, rep, {"uri": self.media["uri"],
-                                                        "plan_hash": self.media["plan_hash"]})
+                m = self._measure(stage, variant, rep, {
+                    "uri": self.media["uri"], "plan_hash": self.media["plan_hash"],
+                    "file_sha256": self.media["file_sha256"]})
             else:
                 m = self._measure(stage, variant, rep, {"script": self.purge_script})
             self.raw_restore()

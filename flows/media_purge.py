@@ -62,6 +62,9 @@ def purge_product_media(target: str = "medusa", dry_run: bool = True,
                                 f"({report.failures()}); nothing changed.")
 
         plan = plan_media_purge(target)
+        if plan.plan_hash != report.plan_hash:
+            raise DriftDetected("Refused: the catalog changed while the snapshot was being "
+                                "verified (plan hash moved); nothing changed. Run it again.")
         events.emit("plan", plan=plan)
         check_saved_plan(plan, approved_plan_hash)
         result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
@@ -85,7 +88,8 @@ def purge_product_media(target: str = "medusa", dry_run: bool = True,
             approved_plan_hash=approved_plan_hash, approved_by=approved_by)
 
         result.applied = apply_media_purge(target, snapshot.uri, plan.plan_hash, result.approval,
-                                           started)
+                                           started, verified_sha256=report.file_sha256,
+                                           verified_plan_hash=report.plan_hash)
         log.info("purge committed: %s", result.applied)
 
         after = take_media_snapshot(target, snapshot_location)

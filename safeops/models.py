@@ -64,6 +64,8 @@ class VerifyReport(BaseModel):
     checks: list[Check]
     # sha256 of the whole file as verified; an apply refuses any other bytes.
     file_sha256: str = ""
+    # Plan hash of the live rows the file was proven equal to ("" when it was not).
+    plan_hash: str = ""
     totals: dict[str, int] = Field(default_factory=dict)
     diffs: list[TableDiff] = Field(default_factory=list)
     missing_objects: int = 0

@@ -90,6 +90,11 @@ class Progress:
         if self._id is not None:
             update_progress_artifact(self._id, min(100.0, 100.0 * done / self.total))
 
+    def finish(self, done: int) -> None:
+        """The last tick: ``done`` becomes the total, for totals that were an upper bound."""
+        self.total = max(done, 1)
+        self.update(done, force=True)
+
 
 def verify_table(report: VerifyReport, key: str) -> None:
     if not _in_run():

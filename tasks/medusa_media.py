@@ -20,7 +20,7 @@ from safeops.snapshot_format import SnapshotWriter
 from tasks import medusa_sql as sql
 from tasks.artifacts import Progress
 from tasks.audit import applied_counts, recorded_for_snapshot, write_audit
-from tasks.guards import refuse_if_plan_moved, require_as_planned
+from tasks.guards import FileCheck, refuse_if_plan_moved, require_as_planned
 from tasks.object_store import head_missing
 from tasks.retry import TRANSIENT_RETRIES
 from tasks.snapshots import (
@@ -48,10 +48,10 @@ def take_media_snapshot(target: str, snapshot_location: str | None = None) -> Sn
     try:
         with read_snapshot(engine_for(target)) as conn:
             fp = fingerprint(conn)
-            progress = Progress("media-snapshot-progress", sql.count_products_in_scope(conn),
+            progress = Progress("media-snapshot-progress", sql.count_products(conn),
                                 "products written to the snapshot")
             totals = sql.stream_snapshot(conn, writer, progress.update)
-            progress.update(totals["totalProducts"], force=True)
+            progress.finish(totals["totalProducts"])
         uri = finish_and_publish(writer, name_prefix=SNAPSHOT_PREFIX, created_at=created,
                                  summary={**totals, **source_fields(fp)},
                                  location=snapshot_location)
@@ -99,6 +99,11 @@ def verify_media_snapshot(target: str, uri: str, *, require_live_match: bool = T
             dirty = describe_diffs(report.diffs)
             report.checks.append(Check(name="live-match", ok=not dirty,
                                        detail=dirty or "id sets equal the live database's"))
+            if not dirty:
+                # In the view that proved file == live: what an apply re-derives under
+                # its lock to know the rows are still these, without re-reading the file.
+                report.plan_hash = sql.purge_plan(conn, describe_target(target),
+                                                  count_products=False).plan_hash
         if check_objects:
             missing, first = head_missing(sql.snapshot_image_urls(conn))
             report.missing_objects, report.first_missing_objects = missing, first
@@ -123,34 +128,53 @@ def _ensure_equal(conn: object, uri: str) -> None:
 
 @task(name="apply-media-purge", **TRANSIENT_RETRIES)
 def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
-                      approval: Approval, started_at: datetime) -> dict[str, int]:
-    """One transaction: lock, prove snapshot == live == approved plan, delete, audit."""
+                      approval: Approval, started_at: datetime, verified_sha256: str = "",
+                      verified_plan_hash: str = "") -> dict[str, int]:
+    """One transaction: lock, prove snapshot == live == approved plan, delete, audit.
+
+    Two proofs reach the same conclusion. Fast, when a verify of this run proved
+    the file equal to the live rows and recorded their plan hash: the file still
+    hashes to the bytes that verify read (hashed in a thread meanwhile), and the
+    plan re-derived under the lock, a digest of every row, still equals the
+    verified one; so the rows are those the file holds, at the cost of one pass
+    of digests instead of re-rendering the catalog. Thorough, otherwise (no
+    verify to lean on, or the rows moved since): compare the file with the live
+    rows under the lock, and name any drift."""
     flow_run_id = _flow_run_id()
     settings = get_settings()
-    with open_snapshot(snapshot_uri, sql.MEDIA_FORMAT) as reader, \
-            transaction(engine_for(target), lock_timeout_s=settings.lock_timeout_s) as conn:
-        done = applied_counts(conn, flow_run_id, "purge-product-media", approved_plan_hash)
-        if done is not None:
-            return done  # this run committed before its connection dropped
-        sql.lock_media_tables(conn)
-        refuse_foreign(reader, fingerprint(conn), force=False)
-        # Under the lock: the snapshot equals a fresh rendering of the live
-        # catalog (fast path), or, loaded into temp tables, equals it row by row
-        # (otherwise DriftDetected names what moved).
-        matched = sql.match_live(conn, reader) is not None
-        if not matched:
-            with open_snapshot(snapshot_uri, sql.MEDIA_FORMAT) as again:
-                sql.load_snapshot(conn, again)
-            _ensure_equal(conn, snapshot_uri)
-        plan = sql.purge_plan(conn, describe_target(target))
-        refuse_if_plan_moved(plan, approved_plan_hash, "the plan changed since approval")
-        applied = sql.delete_matched_rows(conn) if matched else sql.delete_snapshot_rows(conn)
-        require_as_planned(applied, plan, "Purge changed")
-        write_audit(conn, flow_run_id=flow_run_id, flow_name="purge-product-media",
-                    target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
-                    counts={"planned": plan.counts, "applied": applied,
-                            "snapshotSha256": reader.actual_sha256},
-                    snapshot_uri=snapshot_uri, started_at=started_at)
+    file_check = (FileCheck(snapshot_uri, verified_sha256)
+                  if verified_sha256 and verified_plan_hash else None)
+    try:
+        with open_snapshot(snapshot_uri, sql.MEDIA_FORMAT) as reader, \
+                transaction(engine_for(target), lock_timeout_s=settings.lock_timeout_s) as conn:
+            done = applied_counts(conn, flow_run_id, "purge-product-media", approved_plan_hash)
+            if done is not None:
+                return done  # this run committed before its connection dropped
+            sql.lock_media_tables(conn)
+            refuse_foreign(reader, fingerprint(conn), force=False)
+            plan = sql.purge_plan(conn, describe_target(target), count_products=False)
+            if file_check is not None and plan.plan_hash == verified_plan_hash:
+                file_check.require_unchanged()
+                matched, body_sha256 = True, str(reader.summary["bodySha256"])
+            else:
+                matched = sql.match_live(conn, reader) is not None
+                if not matched:
+                    with open_snapshot(snapshot_uri, sql.MEDIA_FORMAT) as again:
+                        sql.load_snapshot(conn, again)
+                    _ensure_equal(conn, snapshot_uri)
+                body_sha256 = reader.actual_sha256
+            refuse_if_plan_moved(plan, approved_plan_hash, "the plan changed since approval")
+            applied = sql.delete_matched_rows(conn) if matched else sql.delete_snapshot_rows(conn)
+            require_as_planned(applied, plan, "Purge changed")
+            write_audit(conn, flow_run_id=flow_run_id, flow_name="purge-product-media",
+                        target=describe_target(target), plan_hash=plan.plan_hash,
+                        approval=approval,
+                        counts={"planned": plan.counts, "applied": applied,
+                                "snapshotSha256": body_sha256},
+                        snapshot_uri=snapshot_uri, started_at=started_at)
+    finally:
+        if file_check is not None:
+            file_check.cancel()
     return applied
 
 

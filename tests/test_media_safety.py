@@ -213,6 +213,25 @@ def test_image_deleted_during_the_pause_is_refused_as_drift(medusa_url: str,
     assert count(medusa_url, "SELECT count(*) FROM image") > 100
 
 
+def test_image_edited_during_the_pause_is_refused_as_drift(medusa_url: str,
+                                                          exports: Path) -> None:
+    """Same ids, one url changed: the plan hash covers every column, so the apply's
+    digest moves, the thorough comparison runs and names the changed row."""
+    victim = str(scalar(medusa_url, "SELECT id FROM image ORDER BY id DESC LIMIT 1"))
+    during: dict[str, str] = {}
+
+    def edit_then_approve(data: dict[str, Any]) -> dict[str, Any]:
+        execute(medusa_url, "UPDATE image SET url = url || '?v=2' WHERE id = %s", victim)
+        during.update(table_checksums(medusa_url, MEDUSA_TABLES))
+        return approve_as()(data)
+
+    with answer_approval(edit_then_approve), pytest.raises(DriftDetected) as drift:
+        purge_product_media(dry_run=False)
+    assert f"1 changed since the snapshot ({victim})" in str(drift.value)
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == during
+    assert audit_rows(medusa_url) == 0
+
+
 # ---------------------------------------------------------------- fault in the middle
 
 

@@ -119,7 +119,7 @@ def test_media_snapshot_with_its_summary_edited_to_match_fails_the_live_match(
 
 
 # ---------------------------------------------------------------- 4. purge: the undo point
-# is replaced during the approval pause. The apply reads its snapshot again and refuses.
+# is replaced during the approval pause. The apply hashes its snapshot again and refuses.
 
 
 def edit_url(uri: str) -> None:
@@ -137,11 +137,22 @@ def other_source(uri: str) -> None:
                                       '"sourceDatabase": "another_shop"', 1))
 
 
+def edit_total_images(uri: str) -> None:
+    text = Path(uri).read_text()
+    summary, _, _ = read_snapshot_file(uri)
+    total = summary["totalImages"]
+    Path(uri).write_text(text.replace(f'"totalImages": {total},',
+                                      f'"totalImages": {total + 1},', 1))
+
+
 TAMPER: dict[str, tuple[Callable[[str], None], str]] = {
     "checksum": (lambda uri: change_one_byte(uri, b"/medusa-media/", b"/medusa-medib/"),
                  "checksum check"),
-    "truncated": (truncate_mid_body, "truncation check"),
-    "summary edited to match": (edit_url, "drift since snapshot"),
+    "truncated": (truncate_mid_body, "changed since it was verified"),
+    # The apply demands the very bytes its verify accepted: any edit after the verify,
+    # even one that keeps the body checksum right, is refused before anything is compared.
+    "summary edited to match": (edit_url, "changed since it was verified"),
+    "summary total edited": (edit_total_images, "changed since it was verified"),
     "another database": (other_source, "another_shop"),
 }
 
