@@ -18,6 +18,17 @@ class DatabaseUnreachable(SafeopsError):
     """Connection failed; the message shows the host, never the password."""
 
 
+class LoginRefused(DatabaseUnreachable):
+    """The server answered and refused us (no such database or role, bad password,
+    pg_hba): configuration, which no retry fixes, so tasks fail at once."""
+
+
+# What PostgreSQL says when it answers but refuses the login (connection errors carry
+# no SQLSTATE in psycopg, only the server's message).
+LOGIN_REFUSALS = ("does not exist", "password authentication failed", "no pg_hba.conf entry",
+                  "permission denied for database", "authentication failed for user")
+
+
 def engine_for(target: str) -> Engine:
     """NullPool: every task opens a fresh connection, so a retry after a killed
     backend never picks up a dead pooled socket."""
@@ -42,9 +53,11 @@ def connect(engine: Engine) -> Connection:
     try:
         return engine.connect()
     except OperationalError as exc:
-        raise DatabaseUnreachable(
-            f"Cannot connect to {mask_url(engine.url)}: {_first_line(exc.orig or exc)}"
-        ) from None
+        detail = str(exc.orig or exc)
+        kind = (LoginRefused if any(marker in detail for marker in LOGIN_REFUSALS)
+                else DatabaseUnreachable)
+        raise kind(f"Cannot connect to {mask_url(engine.url)}: {_first_line(exc.orig or exc)}"
+                   ) from None
 
 
 @contextmanager

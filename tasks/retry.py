@@ -8,10 +8,10 @@ from safeops.errors import TRANSIENT_MARKERS, is_refusal
 
 
 def _is_transient(exc: BaseException) -> bool:
-    from safeops.db import DatabaseUnreachable
+    from safeops.db import DatabaseUnreachable, LoginRefused
     from safeops.snapshot_store import StoreUnavailable
 
-    if is_refusal(exc):
+    if is_refusal(exc) or isinstance(exc, LoginRefused):
         return False
     if isinstance(exc, (DatabaseUnreachable, StoreUnavailable, ConnectionError, TimeoutError)):
         return True
