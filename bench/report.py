@@ -169,6 +169,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
             xs.append(x)
             ours.append(row["ours"]["seconds"])
             base.append(row["baseline"]["seconds"])
+        if not xs:  # a run of some stages only (--stages): leave the panel empty
+            ax.set_title(f"{stage} (not run)")
+            ax.set_axis_off()
+            continue
         ax.plot(xs, ours, "o-", color="tab:blue", label="safeops")
         ax.plot(xs, base, "s--", color="tab:gray", label="raw SQL baseline")
         if stage == "verify":
