@@ -156,13 +156,14 @@ def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
             if file_check is not None and plan.plan_hash == verified_plan_hash:
                 file_check.require_unchanged()
                 matched, body_sha256 = True, str(reader.summary["bodySha256"])
+                proof = "verified file + row digest"
             else:
                 matched = sql.match_live(conn, reader) is not None
                 if not matched:
                     with open_snapshot(snapshot_uri, sql.MEDIA_FORMAT) as again:
                         sql.load_snapshot(conn, again)
                     _ensure_equal(conn, snapshot_uri)
-                body_sha256 = reader.actual_sha256
+                body_sha256, proof = reader.actual_sha256, "file compared with the live rows"
             refuse_if_plan_moved(plan, approved_plan_hash, "the plan changed since approval")
             applied = sql.delete_matched_rows(conn) if matched else sql.delete_snapshot_rows(conn)
             require_as_planned(applied, plan, "Purge changed")
@@ -170,7 +171,7 @@ def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
                         target=describe_target(target), plan_hash=plan.plan_hash,
                         approval=approval,
                         counts={"planned": plan.counts, "applied": applied,
-                                "snapshotSha256": body_sha256},
+                                "snapshotSha256": body_sha256, "proof": proof},
                         snapshot_uri=snapshot_uri, started_at=started_at)
     finally:
         if file_check is not None:

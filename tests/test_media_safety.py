@@ -232,6 +232,40 @@ def test_image_edited_during_the_pause_is_refused_as_drift(medusa_url: str,
     assert audit_rows(medusa_url) == 0
 
 
+def test_apply_without_a_verify_compares_the_file_and_a_wrong_file_hash_is_refused(
+        medusa_url: str, exports: Path) -> None:
+    """The apply's two proofs: handed a verify's file hash that the file no longer has,
+    it refuses before deleting anything; handed nothing, it compares the file with the
+    live rows under its lock, and the audit row says which proof it used."""
+    from safeops.errors import SnapshotInvalid
+    from safeops.models import Approval
+    from tasks.medusa_media import (
+        apply_media_purge,
+        plan_media_purge,
+        take_media_snapshot,
+        verify_media_snapshot,
+    )
+    from tasks.snapshots import now_utc
+
+    approval = Approval(approver="alice", reason="test", via="saved-plan")
+    uri = take_media_snapshot.fn("medusa", str(exports)).uri
+    report = verify_media_snapshot.fn("medusa", uri)
+    plan = plan_media_purge.fn("medusa")
+    assert report.ok and report.plan_hash == plan.plan_hash and len(report.file_sha256) == 64
+    before = table_checksums(medusa_url, MEDUSA_TABLES)
+
+    with pytest.raises(SnapshotInvalid, match="changed since it was verified"):
+        apply_media_purge.fn("medusa", uri, plan.plan_hash, approval, now_utc(),
+                             verified_sha256="0" * 64, verified_plan_hash=report.plan_hash)
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == before and audit_rows(medusa_url) == 0
+
+    applied = apply_media_purge.fn("medusa", uri, plan.plan_hash, approval, now_utc())
+    assert applied["images"] == plan.counts["images"] > 100
+    assert real_counts(medusa_url) == dict.fromkeys(REAL_COUNT_SQL, 0)
+    counts = scalar(medusa_url, "SELECT counts FROM safeops.safeops_audit")
+    assert isinstance(counts, dict) and counts["proof"] == "file compared with the live rows"
+
+
 # ---------------------------------------------------------------- fault in the middle
 
 
