@@ -1,7 +1,9 @@
 """Where snapshot files live: a local folder or an S3/MinIO prefix.
 
 Files are written once under a new name and never overwritten, so any
-snapshot URI handed out stays valid. Reads stream line by line so memory does
+snapshot URI handed out stays valid. In a folder, a snapshot is assembled
+under a hidden ``.<name>.<random>.part`` name and only then linked under its
+real one: a crash leaves at most hidden files, never a half-written snapshot. Reads stream line by line so memory does
 not grow with the catalog.
 """
 
