@@ -3,8 +3,8 @@
 Files are written once under a new name and never overwritten, so any
 snapshot URI handed out stays valid. In a folder, a snapshot is assembled
 under a hidden ``.<name>.<random>.part`` name and only then linked under its
-real one: a crash leaves at most hidden files, never a half-written snapshot. Reads stream line by line so memory does
-not grow with the catalog.
+real one: a crash leaves at most hidden files, never a half-written snapshot.
+Reads stream line by line so memory does not grow with the catalog.
 """
 
 from __future__ import annotations
