@@ -22,12 +22,14 @@ one compact JSON document per line::
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,67 +42,124 @@ class NotASnapshot(BadInput):
     """The file is not a safeops snapshot at all (exit 2), as opposed to a damaged one."""
 
 
+BODY_BUFFER = 1 << 20  # one write(2) per MiB of body instead of one per 8 KiB
+PART_SUFFIX = ".part"  # work-in-progress files: hidden, never a snapshot name
+
+
+@dataclass(frozen=True)
+class SnapshotParts:
+    """A finished snapshot as its three pieces, not yet joined into one file.
+
+    The body already sits on disk exactly as it appears in the final file, so
+    whoever stores the snapshot copies it once, where it will live, instead of
+    rewriting it line by line."""
+
+    header: bytes
+    body: Path
+    trailer: bytes
+
+    def write_to(self, fd: int) -> None:
+        """Write the complete snapshot at ``fd``'s position: header, body, trailer."""
+        _write_all(fd, self.header)
+        with open(self.body, "rb") as body:
+            copy_file(body.fileno(), fd, os.fstat(body.fileno()).st_size)
+        _write_all(fd, self.trailer)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # os.write may write less than asked (signals, some file systems): loop.
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# Errors meaning "this pair of files cannot use copy_file_range", not "the copy failed".
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP,
+                  errno.EBADF}
+
+
+def copy_file(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes from ``src`` to ``dst`` at their current positions.
+
+    copy_file_range keeps the bytes in the kernel (a reflink on file systems
+    that share blocks); where it is missing, refused (another file system,
+    an old kernel) or stops short, plain reads and writes finish the job
+    from wherever it got to."""
+    left = size
+    if hasattr(os, "copy_file_range"):
+        while left > 0:
+            try:
+                done = os.copy_file_range(src, dst, left)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_RANGE:
+                    raise
+                break
+            if done == 0:
+                break
+            left -= done
+    if left > 0:
+        with open(src, "rb", closefd=False) as reader, \
+                open(dst, "wb", buffering=0, closefd=False) as writer:
+            shutil.copyfileobj(reader, writer, BODY_BUFFER)
+
+
+
 class SnapshotWriter:
-    """Spools body documents to disk while hashing them, then writes the file.
+    """Spools body documents to disk while hashing them, then hands over the parts.
 
     The summary needs totals and the checksum, which are only known once the
     body has streamed, so the body goes to a spool file first: memory stays
-    flat whatever the size."""
+    flat whatever the size. The spool holds the body exactly as the final file
+    will (``,\\n`` between documents), so finishing never re-reads it; put it
+    in the folder the snapshot goes to (``spool_dir``) and joining the parts
+    is a copy inside one file system."""
 
-    def __init__(self, fmt: str, body_key: str) -> None:
+    def __init__(self, fmt: str, body_key: str, spool_dir: str | Path | None = None) -> None:
         self.fmt = fmt
         self.body_key = body_key
         self._sha = hashlib.sha256()
+        fd, name = tempfile.mkstemp(prefix=".safeops-", suffix=".body" + PART_SUFFIX,
+                                    dir=spool_dir)
+        self._spool_path = Path(name)
         # Closed by finish()/discard(), not by a with-block: it outlives __init__.
-        self._spool = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            "w+b", suffix=".body", delete=False)
+        self._spool = open(fd, "wb", buffering=BODY_BUFFER)  # noqa: SIM115
+        # Bound methods looked up once: add() runs once per row.
+        self._write = self._spool.write
+        self._hash = self._sha.update
         self.count = 0
-        self._final: Path | None = None
 
     def add(self, document: str | bytes) -> None:
         data = document.encode() if isinstance(document, str) else document
         if b"\n" in data:
             raise ValueError("a body document must be one line of JSON")
-        data += b"\n"
-        self._sha.update(data)
-        self._spool.write(data)
+        if self.count:
+            self._write(b",\n")
+        self._write(data)
+        self._hash(data + b"\n")
         self.count += 1
 
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()
 
-    def finish(self, summary: dict[str, Any]) -> Path:
-        """Write the complete snapshot to a local temporary file and return its path."""
-        self._spool.flush()
-        self._spool.seek(0)
-        with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as out:
-            out.write(b"{\n")
-            header: dict[str, Any] = {"format": self.fmt, "formatVersion": FORMAT_VERSION,
-                                      **summary, "bodySha256": self.sha256}
-            for key, value in header.items():
-                out.write(f"{json.dumps(key)}: {json.dumps(value, sort_keys=True)},\n".encode())
-            out.write(f"{json.dumps(self.body_key)}: [\n".encode())
-            first = True
-            for line in self._spool:
-                if not first:
-                    out.write(b",\n")
-                out.write(line[:-1])
-                first = False
-            out.write(b"\n]\n}\n" if not first else b"]\n}\n")
-        self.close()
-        self._final = Path(out.name)
-        return self._final
+    def finish(self, summary: dict[str, Any]) -> SnapshotParts:
+        """Close the body and return the parts the snapshot file is made of.
 
-    def close(self) -> None:
+        The spool stays on disk until discard(): the caller joins the parts first."""
         self._spool.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._spool.name)
+        header: dict[str, Any] = {"format": self.fmt, "formatVersion": FORMAT_VERSION,
+                                  **summary, "bodySha256": self.sha256}
+        lines = [b"{\n"]
+        lines += [f"{json.dumps(key)}: {json.dumps(value, sort_keys=True)},\n".encode()
+                  for key, value in header.items()]
+        lines.append(f"{json.dumps(self.body_key)}: [\n".encode())
+        trailer = b"\n]\n}\n" if self.count else b"]\n}\n"
+        return SnapshotParts(b"".join(lines), self._spool_path, trailer)
 
     def discard(self) -> None:
-        self.close()
-        if self._final is not None:
-            self._final.unlink(missing_ok=True)
+        """Close and delete the spool; safe to call more than once."""
+        self._spool.close()
+        self._spool_path.unlink(missing_ok=True)
 
 
 class SnapshotReader:

@@ -1,8 +1,10 @@
 """Where snapshot files live: a local folder or an S3/MinIO prefix.
 
 Files are written once under a new name and never overwritten, so any
-snapshot URI handed out stays valid. Reads stream line by line so memory does
-not grow with the catalog.
+snapshot URI handed out stays valid. In a folder, a snapshot is assembled
+under a hidden ``.<name>.<random>.part`` name and only then linked under its
+real one: a crash leaves at most hidden files, never a half-written snapshot.
+Reads stream line by line so memory does not grow with the catalog.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
+import secrets
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from urllib.parse import urlparse
 
 from safeops.errors import BadInput, SafeopsError
 from safeops.settings import get_settings
+from safeops.snapshot_format import PART_SUFFIX, SnapshotParts
 
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json$")
 CHUNK = 1 << 20
@@ -132,35 +136,105 @@ def _s3_errors(what: str) -> Iterator[None]:
         raise
 
 
-def publish(local_file: Path, location: Location, base_name: str) -> str:
-    """Put a finished file in the store under a name that is not taken yet."""
+def spool_dir(location: Location) -> Path | None:
+    """Where a snapshot's body should spool while rows stream: in the destination
+    folder itself, so joining the file is a copy inside one file system. S3
+    snapshots spool to the local temporary folder (None)."""
+    if location.scheme != "file":
+        return None
+    folder = Path(location.root)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def publish(parts: SnapshotParts, location: Location, base_name: str) -> str:
+    """Put a finished snapshot in the store under a name that is not taken yet."""
     if location.scheme == "file":
-        folder = Path(location.root)
-        folder.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1000):
-            name = base_name if attempt == 0 else base_name.replace(".json", f"-{attempt}.json")
-            target = folder / name
+        return _publish_to_folder(parts, Path(location.root), base_name)
+    return _publish_to_s3(parts, location, base_name)
+
+
+def _free_names(base_name: str) -> Iterator[str]:
+    """The name itself, then -1, -2, ...: two runs in the same second never share one."""
+    yield base_name
+    for attempt in range(1, 1000):
+        yield base_name.replace(".json", f"-{attempt}.json")
+
+
+def _publish_to_folder(parts: SnapshotParts, folder: Path, base_name: str) -> str:
+    """Write the file once, under a hidden name in its folder, then give it its name.
+
+    os.link refuses an existing name, so no snapshot is ever overwritten, and the
+    name only appears once the file is complete and on disk: a crash leaves at
+    most a hidden ``.part`` file, which listings and retention ignore."""
+    folder.mkdir(parents=True, exist_ok=True)
+    part = _assemble(parts, folder, base_name, durable=True)
+    try:
+        for name in _free_names(base_name):
             try:
-                # O_EXCL reservation: two runs in the same second never share a name.
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                os.link(part, folder / name)
             except FileExistsError:
                 continue
-            with os.fdopen(fd, "wb") as out, open(local_file, "rb") as src:
-                shutil.copyfileobj(src, out, CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            return str(target)
-        raise SafeopsError(f"Could not find a free snapshot name in {folder}.")
+            _fsync_folder(folder)
+            return str(folder / name)
+    finally:
+        part.unlink(missing_ok=True)
+    raise SafeopsError(f"Could not find a free snapshot name in {folder}.")
+
+
+def _assemble(parts: SnapshotParts, folder: Path, base_name: str, *, durable: bool) -> Path:
+    """The complete file under a new hidden ``.part`` name in ``folder``."""
+    fd, part = _create_part(folder, base_name)
+    try:
+        parts.write_to(fd)
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        part.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return part
+
+
+def _create_part(folder: Path, base_name: str) -> tuple[int, Path]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        part = folder / f".{base_name}.{secrets.token_hex(6)}{PART_SUFFIX}"
+        try:
+            return os.open(part, flags, 0o640), part
+        except FileExistsError:
+            continue
+    raise SafeopsError(f"Could not create a temporary file in {folder}.")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the new name itself durable, not only the file's bytes (POSIX only)."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish_to_s3(parts: SnapshotParts, location: Location, base_name: str) -> str:
+    """Upload the joined file under the first free key (checked, then written:
+    S3 has no create-if-absent here, as before)."""
     client = s3_client()
-    with _s3_errors(f"writing to s3://{location.root}/{location.prefix}"):
-        for attempt in range(1000):
-            name = base_name if attempt == 0 else base_name.replace(".json", f"-{attempt}.json")
-            key = f"{location.prefix}/{name}" if location.prefix else name
-            if _s3_exists(client, location.root, key):
-                continue
-            client.upload_file(str(local_file), location.root, key,
-                               ExtraArgs={"ContentType": "application/json"})
-            return f"s3://{location.root}/{key}"
+    local = _assemble(parts, Path(tempfile.gettempdir()), base_name, durable=False)
+    try:
+        with _s3_errors(f"writing to s3://{location.root}/{location.prefix}"):
+            for name in _free_names(base_name):
+                key = f"{location.prefix}/{name}" if location.prefix else name
+                if _s3_exists(client, location.root, key):
+                    continue
+                client.upload_file(str(local), location.root, key,
+                                   ExtraArgs={"ContentType": "application/json"})
+                return f"s3://{location.root}/{key}"
+    finally:
+        local.unlink(missing_ok=True)
     raise SafeopsError("Could not find a free snapshot name in the bucket.")
 
 

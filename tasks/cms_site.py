@@ -19,7 +19,6 @@ from safeops.errors import (
 )
 from safeops.models import Approval, Check, Plan, SnapshotRef, VerifyReport, plan_hash_of
 from safeops.settings import describe_target, get_settings
-from safeops.snapshot_format import SnapshotWriter
 from tasks import cms_sql as sql
 from tasks.audit import applied_counts, recorded_for_snapshot, write_audit
 from tasks.guards import refuse_if_plan_moved, require_as_planned
@@ -27,6 +26,7 @@ from tasks.medusa_media import _flow_run_id
 from tasks.retry import TRANSIENT_RETRIES
 from tasks.snapshots import (
     finish_and_publish,
+    new_writer,
     now_utc,
     open_snapshot,
     refuse_foreign,
@@ -76,7 +76,7 @@ def snapshot_site(target: str, site_id: str,
     """Plan and snapshot in one REPEATABLE READ view, so the file holds exactly
     the rows the plan hash describes."""
     created = now_utc()
-    writer = SnapshotWriter(sql.SITE_FORMAT, "rows")
+    writer = new_writer(sql.SITE_FORMAT, "rows", snapshot_location)
     try:
         with read_snapshot(engine_for(target)) as conn:
             slug, name = _require_site(conn, site_id)

@@ -16,7 +16,6 @@ from safeops.db import engine_for, fingerprint, read_snapshot, transaction
 from safeops.errors import DriftDetected, SnapshotInvalid
 from safeops.models import Approval, Check, Plan, SnapshotRef, VerifyReport, describe_diffs
 from safeops.settings import describe_target, get_settings
-from safeops.snapshot_format import SnapshotWriter
 from tasks import medusa_sql as sql
 from tasks.artifacts import Progress
 from tasks.audit import applied_counts, recorded_for_snapshot, write_audit
@@ -26,6 +25,7 @@ from tasks.retry import TRANSIENT_RETRIES
 from tasks.snapshots import (
     check_source,
     finish_and_publish,
+    new_writer,
     now_utc,
     open_snapshot,
     refuse_foreign,
@@ -44,7 +44,7 @@ def _flow_run_id() -> UUID | None:
 def take_media_snapshot(target: str, snapshot_location: str | None = None) -> SnapshotRef:
     """Stream every product holding a reference to a new snapshot file."""
     created = now_utc()
-    writer = SnapshotWriter(sql.MEDIA_FORMAT, "products")
+    writer = new_writer(sql.MEDIA_FORMAT, "products", snapshot_location)
     try:
         with read_snapshot(engine_for(target)) as conn:
             fp = fingerprint(conn)

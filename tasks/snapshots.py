@@ -11,7 +11,7 @@ from safeops import events
 from safeops.db import Fingerprint
 from safeops.errors import ForeignSnapshot
 from safeops.snapshot_format import SnapshotReader, SnapshotWriter
-from safeops.snapshot_store import open_lines, parse_location, publish
+from safeops.snapshot_store import open_lines, parse_location, publish, spool_dir
 
 
 def utc_stamp(moment: datetime) -> str:
@@ -22,16 +22,22 @@ def source_fields(fp: Fingerprint) -> dict[str, str]:
     return {"sourceSystemIdentifier": fp.system_identifier, "sourceDatabase": fp.database}
 
 
+def new_writer(fmt: str, body_key: str, location: str | None) -> SnapshotWriter:
+    """A writer that spools where the snapshot will be published, so the file is
+    written once, in place (a bad location is refused before any row is read)."""
+    return SnapshotWriter(fmt, body_key, spool_dir(parse_location(location)))
+
+
 def finish_and_publish(writer: SnapshotWriter, *, name_prefix: str, created_at: datetime,
                        summary: dict[str, Any], location: str | None) -> str:
     """Write the file, put it in the store, return its URI (and tell the CLI)."""
     where = parse_location(location)
-    path = writer.finish({"createdAt": created_at.isoformat(timespec="seconds")
-                          .replace("+00:00", "Z"), **summary})
+    parts = writer.finish({"createdAt": created_at.isoformat(timespec="seconds")
+                           .replace("+00:00", "Z"), **summary})
     try:
-        uri = publish(path, where, f"{name_prefix}-{utc_stamp(created_at)}.json")
+        uri = publish(parts, where, f"{name_prefix}-{utc_stamp(created_at)}.json")
     finally:
-        path.unlink(missing_ok=True)
+        writer.discard()
     events.emit("snapshot", uri=uri)
     return uri
 

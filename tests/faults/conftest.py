@@ -317,16 +317,19 @@ def write_snapshot_file(path: str | Path, summary: dict[str, Any], body_key: str
                         docs: list[bytes]) -> None:
     """Write a snapshot whose summary matches its body: the checksum recomputed, as a
     careful forger (or a buggy tool) would."""
-    import shutil
-
     from safeops.snapshot_format import SnapshotWriter
 
     writer = SnapshotWriter(summary["format"], body_key)
-    for doc in docs:
-        writer.add(doc)
-    rest = {k: v for k, v in summary.items() if k not in ("format", "formatVersion",
-                                                          "bodySha256")}
-    shutil.move(writer.finish(rest), path)
+    try:
+        for doc in docs:
+            writer.add(doc)
+        rest = {k: v for k, v in summary.items() if k not in ("format", "formatVersion",
+                                                              "bodySha256")}
+        parts = writer.finish(rest)
+        with open(path, "wb") as out:
+            parts.write_to(out.fileno())
+    finally:
+        writer.discard()
 
 
 def change_one_byte(path: str | Path, needle: bytes, replacement: bytes) -> None:
