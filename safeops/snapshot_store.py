@@ -9,6 +9,7 @@ Reads stream line by line so memory does not grow with the catalog.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -23,7 +24,7 @@ from urllib.parse import urlparse
 
 from safeops.errors import BadInput, SafeopsError
 from safeops.settings import get_settings
-from safeops.snapshot_format import PART_SUFFIX, SnapshotParts
+from safeops.snapshot_format import PART_SUFFIX, SnapshotParts, copy_file
 
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json$")
 CHUNK = 1 << 20
@@ -175,11 +176,41 @@ def _publish_to_folder(parts: SnapshotParts, folder: Path, base_name: str) -> st
                 os.link(part, folder / name)
             except FileExistsError:
                 continue
+            except OSError as exc:
+                if exc.errno not in NO_HARD_LINKS:
+                    raise
+                if not _copy_to_new_name(part, folder / name):
+                    continue
             _fsync_folder(folder)
             return str(folder / name)
     finally:
         part.unlink(missing_ok=True)
     raise SafeopsError(f"Could not find a free snapshot name in {folder}.")
+
+
+# File systems without hard links (some network and FUSE mounts) say so with these.
+NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+
+
+def _copy_to_new_name(part: Path, target: Path) -> bool:
+    """Where os.link is refused: reserve the name with O_EXCL (never overwrites) and
+    copy the finished file into it. The name is visible while the copy runs, as it
+    was before links were used; False when the name is taken."""
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o640)
+    except FileExistsError:
+        return False
+    try:
+        with open(part, "rb") as src:
+            copy_file(src.fileno(), fd, os.fstat(src.fileno()).st_size)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return True
 
 
 def _assemble(parts: SnapshotParts, folder: Path, base_name: str, *, durable: bool) -> Path:

@@ -138,6 +138,23 @@ def test_same_second_snapshots_get_distinct_names_and_never_overwrite(tmp_path: 
     assert hidden(tmp_path) == []
 
 
+def test_a_folder_without_hard_links_gets_copies_that_never_overwrite(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some network and FUSE mounts refuse link(2): the publish reserves each name with
+    O_EXCL and copies instead, still skipping taken names and leaving no .part file."""
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    squatter = tmp_path / BASE
+    squatter.write_bytes(b"someone else's file\n")
+    uri = write(tmp_path, DOCS)
+    assert Path(uri).name == BASE.replace(".json", "-1.json")
+    assert Path(uri).read_bytes() == expected_file(DOCS, {"createdAt": CREATED})
+    assert squatter.read_bytes() == b"someone else's file\n"
+    assert hidden(tmp_path) == []
+
+
 def test_concurrent_publishes_in_one_second_each_keep_their_own_file(tmp_path: Path) -> None:
     uris: dict[int, str] = {}
     start = threading.Barrier(6)
