@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -360,6 +361,28 @@ def list_snapshots(location: Location, kind_prefix: str) -> list[str]:
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
     return [f"s3://{location.root}/{k}" for k in sorted(keys)
             if SNAPSHOT_NAME.match(k.rpartition("/")[2])]
+
+
+# What a crashed run leaves in a folder store: the writer's spool and the assembled
+# file, both hidden until published (see snapshot_format.SnapshotWriter, _assemble).
+LEFTOVER_PART = re.compile(r"^\.safeops-[^/]*\.body\.part$"
+                           r"|^\.[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json\.[0-9a-f]+\.part$")
+
+
+def remove_leftover_parts(location: Location, older_than_s: float = 86400.0) -> list[str]:
+    """Delete the hidden work files of runs that died a day or more ago.
+
+    A live run's files are seconds to minutes old, so a day's margin never touches
+    one; anything not named like our own work files stays, whatever its age."""
+    if location.scheme != "file" or not Path(location.root).is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    removed = []
+    for path in Path(location.root).iterdir():
+        if LEFTOVER_PART.match(path.name) and path.is_file() and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+            removed.append(str(path))
+    return sorted(removed)
 
 
 def remove(uri: str) -> None:

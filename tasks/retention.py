@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from safeops.db import engine_for, transaction
 from safeops.errors import BadInput
-from safeops.snapshot_store import list_snapshots, parse_location, remove
+from safeops.snapshot_store import list_snapshots, parse_location, remove, remove_leftover_parts
 from tasks.retry import TRANSIENT_RETRIES
 
 AUDIT_PROTECTION_DAYS = 30
@@ -42,4 +42,5 @@ def prune_snapshots(target: str, location: str | None, name_prefix: str,
             continue
         remove(uri)
         pruned.append(uri)
-    return {"pruned": pruned, "kept_for_audit": kept_for_audit, "kept": uris[-keep:]}
+    return {"pruned": pruned, "kept_for_audit": kept_for_audit, "kept": uris[-keep:],
+            "leftover_parts_removed": remove_leftover_parts(where)}

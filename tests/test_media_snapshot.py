@@ -211,3 +211,48 @@ def test_verify_reports_missing_objects(medusa_url: str, s3_bucket: str, s3_serv
     assert all(image_id in message for image_id in absent)
     # Exactly the two: the other objects, spaces and percent-encoding included, were found.
     assert len(keys) > 100 and any(" " in key for key in keys.values() if key)
+
+
+# ---------------------------------------------------------------- retention
+
+
+def test_retention_keeps_the_newest_and_every_audited_snapshot(medusa_url: str,
+                                                               exports: Path) -> None:
+    """Retention deletes snapshot files: only the oldest beyond `keep`, never one a recent
+    audit row names, never anything but our own names; work files of a run that died a
+    day ago go, a fresh one stays."""
+    import os
+    import time
+
+    from safeops.errors import BadInput
+    from tasks.retention import prune_snapshots
+
+    names = [f"medusa-media-snapshot-2026010{d}T000000Z.json" for d in range(1, 6)]
+    exports.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (exports / name).write_text("{}\n")
+    foreign = exports / "medusa-media-snapshot-notes.txt"
+    foreign.write_text("mine\n")
+    old_part = exports / ".safeops-dead1234.body.part"
+    fresh_part = exports / f".{names[0]}.0123456789ab.part"
+    for part in (old_part, fresh_part):
+        part.write_text("partial")
+    day_and_a_bit = time.time() - 90000
+    os.utime(old_part, (day_and_a_bit, day_and_a_bit))
+    execute(medusa_url, Path("safeops/schemas/audit.sql").read_text())
+    execute(medusa_url, "INSERT INTO safeops.safeops_audit (flow_name, target, plan_hash, "
+                        "approver, reason, approved_via, counts, snapshot_uri) VALUES "
+                        "('purge-product-media', 'medusa', 'h', 'alice', 'r', 'form', '{}', %s)",
+            str(exports / names[1]))
+
+    with pytest.raises(BadInput):
+        prune_snapshots.fn("medusa", str(exports), "medusa-media-snapshot", 0)
+    assert len(list(exports.iterdir())) == 8  # the refusal deleted nothing
+
+    outcome = prune_snapshots.fn("medusa", str(exports), "medusa-media-snapshot", 2)
+    assert outcome["pruned"] == [str(exports / n) for n in (names[0], names[2])]
+    assert outcome["kept_for_audit"] == [str(exports / names[1])]
+    assert outcome["kept"] == [str(exports / n) for n in names[3:]]
+    assert outcome["leftover_parts_removed"] == [str(old_part)]
+    assert sorted(p.name for p in exports.iterdir()) == sorted(
+        [names[1], *names[3:], foreign.name, fresh_part.name])
