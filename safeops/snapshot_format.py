@@ -162,6 +162,22 @@ class SnapshotWriter:
         self._spool_path.unlink(missing_ok=True)
 
 
+def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines (each with its newline; the last maybe without) of a stream of chunks."""
+    pending = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        data = pending + chunk if pending else chunk
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            yield data[start:end + 1]
+            start = end + 1
+        pending = data[start:]
+    if pending:
+        yield pending
+
+
 class SnapshotReader:
     """Parses the summary eagerly and the body lazily, checking as it goes.
 
@@ -170,15 +186,32 @@ class SnapshotReader:
     failed check. Callers load documents inside a transaction they roll back
     on that error, so nothing is ever acted on before the checksum holds."""
 
-    def __init__(self, lines: Iterator[bytes], expected_format: str, uri: str) -> None:
+    def __init__(self, lines: Iterator[bytes], expected_format: str, uri: str,
+                 file_sha: Any = None) -> None:
+        """``file_sha``: a sha256 object the caller already feeds every byte of the
+        file (see from_chunks); otherwise the lines are hashed as they are read."""
         self.uri = uri
-        self._file_sha = hashlib.sha256()
-        self._lines = self._hashed(lines)
+        self._file_sha = file_sha if file_sha is not None else hashlib.sha256()
+        self._lines = lines if file_sha is not None else self._hashed(lines)
         self.summary: dict[str, Any] = {}
         self.body_key = ""
         self.documents_read = 0
         self.actual_sha256 = ""
         self._read_summary(expected_format)
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterator[bytes], expected_format: str,
+                    uri: str) -> SnapshotReader:
+        """A reader over raw chunks, hashing the file a chunk at a time: one C call
+        per MiB instead of a Python step per line (a tenth of a verify's time)."""
+        file_sha = hashlib.sha256()
+
+        def hashed() -> Iterator[bytes]:
+            for chunk in chunks:
+                file_sha.update(chunk)
+                yield chunk
+
+        return cls(split_lines(hashed()), expected_format, uri, file_sha=file_sha)
 
     def _hashed(self, lines: Iterator[bytes]) -> Iterator[bytes]:
         for line in lines:

@@ -282,20 +282,6 @@ def _s3_exists(client: Any, bucket: str, key: str) -> bool:
         raise
 
 
-def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    pending = b""
-    for chunk in chunks:
-        if not chunk:
-            continue
-        pending += chunk
-        lines = pending.split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-    if pending:
-        yield pending
-
-
 @contextmanager
 def open_chunks(uri: str) -> Iterator[Iterator[bytes]]:
     """Stream a snapshot's bytes in 1 MiB chunks from wherever it lives."""
@@ -316,21 +302,6 @@ def open_chunks(uri: str) -> Iterator[Iterator[bytes]]:
             yield iter(lambda: body.read(CHUNK), b"")
     finally:
         body.close()
-
-
-@contextmanager
-def open_lines(uri: str) -> Iterator[Iterator[bytes]]:
-    """Stream a snapshot's lines (with their newline) from wherever it lives."""
-    location, name = split_uri(uri)
-    if location.scheme == "file":
-        path = Path(location.root) / name
-        if not path.is_file():
-            raise SnapshotNotFound(f"No snapshot file at {path}.")
-        with open(path, "rb") as handle:
-            yield iter(handle)
-        return
-    with open_chunks(uri) as chunks:
-        yield _split_lines(chunks)
 
 
 def file_sha256(uri: str) -> str:

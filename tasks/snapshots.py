@@ -11,7 +11,7 @@ from safeops import events
 from safeops.db import Fingerprint
 from safeops.errors import ForeignSnapshot
 from safeops.snapshot_format import SnapshotReader, SnapshotWriter
-from safeops.snapshot_store import open_lines, parse_location, publish, spool_dir
+from safeops.snapshot_store import open_chunks, parse_location, publish, spool_dir
 
 
 def utc_stamp(moment: datetime) -> str:
@@ -44,8 +44,8 @@ def finish_and_publish(writer: SnapshotWriter, *, name_prefix: str, created_at: 
 
 @contextmanager
 def open_snapshot(uri: str, fmt: str) -> Iterator[SnapshotReader]:
-    with open_lines(uri) as lines:
-        yield SnapshotReader(lines, fmt, uri)
+    with open_chunks(uri) as chunks:
+        yield SnapshotReader.from_chunks(chunks, fmt, uri)
 
 
 def check_source(reader: SnapshotReader, live: Fingerprint, force: bool = False) -> str | None:

@@ -22,8 +22,9 @@ import pytest
 from safeops.snapshot_format import SnapshotReader, SnapshotWriter
 from safeops.snapshot_store import (
     SNAPSHOT_NAME,
+    file_sha256,
     list_snapshots,
-    open_lines,
+    open_chunks,
     parse_location,
     publish,
 )
@@ -72,10 +73,16 @@ def test_published_file_has_the_documented_layout(tmp_path: Path, docs: list[byt
 
     assert Path(uri) == tmp_path / BASE
     assert Path(uri).read_bytes() == expected_file(docs, summary)
-    with open_lines(uri) as lines:
-        reader = SnapshotReader(lines, FMT, uri)
+    with open_chunks(uri) as chunks:
+        reader = SnapshotReader.from_chunks(chunks, FMT, uri)
         assert list(reader.documents()) == docs
     assert reader.summary["totalProducts"] == len(docs)
+    # Read line by line or chunk by chunk, the file hashes the same, to its last byte.
+    assert reader.file_sha256 == hashlib.sha256(Path(uri).read_bytes()).hexdigest()
+    lines_reader = SnapshotReader(iter(Path(uri).read_bytes().splitlines(keepends=True)),
+                                  FMT, uri)
+    assert list(lines_reader.documents()) == docs
+    assert lines_reader.file_sha256 == reader.file_sha256 == file_sha256(uri)
     assert hidden(tmp_path) == []
 
 
