@@ -192,8 +192,8 @@ def op_restore_baseline(a: dict[str, Any]) -> dict[str, Any]:
 def op_reset_ours(a: dict[str, Any]) -> dict[str, Any]:
     from tasks.cms_site import apply_site_reset
 
-    deleted = apply_site_reset.fn("cms", a["site"], a["uri"], a["plan_hash"], _approval(),
-                                  datetime.now(UTC))
+    deleted = apply_site_reset.fn("cms", a["site"], a["uri"], a["plan_hash"], a["file_sha256"],
+                                  _approval(), datetime.now(UTC))
     return {"deleted": deleted}
 
 
@@ -230,15 +230,17 @@ def op_reset_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     """The media snapshot and purge plan every purge applies, and the site's reset plan."""
-    from tasks.cms_site import snapshot_site
+    from tasks.cms_site import snapshot_site, verify_site_snapshot
     from tasks.medusa_media import plan_media_purge, take_media_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
     plan = plan_media_purge.fn("medusa")
     site_ref, site_plan = snapshot_site.fn("cms", a["site"], a["location"])
+    # The flow verifies before its approval; the apply is handed what that verify saw.
+    site_verified = verify_site_snapshot.fn("cms", site_ref.uri, site_plan.plan_hash)
     return {"media": {"uri": ref.uri, "plan_hash": plan.plan_hash, "counts": plan.counts},
             "cms": {"uri": site_ref.uri, "plan_hash": site_plan.plan_hash,
-                    "counts": site_plan.counts}}
+                    "file_sha256": site_verified.file_sha256, "counts": site_plan.counts}}
 
 
 OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -581,7 +583,8 @@ class Runner:
             if variant == "ours":
                 return self._measure(stage, variant, rep, {
                     "site": self.site, "uri": self.cms["uri"],
-                    "plan_hash": self.cms["plan_hash"]})
+                    "plan_hash": self.cms["plan_hash"],
+                    "file_sha256": self.cms["file_sha256"]})
             return self._measure(stage, variant, rep, {"site": self.site})
         raise ValueError(stage)
 
