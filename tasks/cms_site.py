@@ -211,6 +211,8 @@ def apply_site_reset(target: str, site_id: str, snapshot_uri: str, approved_plan
                 return done
             _require_approved_snapshot(conn, snapshot_uri, site_id, approved_plan_hash)
             plan = _reset_locked(conn, site_id, target, file_check, approved_plan_hash)
+            # These counts are the statements' own, already bound by the approved hash:
+            # comparing them with the plan (require_as_planned) would compare it with itself.
             deleted = {k: plan.counts[k] for k in sql.DELETED_KINDS}
             write_audit(conn, flow_run_id=flow_run_id, flow_name="reset-site-structure",
                         target=describe_target(target), plan_hash=plan.plan_hash,
