@@ -193,8 +193,8 @@ def op_restore_baseline(a: dict[str, Any]) -> dict[str, Any]:
 def op_reset_ours(a: dict[str, Any]) -> dict[str, Any]:
     from tasks.cms_site import apply_site_reset
 
-    deleted = apply_site_reset.fn("cms", a["site"], a["uri"], a["plan_hash"], _approval(),
-                                  datetime.now(UTC))
+    deleted = apply_site_reset.fn("cms", a["site"], a["uri"], a["plan_hash"], a["file_sha256"],
+                                  _approval(), datetime.now(UTC))
     return {"deleted": deleted}
 
 
@@ -231,7 +231,7 @@ def op_reset_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     """The media snapshot and purge plan every purge applies, and the site's reset plan."""
-    from tasks.cms_site import snapshot_site
+    from tasks.cms_site import snapshot_site, verify_site_snapshot
     from tasks.medusa_media import plan_media_purge, take_media_snapshot, verify_media_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
@@ -240,10 +240,12 @@ def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     if not report.ok or plan.plan_hash != report.plan_hash:
         raise RuntimeError(f"setup snapshot does not verify: {report.failures()}")
     site_ref, site_plan = snapshot_site.fn("cms", a["site"], a["location"])
+    # The flows verify before their approval; the applies are handed what that verify saw.
+    site_verified = verify_site_snapshot.fn("cms", site_ref.uri, site_plan.plan_hash)
     return {"media": {"uri": ref.uri, "plan_hash": plan.plan_hash, "counts": plan.counts,
                       "file_sha256": report.file_sha256},
             "cms": {"uri": site_ref.uri, "plan_hash": site_plan.plan_hash,
-                    "counts": site_plan.counts}}
+                    "file_sha256": site_verified.file_sha256, "counts": site_plan.counts}}
 
 
 OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -456,6 +458,7 @@ class Runner:
         template_url = gen.database_url(self.admin_url, self.cms_template)
         c = gen.generate_cms(template_url, self.k)
         self._try_prewarm_extension(template_url)
+        self._create_audit_table(template_url)
         self.log(f"  cms: {c.counts} in {c.seconds:.1f} s")
         self.data["cms"] = {**c.counts, "generate_seconds": round(c.seconds, 2)}
         self.site = gen.bench_site_id(template_url)
@@ -488,6 +491,17 @@ class Runner:
                 gen.drop_database(self.admin_url, name)
             except Exception as exc:  # keep tearing down the others
                 self.log(f"  could not drop {name}: {exc}")
+
+    @staticmethod
+    def _create_audit_table(url: str) -> None:
+        """Steady state: a target has safeops' audit table from its first apply on, and
+        every reset repetition starts from a fresh copy of this template, so without it
+        each one would time the one-off CREATE SCHEMA/TABLE (tens of ms) too."""
+        from importlib.resources import files
+
+        ddl = files("safeops.schemas").joinpath("audit.sql").read_text()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(ddl.encode())
 
     @staticmethod
     def _try_prewarm_extension(url: str) -> None:
@@ -587,7 +601,8 @@ class Runner:
             if variant == "ours":
                 return self._measure(stage, variant, rep, {
                     "site": self.site, "uri": self.cms["uri"],
-                    "plan_hash": self.cms["plan_hash"]})
+                    "plan_hash": self.cms["plan_hash"],
+                    "file_sha256": self.cms["file_sha256"]})
             return self._measure(stage, variant, rep, {"site": self.site})
         raise ValueError(stage)
 

@@ -2,9 +2,11 @@
 
 check → plan + snapshot (one consistent read) → verify the snapshot →
 (dry run stops here) → approval (type the site's slug) → apply in one
-transaction (lock the site, re-check the guard, re-derive the plan, delete in
-dependency order, reset the blueprint state, audit) → verify: no structure
-and no orphan SEO rows left. `restore-site-structure` undoes it.
+transaction (the snapshot file must still be the verified one; lock the site,
+re-check the guard, delete in dependency order while proving the deleted rows
+hash to the approved plan, reset the blueprint state, prove nothing else was
+written, audit) → verify: no structure and no orphan SEO rows left.
+`restore-site-structure` undoes it.
 
 Run:  uv run safeops site check <site-id>
       uv run safeops site reset <site-id> --live
@@ -85,7 +87,7 @@ def reset_site_structure(site_id: str, dry_run: bool = True,
 
         snapshot, plan = snapshot_site(target, site, snapshot_location)
         snapshot_link(snapshot.uri, key="site-reset-snapshot")
-        verify_site_snapshot(target, snapshot.uri, plan.plan_hash)
+        verified = verify_site_snapshot(target, snapshot.uri, plan.plan_hash)
         events.emit("plan", plan=plan)
         check_saved_plan(plan, approved_plan_hash)
         result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
@@ -110,7 +112,7 @@ def reset_site_structure(site_id: str, dry_run: bool = True,
             approved_plan_hash=approved_plan_hash, approved_by=approved_by)
 
         result.applied = apply_site_reset(target, site, snapshot.uri, plan.plan_hash,
-                                          result.approval, started)
+                                          verified.file_sha256, result.approval, started)
         left = verify_site_reset(target, site)
         result.after_totals = left
         create_table_artifact([{"what": k, "deleted": result.applied.get(k, 0)} for k in HEADLINE],

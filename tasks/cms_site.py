@@ -21,7 +21,7 @@ from safeops.models import Approval, Check, Plan, SnapshotRef, VerifyReport, pla
 from safeops.settings import describe_target, get_settings
 from tasks import cms_sql as sql
 from tasks.audit import applied_counts, recorded_for_snapshot, write_audit
-from tasks.guards import refuse_if_plan_moved, require_as_planned
+from tasks.guards import FileCheck, refuse_if_plan_moved
 from tasks.medusa_media import _flow_run_id
 from tasks.retry import TRANSIENT_RETRIES
 from tasks.snapshots import (
@@ -145,45 +145,82 @@ def verify_site_snapshot(target: str, uri: str, expected_plan_hash: str | None) 
     return VerifyReport(uri=uri, checks=checks, totals=loaded, file_sha256=reader.file_sha256)
 
 
+def _require_approved_snapshot(conn: Connection, uri: str, site_id: str,
+                               approved_plan_hash: str) -> None:
+    """The summary alone names what the undo point is for: its rows were proven against
+    it by the verify, and FileCheck proves the file is still those verified bytes."""
+    with open_snapshot(uri, sql.SITE_FORMAT) as reader:
+        refuse_foreign(reader, fingerprint(conn), force=False)
+        summary = reader.summary
+    if summary.get("siteId") != site_id or summary.get("planHash") != approved_plan_hash:
+        raise SnapshotInvalid(f"Snapshot {uri} failed the plan-hash check: it records site "
+                              f"{summary.get('siteId')} and plan "
+                              f"{str(summary.get('planHash'))[:16]}…, the approved reset is of "
+                              f"site {site_id} with plan {approved_plan_hash[:16]}…; nothing "
+                              "changed.")
+
+
+def _reset_locked(conn: Connection, site_id: str, target: str, file_check: FileCheck,
+                  approved_plan_hash: str) -> Plan:
+    """Delete under the site's locks; the plan of what actually changed, proven approved."""
+    _require_site(conn, site_id)
+    sql.lock_site_for_reset(conn, site_id)
+    published = sql.published_posts(conn, site_id)
+    if published:
+        raise ResetNotAllowed(eligibility(published)["reason"] + " (published since the "
+                              "check; nothing changed)")
+    kept = sql.KeptRowsGuard(conn, site_id)
+    changed, effects = sql.lock_changed_rows(conn, site_id)
+    file_check.require_unchanged()
+    deleted = sql.delete_digested(conn, site_id)
+    plan = sql.plan_of_parts(site_id, {**changed, **deleted}, effects, describe_target(target))
+    refuse_if_plan_moved(plan, approved_plan_hash,
+                         "the site's structure changed since it was approved")
+    kept.require_only(sql.expected_writes(plan.counts))
+    left = sql.leftovers(conn, site_id)
+    if any(left.values()):
+        raise SafeopsError(f"Reset left rows behind ({left}); rolled back, nothing changed.")
+    return plan
+
+
 @task(name="apply-site-reset", **TRANSIENT_RETRIES)
 def apply_site_reset(target: str, site_id: str, snapshot_uri: str, approved_plan_hash: str,
-                     approval: Approval, started_at: datetime) -> dict[str, int]:
-    """One READ COMMITTED transaction: lock, re-check the guard, re-derive the plan,
-    delete in dependency order, prove nothing kept moved, audit, commit."""
+                     verified_sha256: str, approval: Approval,
+                     started_at: datetime) -> dict[str, int]:
+    """One READ COMMITTED transaction that deletes exactly the approved rows or nothing.
+
+    The undo point is not re-read into the database: ``verified_sha256`` is the
+    hash of the whole file that verify_site_snapshot proved against its summary
+    and the live rows before the approval, and FileCheck hashes the stored file
+    again (in a thread, while the SQL runs) so that any edit since, summary or
+    body, refuses before the first delete.
+
+    The plan hash is not re-derived by a separate pass either: each DELETE
+    returns the rows it removed and is digested the way the plan digests them, the
+    few updated rows are digested under row locks, and the hash of those parts
+    must be the approved one, or the transaction rolls back. So the hash binds the
+    rows that really went, not a read that merely preceded them. Per-table write
+    counts of this transaction then prove nothing else changed anywhere."""
     flow_run_id = _flow_run_id()
-    with transaction(engine_for(target), lock_timeout_s=get_settings().lock_timeout_s) as conn:
-        done = applied_counts(conn, flow_run_id, "reset-site-structure", approved_plan_hash)
-        if done is not None:
-            return done
-        # The undo point must still be intact when the deletes run (not only at approval).
-        with open_snapshot(snapshot_uri, sql.SITE_FORMAT) as reader:
-            refuse_foreign(reader, fingerprint(conn), force=False)
-            snapshot_site_id, _ = _load_verified(conn, snapshot_uri, reader)
-        if snapshot_site_id != site_id or reader.summary.get("planHash") != approved_plan_hash:
-            raise SnapshotInvalid(f"Snapshot {snapshot_uri} failed the plan-hash check: it "
-                                  f"records {str(reader.summary.get('planHash'))[:16]}…, the "
-                                  f"approved plan is {approved_plan_hash[:16]}…; nothing changed.")
-        _require_site(conn, site_id)
-        sql.lock_site_for_reset(conn, site_id)
-        published = sql.published_posts(conn, site_id)
-        if published:
-            raise ResetNotAllowed(eligibility(published)["reason"] + " (published since the "
-                                  "check; nothing changed)")
-        plan = sql.reset_plan(conn, site_id, describe_target(target))
-        refuse_if_plan_moved(plan, approved_plan_hash,
-                             "the site's structure changed since it was approved")
-        kept_before = sql.kept_checksum(conn, site_id)
-        deleted = sql.delete_structure(conn, site_id)
-        if sql.kept_checksum(conn, site_id) != kept_before:
-            raise SafeopsError("Reset would have changed rows it must keep; rolled back.")
-        left = sql.leftovers(conn, site_id)
-        if any(left.values()):
-            raise SafeopsError(f"Reset left rows behind ({left}); rolled back, nothing changed.")
-        require_as_planned(deleted, plan, "Reset deleted")
-        write_audit(conn, flow_run_id=flow_run_id, flow_name="reset-site-structure",
-                    target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
-                    counts={"site_id": site_id, "planned": plan.counts, "deleted": deleted},
-                    snapshot_uri=snapshot_uri, started_at=started_at)
+    file_check = FileCheck(snapshot_uri, verified_sha256)
+    try:
+        with transaction(engine_for(target),
+                         lock_timeout_s=get_settings().lock_timeout_s) as conn:
+            done = applied_counts(conn, flow_run_id, "reset-site-structure", approved_plan_hash)
+            if done is not None:
+                return done
+            _require_approved_snapshot(conn, snapshot_uri, site_id, approved_plan_hash)
+            plan = _reset_locked(conn, site_id, target, file_check, approved_plan_hash)
+            # These counts are the statements' own, already bound by the approved hash:
+            # comparing them with the plan (require_as_planned) would compare it with itself.
+            deleted = {k: plan.counts[k] for k in sql.DELETED_KINDS}
+            write_audit(conn, flow_run_id=flow_run_id, flow_name="reset-site-structure",
+                        target=describe_target(target), plan_hash=plan.plan_hash,
+                        approval=approval,
+                        counts={"site_id": site_id, "planned": plan.counts, "deleted": deleted},
+                        snapshot_uri=snapshot_uri, started_at=started_at)
+    finally:
+        file_check.cancel()
     return deleted
 
 

@@ -98,7 +98,7 @@ _NATIVE_ORDER = {"t.id::text": "t.id",
                  "t.content_id::text || '/' || t.term_id::text": "t.content_id, t.term_id"}
 
 
-def _digest_sql(kind: Kind, source: str, where: str) -> str:
+def _digest_sql(kind: Kind, source: str, where: str, extra: str = "") -> str:
     """Count and one md5 over every row's full text in key order.
 
     Each row's text holds its key and the JSON is self-delimiting, so one md5
@@ -106,33 +106,50 @@ def _digest_sql(kind: Kind, source: str, where: str) -> str:
     of the cost (md5 has a high per-call cost next to hashing bytes)."""
     order = _NATIVE_ORDER.get(kind.key, kind.key)
     return (f"SELECT count(*), md5(COALESCE(string_agg(({kind.row_expr()})::text, ',' "
-            f"ORDER BY {order}), '')) FROM {source} t WHERE {where}")
+            f"ORDER BY {order}), ''))" + (f", {extra}" if extra else "")
+            + f" FROM {source} t WHERE {where}")
+
+
+Parts = dict[str, list[int | str]]  # kind name -> [row count, md5 of its rows' text]
+
+# What the SET NULL links of a site's authors and content types do to posts (any site).
+POST_EFFECTS = (f"count(*) FILTER (WHERE t.author_id IN ({AUTHORS})), "
+                f"count(*) FILTER (WHERE t.content_type_id IN ({CONTENT_TYPES}))")
+CATEGORY_LINKS_OF_POSTS = text(f"""
+    SELECT count(*) FROM content_terms ct JOIN content c ON c.id = ct.content_id
+    WHERE c.type = 'post' AND ct.term_id IN ({CATEGORIES})""")
+
+
+def plan_of_parts(site_id: str, parts: Parts, effects: dict[str, int], target: str) -> Plan:
+    """The one place a reset plan and its hash are assembled, whether its parts were
+    read from live rows, from a loaded snapshot, or from the rows an apply deleted:
+    a hash computed any other way could disagree with saved plans and old snapshots."""
+    counts = {k.name: int(parts[k.name][0]) for k in KINDS if k.name != "site_state"}
+    counts.update(effects)
+    return Plan(kind="reset-site-structure", target=target, counts=counts,
+                plan_hash=plan_hash_of({"reset-site-structure": parts, "site": site_id}))
+
+
+def post_effects(conn: Connection, site_id: str) -> dict[str, int]:
+    """Posts the reset changes without deleting them (counts shown before approval)."""
+    losing_author, losing_type = conn.execute(text(
+        f"SELECT {POST_EFFECTS} FROM content t WHERE {BY_NAME['post_refs'].where}"),
+        {"site": site_id}).one()
+    links = conn.execute(CATEGORY_LINKS_OF_POSTS, {"site": site_id}).scalar_one()
+    return {"posts_losing_author": int(losing_author),
+            "posts_losing_content_type": int(losing_type),
+            "posts_losing_category_links": int(links)}
 
 
 def _plan_from(conn: Connection, site_id: str, source_of: dict[str, tuple[str, str]],
                target: str) -> Plan:
-    counts: dict[str, int] = {}
-    parts: dict[str, list[object]] = {}
+    parts: Parts = {}
     for kind in KINDS:
         source, where = source_of[kind.name]
         n, digest = conn.execute(text(_digest_sql(kind, source, where)), {"site": site_id}).one()
-        counts[kind.name] = int(n)
-        parts[kind.name] = [int(n), digest]
-    extra = conn.execute(text(f"""
-        SELECT count(*) FILTER (WHERE t.author_id IN ({AUTHORS})),
-               count(*) FILTER (WHERE t.content_type_id IN ({CONTENT_TYPES}))
-        FROM content t WHERE t.type = 'post'"""), {"site": site_id}).one() \
-        if source_of is LIVE else (0, 0)
-    counts.pop("site_state")
-    if source_of is LIVE:
-        counts["posts_losing_author"] = int(extra[0])
-        counts["posts_losing_content_type"] = int(extra[1])
-        counts["posts_losing_category_links"] = int(conn.execute(text(f"""
-            SELECT count(*) FROM content_terms ct JOIN content c ON c.id = ct.content_id
-            WHERE c.type = 'post' AND ct.term_id IN ({CATEGORIES})"""),
-            {"site": site_id}).scalar_one())
-    return Plan(kind="reset-site-structure", target=target, counts=counts,
-                plan_hash=plan_hash_of({"reset-site-structure": parts, "site": site_id}))
+        parts[kind.name] = [int(n), str(digest)]
+    effects = post_effects(conn, site_id) if source_of is LIVE else {}
+    return plan_of_parts(site_id, parts, effects, target)
 
 
 LIVE: dict[str, tuple[str, str]] = {k.name: (k.table, k.where) for k in KINDS}
@@ -273,30 +290,152 @@ SELECT md5(concat_ws('|',
 
 def kept_checksum(conn: Connection, site_id: str) -> str:
     """What a reset must leave alone, as one digest (SEO rows of deleted entities excluded
-    from the 'before' value by definition, so before == after proves nothing else went)."""
+    from the 'before' value by definition, so before == after proves nothing else went).
+
+    Only KeptRowsGuard's fallback for servers with track_counts off: it reads every kept
+    row of the site twice and sees neither other tables nor other sites."""
     return str(conn.execute(KEPT_CHECKSUM_SQL, {"site": site_id}).scalar_one())
 
 
-def delete_structure(conn: Connection, site_id: str) -> dict[str, int]:
-    """Dependency order; SEO meta first so no orphan can survive a later failure."""
+# Kinds an apply changes without deleting them: their rows stay, so no DELETE can
+# return them. They are few and locked before the deletes (see lock_changed_rows).
+CHANGED_KINDS = ("post_refs", "detached_terms", "site_state")
+# Kinds an apply deletes, in dependency order: SEO meta first, so no orphan can
+# survive a later failure; links before the pages and categories they point at.
+DELETED_KINDS = ("seo_entries", "term_links", "pages", "categories", "authors", "content_types")
+
+
+def lock_changed_rows(conn: Connection, site_id: str) -> tuple[Parts, dict[str, int]]:
+    """Digests of the rows the apply updates (or FK cascades update), read under FOR UPDATE.
+
+    The site row and the site's own content are locked already (lock_site_for_reset),
+    but posts of other sites that use this site's authors or content types, and
+    terms of any site whose parent is one of its categories, are not: an edit of
+    one of them between this read and the deletes would make the digest describe
+    rows other than those changed. Locking them here closes that window; a row
+    that starts to reference the site afterwards can only add cascade effects,
+    which the table-write check then refuses."""
+    parts: Parts = {}
+    effects: dict[str, int] = {}
+    for name in CHANGED_KINDS:
+        kind = BY_NAME[name]
+        locked = f"(SELECT t.* FROM {kind.table} t WHERE {kind.where} FOR UPDATE OF t)"
+        extra = POST_EFFECTS if name == "post_refs" else ""
+        row = conn.execute(text(_digest_sql(kind, locked, "true", extra)),
+                           {"site": site_id}).one()
+        parts[name] = [int(row[0]), str(row[1])]
+        if name == "post_refs":
+            effects["posts_losing_author"] = int(row[2])
+            effects["posts_losing_content_type"] = int(row[3])
+    effects["posts_losing_category_links"] = int(
+        conn.execute(CATEGORY_LINKS_OF_POSTS, {"site": site_id}).scalar_one())
+    return parts, effects
+
+
+def _deleting_digest_sql(kind: Kind) -> str:
+    """The DELETE itself returns what the plan hash covers: the proof that exactly the
+    approved rows went is read off the rows that did go, not off a separate SELECT
+    that a concurrent edit could make disagree with them. RETURNING t.* has the
+    table's columns in order, so row_to_json over it is the text the plan hashed."""
+    return (f"WITH gone AS (DELETE FROM {kind.table} t WHERE {kind.where} RETURNING t.*) "
+            + _digest_sql(kind, "gone", "true"))
+
+
+def delete_digested(conn: Connection, site_id: str) -> Parts:
+    """Delete the site's structure; [count, digest] of every deleted kind."""
     p = {"site": site_id}
-    seo = conn.execute(text(f"DELETE FROM seo_meta t WHERE {BY_NAME['seo_entries'].where}"),
-                       p).rowcount
-    conn.execute(text(f"UPDATE terms t SET parent_id = NULL "
-                      f"WHERE {BY_NAME['detached_terms'].where}"), p)
-    term_links = conn.execute(text(f"DELETE FROM content_terms t "
-                                   f"WHERE {BY_NAME['term_links'].where}"), p).rowcount
-    pages = conn.execute(text("DELETE FROM content WHERE site_id = :site AND type = 'page'"),
-                         p).rowcount
-    categories = conn.execute(text("DELETE FROM terms WHERE site_id = :site AND type = 'category'"),
-                              p).rowcount
-    authors = conn.execute(text("DELETE FROM authors WHERE site_id = :site"), p).rowcount
-    content_types = conn.execute(text("DELETE FROM content_type WHERE site_id = :site"),
-                                 p).rowcount
+    parts: Parts = {}
+    for name in DELETED_KINDS:
+        if name == "term_links":
+            conn.execute(text(f"UPDATE terms t SET parent_id = NULL "
+                              f"WHERE {BY_NAME['detached_terms'].where}"), p)
+        n, digest = conn.execute(text(_deleting_digest_sql(BY_NAME[name])), p).one()
+        parts[name] = [int(n), str(digest)]
     conn.execute(text("UPDATE sites SET active_blueprint_version = NULL, setup_status = 'draft' "
                       "WHERE id = :site"), p)
-    return {"categories": categories, "authors": authors, "pages": pages,
-            "content_types": content_types, "seo_entries": seo, "term_links": term_links}
+    return parts
+
+
+def delete_structure(conn: Connection, site_id: str) -> dict[str, int]:
+    """Row counts of delete_digested, per deleted kind."""
+    parts = delete_digested(conn, site_id)
+    return {name: int(parts[name][0]) for name in DELETED_KINDS}
+
+
+# ---------------------------------------------------------------- rows a reset must keep
+
+Writes = dict[str, tuple[int, int, int]]  # table -> (inserted, updated, deleted)
+NO_WRITES = (0, 0, 0)
+
+# This transaction's own row writes per table, FK cascades and triggers included.
+# safeops' audit schema and temp tables are ours; everything else is the CMS's.
+TABLE_WRITES_SQL = text(r"""
+SELECT relid::regclass::text, n_tup_ins, n_tup_upd, n_tup_del
+FROM pg_stat_xact_user_tables
+WHERE schemaname <> 'safeops' AND schemaname NOT LIKE 'pg\_temp\_%'""")
+
+
+def table_writes(conn: Connection) -> Writes:
+    return {str(name): (int(i), int(u), int(d))
+            for name, i, u, d in conn.execute(TABLE_WRITES_SQL)}
+
+
+def expected_writes(counts: dict[str, int]) -> Writes:
+    """Row writes a reset of an approved plan makes, table by table (cms.sql's ON DELETE
+    actions): deleting pages and categories cascades nothing, because their links
+    and SEO rows went first and subcategories go in the same statement; deleting
+    authors and content types sets NULL on posts, one UPDATE per link, so a post
+    losing both is updated twice; the site row is updated once."""
+    b = BY_NAME
+    return {
+        b["seo_entries"].table: (0, 0, counts["seo_entries"]),
+        b["term_links"].table: (0, 0, counts["term_links"]),
+        b["pages"].table: (0, counts["posts_losing_author"]
+                           + counts["posts_losing_content_type"], counts["pages"]),
+        b["categories"].table: (0, counts["detached_terms"], counts["categories"]),
+        b["authors"].table: (0, 0, counts["authors"]),
+        b["content_types"].table: (0, 0, counts["content_types"]),
+        b["site_state"].table: (0, 1, 0),
+    }
+
+
+class KeptRowsGuard:
+    """Proves a reset wrote nothing but what its plan names, in O(tables).
+
+    PostgreSQL counts each transaction's inserted, updated and deleted rows per
+    table, FK cascades and triggers included, and only its own: unlike a checksum
+    of the rows a reset must keep, the counts cover every table (users, and
+    tables safeops has never heard of) and cannot be moved by other sessions'
+    concurrent edits. The counts of a backend's earlier transactions may linger
+    unflushed in the same view, so the guard compares differences from a reading
+    taken before the first write. With track_counts off the view stays at zero;
+    the guard then falls back to the checksum of the kept rows before and after."""
+
+    def __init__(self, conn: Connection, site_id: str) -> None:
+        self._conn, self._site_id = conn, site_id
+        self.counted = str(conn.execute(text("SHOW track_counts")).scalar_one()) == "on"
+        self._before = table_writes(conn) if self.counted else {}
+        self._kept = "" if self.counted else kept_checksum(conn, site_id)
+
+    def require_only(self, expected: Writes) -> None:
+        """Raise SafeopsError (the transaction rolls back) on any write beyond ``expected``."""
+        # Deferred constraint triggers would otherwise write at COMMIT, after this check.
+        self._conn.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))
+        if not self.counted:
+            if kept_checksum(self._conn, self._site_id) != self._kept:
+                raise SafeopsError("Reset would have changed rows it must keep; rolled back.")
+            return
+        after = table_writes(self._conn)
+        wrong = []
+        for table in sorted(after.keys() | expected.keys()):
+            before = self._before.get(table, NO_WRITES)
+            did = tuple(a - b for a, b in zip(after.get(table, NO_WRITES), before, strict=True))
+            if did != expected.get(table, NO_WRITES):
+                wrong.append(f"{table} inserted/updated/deleted {'/'.join(map(str, did))}, "
+                             f"planned {'/'.join(map(str, expected.get(table, NO_WRITES)))}")
+        if wrong:
+            raise SafeopsError("Reset would have changed rows it must keep; rolled back, "
+                               "nothing changed (" + "; ".join(wrong) + ").")
 
 
 LEFTOVERS_SQL = text("""

@@ -692,3 +692,96 @@ def test_fault_at_the_last_statement_rolls_everything_back(cms: Cms, exports: Pa
     assert result.applied["categories"] == 4
     assert structure_counts(url, atelier) == dict.fromkeys(STRUCTURE, 0)
     assert audit_rows(url) == 1
+
+
+# ---------------------------------------------------------------- 12. writes beyond the plan
+
+TOUCH_USERS = """
+    CREATE FUNCTION safeops_test_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN UPDATE users SET name = 'touched' WHERE id = (SELECT min(id::text)::uuid
+        FROM users); RETURN OLD; END $$;"""
+
+# case -> (table written beyond the plan, DDL, rows it needs for the site).
+UNPLANNED_WRITES: dict[str, tuple[str, str, str | None]] = {
+    # A table the CMS added later, whose rows go with their author by FK cascade.
+    "cascade": ("author_notes", """
+        CREATE TABLE author_notes (id serial PRIMARY KEY,
+            author_id uuid NOT NULL REFERENCES authors (id) ON DELETE CASCADE, note text)""",
+        "INSERT INTO author_notes (author_id, note) "
+        "SELECT id, 'keep me' FROM authors WHERE site_id = %s"),
+    # A trigger that edits a kept row when an author goes.
+    "trigger": ("users", TOUCH_USERS + """
+        CREATE TRIGGER safeops_test_touch AFTER DELETE ON authors
+            FOR EACH ROW EXECUTE FUNCTION safeops_test_touch();""", None),
+    # The same, deferred to COMMIT: it must fire before the check, not after it.
+    "deferred trigger": ("users", TOUCH_USERS + """
+        CREATE CONSTRAINT TRIGGER safeops_test_touch AFTER DELETE ON authors
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION safeops_test_touch();""", None),
+}
+
+
+def add_unplanned_writes(url: str, case: str, site_id: str) -> str:
+    table, ddl, rows = UNPLANNED_WRITES[case]
+    execute(url, ddl)
+    if rows:
+        execute(url, rows, site_id)
+    return table
+
+
+@pytest.mark.parametrize("case", list(UNPLANNED_WRITES))
+def test_writes_beyond_the_plan_roll_the_reset_back(cms: Cms, exports: Path,
+                                                    case: str) -> None:
+    from safeops.errors import SafeopsError
+
+    url, sites = cms
+    atelier = sites["atelier"]
+    table = add_unplanned_writes(url, case, atelier)
+    tables = [*CMS_TABLES, "author_notes"] if case == "cascade" else CMS_TABLES
+    before = table_checksums(url, tables)
+
+    with answer_approval(approve_as()), \
+            pytest.raises(SafeopsError, match="changed rows it must keep") as refused:
+        reset_site_structure(atelier, dry_run=False)
+    assert f"{table} inserted/updated/deleted" in str(refused.value)
+    assert "nothing changed" in str(refused.value)
+    assert table_checksums(url, tables) == before
+    assert audit_rows(url) == 0
+
+
+def test_without_track_counts_the_kept_rows_checksum_still_guards(
+        cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With per-table counts switched off, the reset falls back to checksumming the
+    site's kept rows (and users) before and after its deletes."""
+    from safeops.errors import SafeopsError
+    from tasks import cms_sql
+
+    url, sites = cms
+    atelier = sites["atelier"]
+    database = url.rsplit("/", 1)[1].split("?")[0]
+    execute(url, f'ALTER DATABASE "{database}" SET track_counts = off')
+    assert scalar(url, "SHOW track_counts") == "off"
+    checksummed: list[str] = []
+    real_kept_checksum = cms_sql.kept_checksum
+
+    def kept_checksum(conn: Any, site_id: str) -> str:
+        checksummed.append(site_id)
+        return real_kept_checksum(conn, site_id)
+
+    monkeypatch.setattr(cms_sql, "kept_checksum", kept_checksum)
+    add_unplanned_writes(url, "trigger", atelier)
+    before = table_checksums(url, CMS_TABLES)
+    with answer_approval(approve_as()) as seen, \
+            pytest.raises(SafeopsError, match="changed rows it must keep"):
+        reset_site_structure(atelier, dry_run=False)
+    assert checksummed == [atelier, atelier]
+    assert table_checksums(url, CMS_TABLES) == before
+    assert audit_rows(url) == 0
+
+    execute(url, "DROP TRIGGER safeops_test_touch ON authors")
+    result = reset_site_structure(atelier, dry_run=False,
+                                  approved_plan_hash=seen[0]["plan"].plan_hash,
+                                  approved_by="alice")
+    assert result.applied["authors"] == 2
+    assert structure_counts(url, atelier) == dict.fromkeys(STRUCTURE, 0)
+    assert audit_rows(url) == 1

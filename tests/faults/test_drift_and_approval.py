@@ -67,6 +67,28 @@ def test_category_added_during_the_pause_is_refused_as_drift(cms: Cms, exports: 
     assert audit_rows(url) == []
 
 
+def test_page_edited_during_the_pause_is_refused_as_drift(cms: Cms, exports: Path) -> None:
+    """Same rows, same counts, one title edited: the pages the apply deletes no longer
+    hash to the approved plan, so the deletes roll back."""
+    url, sites = cms
+    atelier = sites["atelier"]
+    during: dict[str, str] = {}
+
+    def edit_page(_: dict[str, Any]) -> None:
+        execute(url, "UPDATE content SET title = title || ' (edited)' "
+                     "WHERE site_id = %s AND type = 'page' AND slug = 'about'", atelier)
+        during.update(checksums(url, CMS_TABLES))
+
+    with on_event("approval", edit_page):
+        run = cli("site", "reset", atelier, "--live", "--yes")
+    assert run.code == 3, run
+    line = run.error_line
+    assert "structure changed since it was approved" in line and "pages=3" in line
+    assert "nothing changed" in line
+    assert checksums(url, CMS_TABLES) == during
+    assert audit_rows(url) == []
+
+
 # ---------------------------------------------------------------- 7. approvals at the CLI
 
 

@@ -254,17 +254,63 @@ def test_site_restore_refuses_another_databases_snapshot(
     assert checksums(url, CMS_TABLES) == before
 
 
-@pytest.mark.parametrize("case", ["checksum", "summary edited to match"])
+def rename_site_in_summary(uri: str) -> None:
+    """Edit one summary line only: body, body checksum and plan hash all still hold."""
+    data = Path(uri).read_bytes()
+    start = data.index(b'"siteName": "')
+    assert start < data.index(b": [\n")  # in the summary, before the body
+    Path(uri).write_bytes(data.replace(b'"siteName": "', b'"siteName": "Forged ', 1))
+
+
+# The apply compares the whole file with the one its verify accepted, so any edit after
+# the verify refuses at the checksum check, before the first delete; an edited plan hash
+# is already refused by the summary's plan-hash check.
+RESET_TAMPER: dict[str, tuple[Callable[[str], None], str]] = {
+    "checksum": (SITE_TAMPER["checksum"][0], "changed since it was verified"),
+    "summary edited to match": (SITE_TAMPER["summary edited to match"][0],
+                                "changed since it was verified"),
+    "summary line changed": (rename_site_in_summary, "changed since it was verified"),
+    "summary and plan hash edited to match": (
+        SITE_TAMPER["summary and plan hash edited to match"][0], "plan-hash check"),
+}
+
+
+@pytest.mark.parametrize("case", list(RESET_TAMPER))
 def test_site_reset_refuses_when_its_snapshot_is_tampered_during_the_pause(
         cms: Cms, exports: Path, case: str) -> None:
     """The undo point must still be intact when the deletes run."""
     url, sites = cms
-    tamper, named = SITE_TAMPER[case]
+    tamper, named = RESET_TAMPER[case]
     before = checksums(url, CMS_TABLES)
     with on_event("approval", lambda data: tamper(data["snapshot_uri"])):
         run = cli("site", "reset", sites["atelier"], "--live", "--yes")
     assert run.code == 3, run
     assert named in run.error_line, run
+    assert "nothing changed" in run.error_line, run
+    assert checksums(url, CMS_TABLES) == before
+    assert audit_rows(url) == []
+
+
+def test_site_reset_apply_refuses_a_file_edited_after_its_verify(cms: Cms,
+                                                                 exports: Path) -> None:
+    """The task itself, handed the verify's file hash: a summary-only edit (which neither
+    the body checksum nor the plan hash can see) is refused and nothing changes."""
+    from datetime import UTC, datetime
+
+    from safeops.errors import SnapshotInvalid
+    from safeops.models import Approval
+    from tasks.cms_site import apply_site_reset, snapshot_site, verify_site_snapshot
+
+    url, sites = cms
+    site = sites["atelier"]
+    ref, plan = snapshot_site.fn("cms", site, None)
+    verified = verify_site_snapshot.fn("cms", ref.uri, plan.plan_hash)
+    rename_site_in_summary(ref.uri)
+    before = checksums(url, CMS_TABLES)
+    approval = Approval(approver="alice", reason="test", via="saved-plan")
+    with pytest.raises(SnapshotInvalid, match="changed since it was verified"):
+        apply_site_reset.fn("cms", site, ref.uri, plan.plan_hash, verified.file_sha256,
+                            approval, datetime.now(UTC))
     assert checksums(url, CMS_TABLES) == before
     assert audit_rows(url) == []
 
