@@ -91,7 +91,8 @@ def snapshot_site(target: str, site_id: str,
                 totals[kind] = totals.get(kind, 0) + 1
             fp = fingerprint(conn)
         summary = {"siteId": site_id, "siteSlug": slug, "siteName": name,
-                   "planHash": plan.plan_hash, "totalRows": writer.count,
+                   "planHash": plan.plan_hash, "planDigest": sql.DIGEST_VERSION,
+                   "totalRows": writer.count,
                    **{f"total_{k.name}": totals.get(k.name, 0) for k in sql.KINDS},
                    **source_fields(fp)}
         uri = finish_and_publish(writer, name_prefix=f"{SNAPSHOT_PREFIX}-{slug[:40]}",
@@ -114,7 +115,11 @@ def _load_verified(conn: Connection, uri: str, reader: Any) -> tuple[str, dict[s
     if site_id != reader.summary.get("siteId"):
         raise SnapshotInvalid(f"Snapshot {uri} failed the totals check: its rows belong to site "
                               f"{site_id}, the summary says {reader.summary.get('siteId')}")
-    derived, _ = sql.snapshot_plan_hash(conn, site_id)
+    version = reader.summary.get("planDigest", 1)
+    if not isinstance(version, int):
+        raise SnapshotInvalid(f"Snapshot {uri} failed the format check: planDigest "
+                              f"{version!r} is not a version number")
+    derived, _ = sql.snapshot_plan_hash(conn, site_id, version)
     if derived != reader.summary.get("planHash"):
         raise SnapshotInvalid(f"Snapshot {uri} failed the plan-hash check: its rows hash to "
                               f"{derived[:16]}…, the summary records "

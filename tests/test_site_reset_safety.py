@@ -30,6 +30,7 @@ from safeops.errors import (
     PlanMismatch,
     ResetNotAllowed,
     RestoreConflict,
+    SnapshotInvalid,
 )
 from safeops.models import RunResult
 from tests.conftest import CMS_TABLES, answer_approval, approve_as
@@ -514,6 +515,44 @@ def test_restore_twice_restores_nothing_the_second_time(cms: Cms, exports: Path)
     assert again.applied == {} and again.message.startswith("Nothing to restore")
     assert again.plan.counts["categories_already_present"] == 4
     assert table_checksums(url, CMS_TABLES) == before
+
+
+def test_a_snapshot_written_before_plan_digest_2_still_verifies_and_restores(
+        cms: Cms, exports: Path) -> None:
+    """Snapshots are the only undo point: one whose plan hash was made with the first
+    digest (ordered md5, no "planDigest" key) must stay restorable, and a forged
+    version number is refused as a format error."""
+    from safeops.db import engine_for, read_snapshot
+    from tasks import cms_sql
+    from tests.faults.conftest import read_snapshot_file, write_snapshot_file
+
+    url, sites = cms
+    before = table_checksums(url, CMS_TABLES)
+    reset, _ = reset_live(sites["atelier"])
+    uri = str(reset.snapshot_uri)
+    summary, key, docs = read_snapshot_file(uri)
+    assert summary["planDigest"] == cms_sql.DIGEST_VERSION == 2
+    engine = engine_for("cms")
+    try:
+        with read_snapshot(engine) as conn:
+            cms_sql.load_snapshot(conn, iter(docs), uri)
+            old_hash, _ = cms_sql.snapshot_plan_hash(conn, sites["atelier"], version=1)
+    finally:
+        engine.dispose()
+    assert old_hash != summary["planHash"]
+    del summary["planDigest"]
+    summary["planHash"] = old_hash
+    write_snapshot_file(uri, summary, key, docs)
+    execute(url, "UPDATE safeops.safeops_audit SET plan_hash = %s "
+                 "WHERE flow_name = 'reset-site-structure'", old_hash)  # as an old reset wrote
+
+    restored, seen = restore_live(uri)
+    assert len(seen) == 1 and restored.applied["categories"] == 4
+    assert table_checksums(url, CMS_TABLES) == before
+
+    write_snapshot_file(uri, {**summary, "planDigest": 3}, key, docs)
+    with pytest.raises(SnapshotInvalid, match="Unknown plan digest version 3"):
+        restore_site_structure(uri, dry_run=True)
 
 
 def test_restore_refuses_conflicts_unless_told_to_skip_them(cms: Cms, exports: Path) -> None:
