@@ -169,6 +169,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
             xs.append(x)
             ours.append(row["ours"]["seconds"])
             base.append(row["baseline"]["seconds"])
+        if not xs:  # stage not run (--stages): a log axis without data cannot be drawn
+            ax.set_visible(False)
+            continue
         ax.plot(xs, ours, "o-", color="tab:blue", label="safeops")
         ax.plot(xs, base, "s--", color="tab:gray", label="raw SQL baseline")
         if stage == "verify":
