@@ -436,32 +436,41 @@ def delete_matched_rows(conn: Connection) -> dict[str, int]:
             "variant_thumbnails": vthumbs}
 
 
+# One pass per loaded table: each snapshot row meets the live row with its id
+# (and, for an image, its product; for a link, its image live or restored) by
+# LEFT JOINs on primary keys, which never repeat a row, and FILTERs sort it into
+# new / present / owner gone. _snap_image ids are distinct (load_snapshot
+# refuses a body that repeats ids), so the links' join to it repeats nothing
+# either.
 RESTORE_PLAN_SQL = text("""
-SELECT
-  (SELECT count(*) FROM _snap_image s WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = s.id)
-      AND EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)),
-  (SELECT count(*) FROM _snap_image s WHERE EXISTS (SELECT 1 FROM image i WHERE i.id = s.id)),
-  (SELECT count(*) FROM _snap_image s WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = s.id)
-      AND NOT EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)),
-  (SELECT count(*) FROM _snap_link s
-     WHERE NOT EXISTS (SELECT 1 FROM product_variant_product_image l WHERE l.id = s.id)
-       AND (EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)
-            OR EXISTS (SELECT 1 FROM _snap_image si JOIN product p ON p.id = si.product_id
-                       WHERE si.id = s.image_id))),
-  (SELECT count(*) FROM _snap_link s
-     WHERE EXISTS (SELECT 1 FROM product_variant_product_image l WHERE l.id = s.id)),
-  (SELECT count(*) FROM _snap_product_thumb s JOIN product p ON p.id = s.id
-     WHERE p.thumbnail IS NULL),
-  (SELECT count(*) FROM _snap_product_thumb s JOIN product p ON p.id = s.id
-     WHERE p.thumbnail IS NOT NULL),
-  (SELECT count(*) FROM _snap_variant_thumb s JOIN product_variant v ON v.id = s.id
-     WHERE v.thumbnail IS NULL),
-  (SELECT count(*) FROM _snap_variant_thumb s JOIN product_variant v ON v.id = s.id
-     WHERE v.thumbnail IS NOT NULL),
-  (SELECT count(*) FROM _snap_product_thumb s WHERE NOT EXISTS
-     (SELECT 1 FROM product p WHERE p.id = s.id))
-  + (SELECT count(*) FROM _snap_variant_thumb s WHERE NOT EXISTS
-     (SELECT 1 FROM product_variant v WHERE v.id = s.id))
+WITH images AS (
+  SELECT count(*) FILTER (WHERE i.id IS NULL AND p.id IS NOT NULL) AS new,
+         count(i.id) AS present,
+         count(*) FILTER (WHERE i.id IS NULL AND p.id IS NULL) AS owner_gone
+  FROM _snap_image s
+  LEFT JOIN image i ON i.id = s.id
+  LEFT JOIN product p ON p.id = s.product_id
+), links AS (
+  SELECT count(*) FILTER (WHERE l.id IS NULL AND (i.id IS NOT NULL OR sp.id IS NOT NULL)) AS new,
+         count(l.id) AS present
+  FROM _snap_link s
+  LEFT JOIN product_variant_product_image l ON l.id = s.id
+  LEFT JOIN image i ON i.id = s.image_id
+  LEFT JOIN _snap_image si ON si.id = s.image_id
+  LEFT JOIN product sp ON sp.id = si.product_id
+), pthumbs AS (
+  SELECT count(*) FILTER (WHERE p.id IS NOT NULL AND p.thumbnail IS NULL) AS set,
+         count(p.thumbnail) AS kept, count(*) FILTER (WHERE p.id IS NULL) AS owner_gone
+  FROM _snap_product_thumb s LEFT JOIN product p ON p.id = s.id
+), vthumbs AS (
+  SELECT count(*) FILTER (WHERE v.id IS NOT NULL AND v.thumbnail IS NULL) AS set,
+         count(v.thumbnail) AS kept, count(*) FILTER (WHERE v.id IS NULL) AS owner_gone
+  FROM _snap_variant_thumb s LEFT JOIN product_variant v ON v.id = s.id
+)
+SELECT images.new, images.present, images.owner_gone, links.new, links.present,
+       pthumbs.set, pthumbs.kept, vthumbs.set, vthumbs.kept,
+       pthumbs.owner_gone + vthumbs.owner_gone
+FROM images, links, pthumbs, vthumbs
 """)
 
 
@@ -481,26 +490,28 @@ def restore_plan(conn: Connection, target: str, body_sha256: str) -> Plan:
                 notes=notes)
 
 
-def insert_snapshot_rows(conn: Connection) -> dict[str, int]:
+def insert_snapshot_rows(conn: Connection, plan: Plan) -> dict[str, int]:
     """Same ids, urls, ranks, metadata and timestamps; never clobbers a newer thumbnail.
 
-    The rows restore_plan counts as new: absent from the table (ON CONFLICT
-    skips a present id; the snapshot's ids are distinct, load_snapshot checked)
-    and whose product (for a link: image) exists. ON CONFLICT probes the
-    primary key row by row, so no statement here reads the table it grows: an
-    INSERT whose own NOT EXISTS did got planned for the (empty, after a purge)
-    table as a nested loop over a sequential scan, every inserted row
-    lengthening the scan for the next: quadratic, hours at 1M images. Nothing
-    else writes these tables meanwhile (lock_media_tables), so the counts are
-    the plan's."""
+    Inserts the rows ``plan`` (restore_plan, this transaction, under
+    lock_media_tables: nothing else writes these tables until we commit) counts
+    as new: absent from the table and whose product (for a link: image)
+    exists. No statement here reads the table it grows: an INSERT whose own NOT
+    EXISTS did got planned for the (empty, after a purge) table as a nested
+    loop over a sequential scan, every inserted row lengthening the scan for
+    the next: quadratic, hours at 1M images. When the plan found some rows
+    already present, ON CONFLICT skips them (probing the primary key row by
+    row; the snapshot's own ids are distinct, load_snapshot checked); when it
+    found none, as after a purge, a plain INSERT skips that probe, and a
+    present id would abort the transaction rather than be skipped silently."""
     images = conn.execute(text(
         "INSERT INTO image SELECT s.* FROM _snap_image s "
-        "WHERE EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id) "
-        "ON CONFLICT (id) DO NOTHING")).rowcount
+        "WHERE EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)"
+        + _skip_present(plan, "images_already_present"))).rowcount
     links = conn.execute(text(
         "INSERT INTO product_variant_product_image SELECT s.* FROM _snap_link s "
-        "WHERE EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id) "
-        "ON CONFLICT (id) DO NOTHING")).rowcount
+        "WHERE EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)"
+        + _skip_present(plan, "variant_links_already_present"))).rowcount
     pthumbs = conn.execute(text(
         "UPDATE product p SET thumbnail = s.thumbnail, updated_at = now() "
         "FROM _snap_product_thumb s WHERE p.id = s.id AND p.thumbnail IS NULL")).rowcount
@@ -509,6 +520,10 @@ def insert_snapshot_rows(conn: Connection) -> dict[str, int]:
         "FROM _snap_variant_thumb s WHERE v.id = s.id AND v.thumbnail IS NULL")).rowcount
     return {"images": images, "variant_links": links, "product_thumbnails": pthumbs,
             "variant_thumbnails": vthumbs}
+
+
+def _skip_present(plan: Plan, count: str) -> str:
+    return " ON CONFLICT (id) DO NOTHING" if plan.counts[count] else ""
 
 
 def snapshot_image_urls(conn: Connection) -> Iterator[tuple[str, str]]:
