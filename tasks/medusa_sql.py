@@ -199,8 +199,9 @@ _JSONB_VERSION = b"\x01"
 _COPY_CHUNK = 1 << 20  # bytes handed to the driver at a time: memory stays flat
 
 # No intermediate per-product table, no indexes, no ANALYZE: every later
-# statement reads these tables once, with hash joins, and the planner takes
-# their sizes from the files themselves. jsonb_populate_recordset turns a whole
+# statement reads these tables whole, once, in hash or merge joins, and the
+# planner takes their sizes from the files themselves (measured: the indexes
+# and statistics cost more than they saved). jsonb_populate_recordset turns a whole
 # array into rows in one call (same rows, same errors for a malformed array as
 # populating element by element).
 LOAD_SQL = [
@@ -244,7 +245,10 @@ def _copy_documents(conn: Connection, reader: SnapshotReader) -> None:
     has been read to its end, while the COPY may fail on a document before
     that, so on a data error the rest of the body is still read (which raises
     the checksum or truncation failure if there is one) and only a body whose
-    checksum held is reported as failing the format check."""
+    checksum held is reported as failing the format check. (psycopg 3.3 raises
+    the server's error only when the COPY ends, after the last document; the
+    draining and ``refused`` keep the rule if a driver reports it sooner, or
+    reports it instead of the checksum failure that ended the COPY.)"""
     documents = reader.documents()
     refused: SnapshotInvalid | None = None
     raw = conn.connection.driver_connection
