@@ -223,7 +223,7 @@ def apply_media_restore(target: str, uri: str, force: bool, approved_plan_hash: 
         plan = sql.restore_plan(conn, describe_target(target), reader.actual_sha256)
         refuse_if_plan_moved(plan, approved_plan_hash,
                              "the database changed since the restore was planned")
-        applied = sql.insert_snapshot_rows(conn)
+        applied = sql.insert_snapshot_rows(conn, plan)
         require_as_planned(applied, plan, "Restore changed")
         write_audit(conn, flow_run_id=flow_run_id, flow_name="restore-product-media",
                     target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,

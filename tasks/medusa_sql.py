@@ -11,8 +11,10 @@ comparison, purge and restore are set-based SQL whatever the catalog size.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Generator, Iterator
 
+import psycopg
 from sqlalchemy import Connection, text
 
 from safeops.errors import SnapshotInvalid
@@ -199,71 +201,121 @@ def clean_diffs() -> list[TableDiff]:
 
 # ---------------------------------------------------------------- loading a snapshot
 
-# Each document is parsed once, into jsonb (the OFFSET 0 keeps PostgreSQL from
-# inlining the cast into each of the five extractions, which would parse every
-# document five times); the element tables then read the binary jsonb.
+# The documents are copied straight into jsonb: each is parsed once, by the COPY,
+# and the element tables below read the binary form. Stored uncompressed
+# (EXTERNAL, and no toasting below a full page): nearly every document is over
+# the 2 kB at which PostgreSQL would otherwise pglz-compress it, and each
+# statement below would then decompress every document again, for a table that
+# lives one transaction.
+SNAP_DOC_DDL = (
+    "CREATE TEMP TABLE _snap_doc (doc jsonb NOT NULL) WITH (toast_tuple_target = 8160) "
+    "ON COMMIT DROP",
+    "ALTER TABLE _snap_doc ALTER doc SET STORAGE EXTERNAL",
+)
+COPY_DOCS_SQL = "COPY _snap_doc (doc) FROM STDIN (FORMAT BINARY)"
+# Binary COPY framing: the signature, flags and header extension length; per row
+# a field count and the field's length; -1 as the trailer. A jsonb value is a
+# version byte (1) followed by the JSON text, so the documents go over as they
+# are: nothing to escape, and the server still checks the UTF-8 and the JSON.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_JSONB_VERSION = b"\x01"
+_COPY_CHUNK = 1 << 20  # bytes handed to the driver at a time: memory stays flat
+
+# No intermediate per-product table, no indexes, no ANALYZE: every later
+# statement reads these tables whole, once, in hash or merge joins, and the
+# planner takes their sizes from the files themselves (measured: the indexes
+# and statistics cost more than they saved). jsonb_populate_recordset turns a whole
+# array into rows in one call (same rows, same errors for a malformed array as
+# populating element by element).
 LOAD_SQL = [
-    "CREATE TEMP TABLE _snap_product ON COMMIT DROP AS "
-    "SELECT j->>'id' AS id, j->>'thumbnail' AS thumbnail, j->'images' AS images, "
-    "       j->'variantLinks' AS links, j->'variantThumbnails' AS vthumbs "
-    "FROM (SELECT doc::jsonb AS j FROM _snap_doc OFFSET 0) d",
     "CREATE TEMP TABLE _snap_image ON COMMIT DROP AS "
-    "SELECT r.* FROM _snap_product p, jsonb_array_elements(p.images) e, "
-    "     jsonb_populate_record(NULL::image, e) r",
-    "CREATE TEMP TABLE _snap_image_owner ON COMMIT DROP AS "
-    "SELECT p.id AS product_id, e->>'product_id' AS claimed FROM _snap_product p, "
-    "     jsonb_array_elements(p.images) e",
+    "SELECT r.* FROM _snap_doc d, jsonb_populate_recordset(NULL::image, d.doc->'images') r",
     "CREATE TEMP TABLE _snap_link ON COMMIT DROP AS "
-    "SELECT r.* FROM _snap_product p, jsonb_array_elements(p.links) e, "
-    "     jsonb_populate_record(NULL::product_variant_product_image, e) r",
+    "SELECT r.* FROM _snap_doc d, "
+    "     jsonb_populate_recordset(NULL::product_variant_product_image, d.doc->'variantLinks') r",
     "CREATE TEMP TABLE _snap_product_thumb ON COMMIT DROP AS "
-    "SELECT id, thumbnail FROM _snap_product WHERE thumbnail IS NOT NULL",
+    "SELECT doc->>'id' AS id, doc->>'thumbnail' AS thumbnail FROM _snap_doc "
+    "WHERE doc->>'thumbnail' IS NOT NULL",
     "CREATE TEMP TABLE _snap_variant_thumb ON COMMIT DROP AS "
-    "SELECT e->>'id' AS id, e->>'thumbnail' AS thumbnail, p.id AS product_id "
-    "FROM _snap_product p, jsonb_array_elements(p.vthumbs) e",
-    "CREATE INDEX ON _snap_image (id)",
-    "CREATE INDEX ON _snap_link (id)",
-    # Statistics only for the columns that joins use: the jsonb and url columns
-    # would cost more to analyze than they could ever save.
-    "ANALYZE _snap_product (id)",
-    "ANALYZE _snap_image (id, product_id)",
-    "ANALYZE _snap_link (id, image_id)",
-    "ANALYZE _snap_product_thumb (id)",
-    "ANALYZE _snap_variant_thumb (id)",
+    "SELECT e->>'id' AS id, e->>'thumbnail' AS thumbnail, d.doc->>'id' AS product_id "
+    "FROM _snap_doc d, jsonb_array_elements(d.doc->'variantThumbnails') e",
 ]
 
 LOADED_TOTALS_SQL = text("""
 SELECT
-  (SELECT count(*) FROM _snap_product), (SELECT count(DISTINCT id) FROM _snap_product),
+  (SELECT count(*) FROM _snap_doc), (SELECT count(DISTINCT doc->>'id') FROM _snap_doc),
   (SELECT count(*) FROM _snap_image), (SELECT count(DISTINCT id) FROM _snap_image),
   (SELECT count(*) FROM _snap_link), (SELECT count(DISTINCT id) FROM _snap_link),
   (SELECT count(*) FROM _snap_product_thumb),
   (SELECT count(*) FROM _snap_variant_thumb), (SELECT count(DISTINCT id) FROM _snap_variant_thumb),
-  (SELECT count(*) FROM _snap_image_owner WHERE claimed IS DISTINCT FROM product_id),
+  (SELECT count(*) FROM _snap_doc d, jsonb_array_elements(d.doc->'images') e
+     WHERE e->>'product_id' IS DISTINCT FROM d.doc->>'id'),
   (SELECT count(*) FROM _snap_link l WHERE NOT EXISTS
       (SELECT 1 FROM _snap_image i WHERE i.id = l.image_id))
 """)
 
 
+def _format_error(reader: SnapshotReader, exc: BaseException) -> SnapshotInvalid:
+    return SnapshotInvalid(f"Snapshot {reader.uri} failed the format check: its documents "
+                           f"do not fit the Medusa tables ({str(exc).strip().splitlines()[0]})")
+
+
+def _copy_documents(conn: Connection, reader: SnapshotReader) -> None:
+    """COPY every body document into ``_snap_doc``, in a savepoint.
+
+    A tampered file must be reported as a checksum failure, never as the JSON
+    error its damage may also cause. The checksum is only known once the body
+    has been read to its end, while the COPY may fail on a document before
+    that, so on a data error the rest of the body is still read (which raises
+    the checksum or truncation failure if there is one) and only a body whose
+    checksum held is reported as failing the format check. (psycopg 3.3 raises
+    the server's error only when the COPY ends, after the last document; the
+    draining and ``refused`` keep the rule if a driver reports it sooner, or
+    reports it instead of the checksum failure that ended the COPY.)"""
+    documents = reader.documents()
+    refused: SnapshotInvalid | None = None
+    raw = conn.connection.driver_connection
+    try:
+        with conn.begin_nested(), raw.cursor() as cur, cur.copy(COPY_DOCS_SQL) as copy:  # type: ignore[union-attr]
+            try:
+                buf = bytearray(_COPY_SIGNATURE)
+                for doc in documents:  # raises SnapshotInvalid at the end if tampered
+                    buf += struct.pack(">hi", 1, len(doc) + 1)
+                    buf += _JSONB_VERSION
+                    buf += doc
+                    if len(buf) >= _COPY_CHUNK:
+                        copy.write(buf)
+                        buf = bytearray()
+                buf += _COPY_TRAILER
+                copy.write(buf)
+            except SnapshotInvalid as exc:
+                refused = exc  # ending the COPY may raise the server's error instead
+                raise
+    except psycopg.DataError as exc:  # not JSON, not UTF-8: the server refused a document
+        if refused is not None:
+            raise refused from None
+        for _ in documents:  # the rest of the body, for its checksum
+            pass
+        raise _format_error(reader, exc) from None
+
+
 def load_snapshot(conn: Connection, reader: SnapshotReader) -> dict[str, int]:
     """Stream the body into temp tables and check it against its own summary.
 
-    The body is copied as text and parsed only after the checksum held, so a
-    tampered file is reported as a checksum failure, not as a JSON error."""
+    A tampered file is reported as a checksum failure, not as a JSON error
+    (see _copy_documents); documents that are JSON but do not fit the tables
+    fail the format check."""
     tune_for_bulk(conn)
-    conn.execute(text("CREATE TEMP TABLE _snap_doc (doc text NOT NULL) ON COMMIT DROP"))
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cur, cur.copy("COPY _snap_doc (doc) FROM STDIN") as copy:  # type: ignore[union-attr]
-        for doc in reader.documents():
-            copy.write_row((doc.decode("utf-8", errors="replace"),))
+    for statement in SNAP_DOC_DDL:
+        conn.execute(text(statement))
+    _copy_documents(conn, reader)
     try:
         with conn.begin_nested():
             for statement in LOAD_SQL:
                 conn.execute(text(statement))
     except Exception as exc:
-        raise SnapshotInvalid(f"Snapshot {reader.uri} failed the format check: its documents "
-                              f"do not fit the Medusa tables ({str(exc).splitlines()[0]})"
-                              ) from None
+        raise _format_error(reader, exc) from None
     (products, d_products, images, d_images, links, d_links, pthumbs, vthumbs, d_vthumbs,
      misowned, dangling) = conn.execute(LOADED_TOTALS_SQL).one()
     loaded = {"totalProducts": products, "totalImages": images, "totalVariantLinks": links,
@@ -425,32 +477,41 @@ def delete_matched_rows(conn: Connection) -> dict[str, int]:
             "variant_thumbnails": vthumbs}
 
 
+# One pass per loaded table: each snapshot row meets the live row with its id
+# (and, for an image, its product; for a link, its image live or restored) by
+# LEFT JOINs on primary keys, which never repeat a row, and FILTERs sort it into
+# new / present / owner gone. _snap_image ids are distinct (load_snapshot
+# refuses a body that repeats ids), so the links' join to it repeats nothing
+# either.
 RESTORE_PLAN_SQL = text("""
-SELECT
-  (SELECT count(*) FROM _snap_image s WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = s.id)
-      AND EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)),
-  (SELECT count(*) FROM _snap_image s WHERE EXISTS (SELECT 1 FROM image i WHERE i.id = s.id)),
-  (SELECT count(*) FROM _snap_image s WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = s.id)
-      AND NOT EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)),
-  (SELECT count(*) FROM _snap_link s
-     WHERE NOT EXISTS (SELECT 1 FROM product_variant_product_image l WHERE l.id = s.id)
-       AND (EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)
-            OR EXISTS (SELECT 1 FROM _snap_image si JOIN product p ON p.id = si.product_id
-                       WHERE si.id = s.image_id))),
-  (SELECT count(*) FROM _snap_link s
-     WHERE EXISTS (SELECT 1 FROM product_variant_product_image l WHERE l.id = s.id)),
-  (SELECT count(*) FROM _snap_product_thumb s JOIN product p ON p.id = s.id
-     WHERE p.thumbnail IS NULL),
-  (SELECT count(*) FROM _snap_product_thumb s JOIN product p ON p.id = s.id
-     WHERE p.thumbnail IS NOT NULL),
-  (SELECT count(*) FROM _snap_variant_thumb s JOIN product_variant v ON v.id = s.id
-     WHERE v.thumbnail IS NULL),
-  (SELECT count(*) FROM _snap_variant_thumb s JOIN product_variant v ON v.id = s.id
-     WHERE v.thumbnail IS NOT NULL),
-  (SELECT count(*) FROM _snap_product_thumb s WHERE NOT EXISTS
-     (SELECT 1 FROM product p WHERE p.id = s.id))
-  + (SELECT count(*) FROM _snap_variant_thumb s WHERE NOT EXISTS
-     (SELECT 1 FROM product_variant v WHERE v.id = s.id))
+WITH images AS (
+  SELECT count(*) FILTER (WHERE i.id IS NULL AND p.id IS NOT NULL) AS new,
+         count(i.id) AS present,
+         count(*) FILTER (WHERE i.id IS NULL AND p.id IS NULL) AS owner_gone
+  FROM _snap_image s
+  LEFT JOIN image i ON i.id = s.id
+  LEFT JOIN product p ON p.id = s.product_id
+), links AS (
+  SELECT count(*) FILTER (WHERE l.id IS NULL AND (i.id IS NOT NULL OR sp.id IS NOT NULL)) AS new,
+         count(l.id) AS present
+  FROM _snap_link s
+  LEFT JOIN product_variant_product_image l ON l.id = s.id
+  LEFT JOIN image i ON i.id = s.image_id
+  LEFT JOIN _snap_image si ON si.id = s.image_id
+  LEFT JOIN product sp ON sp.id = si.product_id
+), pthumbs AS (
+  SELECT count(*) FILTER (WHERE p.id IS NOT NULL AND p.thumbnail IS NULL) AS set,
+         count(p.thumbnail) AS kept, count(*) FILTER (WHERE p.id IS NULL) AS owner_gone
+  FROM _snap_product_thumb s LEFT JOIN product p ON p.id = s.id
+), vthumbs AS (
+  SELECT count(*) FILTER (WHERE v.id IS NOT NULL AND v.thumbnail IS NULL) AS set,
+         count(v.thumbnail) AS kept, count(*) FILTER (WHERE v.id IS NULL) AS owner_gone
+  FROM _snap_variant_thumb s LEFT JOIN product_variant v ON v.id = s.id
+)
+SELECT images.new, images.present, images.owner_gone, links.new, links.present,
+       pthumbs.set, pthumbs.kept, vthumbs.set, vthumbs.kept,
+       pthumbs.owner_gone + vthumbs.owner_gone
+FROM images, links, pthumbs, vthumbs
 """)
 
 
@@ -470,23 +531,28 @@ def restore_plan(conn: Connection, target: str, body_sha256: str) -> Plan:
                 notes=notes)
 
 
-def insert_snapshot_rows(conn: Connection) -> dict[str, int]:
-    """Same ids, urls, ranks, metadata and timestamps; never clobbers a newer thumbnail."""
-    # Which rows to insert is decided before inserting any: an INSERT whose own
-    # NOT EXISTS reads the table it grows gets planned for the (empty, after a
-    # purge) table as a nested loop over a sequential scan, and every inserted
-    # row then lengthens the scan of the next: quadratic, hours at 1M images.
-    conn.execute(text(
-        "CREATE TEMP TABLE _todo_image ON COMMIT DROP AS SELECT s.* FROM _snap_image s "
-        "WHERE NOT EXISTS (SELECT 1 FROM image i WHERE i.id = s.id) "
-        "AND EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)"))
-    images = conn.execute(text("INSERT INTO image SELECT * FROM _todo_image")).rowcount
-    conn.execute(text(
-        "CREATE TEMP TABLE _todo_link ON COMMIT DROP AS SELECT s.* FROM _snap_link s "
-        "WHERE NOT EXISTS (SELECT 1 FROM product_variant_product_image l WHERE l.id = s.id) "
-        "AND EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)"))
+def insert_snapshot_rows(conn: Connection, plan: Plan) -> dict[str, int]:
+    """Same ids, urls, ranks, metadata and timestamps; never clobbers a newer thumbnail.
+
+    Inserts the rows ``plan`` (restore_plan, this transaction, under
+    lock_media_tables: nothing else writes these tables until we commit) counts
+    as new: absent from the table and whose product (for a link: image)
+    exists. No statement here reads the table it grows: an INSERT whose own NOT
+    EXISTS did got planned for the (empty, after a purge) table as a nested
+    loop over a sequential scan, every inserted row lengthening the scan for
+    the next: quadratic, hours at 1M images. When the plan found some rows
+    already present, ON CONFLICT skips them (probing the primary key row by
+    row; the snapshot's own ids are distinct, load_snapshot checked); when it
+    found none, as after a purge, a plain INSERT skips that probe, and a
+    present id would abort the transaction rather than be skipped silently."""
+    images = conn.execute(text(
+        "INSERT INTO image SELECT s.* FROM _snap_image s "
+        "WHERE EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)"
+        + _skip_present(plan, "images_already_present"))).rowcount
     links = conn.execute(text(
-        "INSERT INTO product_variant_product_image SELECT * FROM _todo_link")).rowcount
+        "INSERT INTO product_variant_product_image SELECT s.* FROM _snap_link s "
+        "WHERE EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)"
+        + _skip_present(plan, "variant_links_already_present"))).rowcount
     pthumbs = conn.execute(text(
         "UPDATE product p SET thumbnail = s.thumbnail, updated_at = now() "
         "FROM _snap_product_thumb s WHERE p.id = s.id AND p.thumbnail IS NULL")).rowcount
@@ -495,6 +561,10 @@ def insert_snapshot_rows(conn: Connection) -> dict[str, int]:
         "FROM _snap_variant_thumb s WHERE v.id = s.id AND v.thumbnail IS NULL")).rowcount
     return {"images": images, "variant_links": links, "product_thumbnails": pthumbs,
             "variant_thumbnails": vthumbs}
+
+
+def _skip_present(plan: Plan, count: str) -> str:
+    return " ON CONFLICT (id) DO NOTHING" if plan.counts[count] else ""
 
 
 def snapshot_image_urls(conn: Connection) -> Iterator[tuple[str, str]]:

@@ -118,6 +118,42 @@ def test_media_snapshot_with_its_summary_edited_to_match_fails_the_live_match(
         in run.error_line
 
 
+NOT_JSON = {  # same length, so a stale checksum stays the only other damage
+    "not-json": (b'"rank":', b'"rank"='),
+    "not-utf8": (b"/medusa-media/", b"/medusa-medi\xff/"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_JSON))
+def test_media_body_that_is_not_json_fails_the_format_check_only_if_its_checksum_holds(
+        medusa_url: str, exports: Path, case: str) -> None:
+    """Restore parses the documents as they are copied in, before the body's end (and so
+    its checksum) is reached: a damaged body is still reported by its checksum, and only
+    a body whose checksum holds by the format check. Verify reaches the same load once
+    the body differs from the live catalog."""
+    from flows.media_restore import restore_product_media
+    from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
+    from safeops.errors import SnapshotInvalid
+
+    needle, replacement = NOT_JSON[case]
+    uri = snapshot_product_media().uri
+    before = checksums(medusa_url, MEDUSA_TABLES)
+    stale = Path(uri).with_name(f"stale-{case}.json")
+    stale.write_bytes(Path(uri).read_bytes())
+    change_one_byte(stale, needle, replacement)
+    with pytest.raises(SnapshotInvalid, match="failed the checksum check"):
+        restore_product_media(str(stale), dry_run=True)
+
+    summary, key, docs = read_snapshot_file(stale)  # the same damage, checksum recomputed
+    write_snapshot_file(uri, summary, key, docs)
+    for run in (lambda: restore_product_media(uri, dry_run=True),
+                lambda: verify_product_media_snapshot(uri)):
+        with pytest.raises(SnapshotInvalid, match="failed the format check: its documents "
+                                                  "do not fit the Medusa tables"):
+            run()
+    assert checksums(medusa_url, MEDUSA_TABLES) == before
+
+
 # ---------------------------------------------------------------- 4. purge: the undo point
 # is replaced during the approval pause. The apply hashes its snapshot again and refuses.
 
