@@ -109,6 +109,11 @@ _NATIVE_ORDER = {"t.id::text": "t.id",
 DIGEST_VERSION = 2
 
 
+def _row_hash(kind: Kind) -> str:
+    """A row's share of a version-2 digest."""
+    return f"hashtextextended(({kind.row_expr()})::text, 0)"
+
+
 def _digest_sql(kind: Kind, source: str, where: str, extra: str = "",
                 version: int = DIGEST_VERSION) -> str:
     """SELECT of (count, digest[, extra]) over the kind's rows in ``source``."""
@@ -117,7 +122,7 @@ def _digest_sql(kind: Kind, source: str, where: str, extra: str = "",
         order = _NATIVE_ORDER.get(kind.key, kind.key)
         digest = f"md5(COALESCE(string_agg({row_text}, ',' ORDER BY {order}), ''))"
     elif version == 2:
-        digest = f"COALESCE(sum(hashtextextended({row_text}, 0)), 0)::text"
+        digest = f"COALESCE(sum({_row_hash(kind)}), 0)::text"
     else:
         raise SnapshotInvalid(f"Unknown plan digest version {version!r}.")
     return (f"SELECT count(*), {digest}" + (f", {extra}" if extra else "")
@@ -356,10 +361,12 @@ def lock_changed_rows(conn: Connection, site_id: str) -> tuple[Parts, dict[str, 
 def _deleting_digest_sql(kind: Kind) -> str:
     """The DELETE itself returns what the plan hash covers: the proof that exactly the
     approved rows went is read off the rows that did go, not off a separate SELECT
-    that a concurrent edit could make disagree with them. RETURNING t.* has the
-    table's columns in order, so row_to_json over it is the text the plan hashed."""
-    return (f"WITH gone AS (DELETE FROM {kind.table} t WHERE {kind.where} RETURNING t.*) "
-            + _digest_sql(kind, "gone", "true"))
+    that a concurrent edit could make disagree with them. Each deleted row returns
+    only its hash, the very expression _digest_sql sums over a kind's rows, so no
+    copy of the deleted rows is kept for the sum (a third of the digest's cost)."""
+    return (f"WITH gone AS (DELETE FROM {kind.table} t WHERE {kind.where} "
+            f"RETURNING {_row_hash(kind)} AS h) "
+            "SELECT count(*), COALESCE(sum(h), 0)::text FROM gone")
 
 
 def delete_digested(conn: Connection, site_id: str) -> Parts:
