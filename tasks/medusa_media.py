@@ -48,7 +48,7 @@ def take_media_snapshot(target: str, snapshot_location: str | None = None) -> Sn
     try:
         with read_snapshot(engine_for(target)) as conn:
             fp = fingerprint(conn)
-            progress = Progress("media-snapshot-progress", sql.count_products(conn),
+            progress = Progress("media-snapshot-progress", sql.estimate_products(conn),
                                 "products written to the snapshot")
             totals = sql.stream_snapshot(conn, writer, progress.update)
             progress.finish(totals["totalProducts"])
@@ -155,6 +155,7 @@ def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
             plan = sql.purge_plan(conn, describe_target(target), count_products=False)
             if file_check is not None and plan.plan_hash == verified_plan_hash:
                 file_check.require_unchanged()
+                sql.require_snapshot_holds(plan, reader.summary, snapshot_uri)
                 matched, body_sha256 = True, str(reader.summary["bodySha256"])
                 proof = "verified file + row digest"
             else:

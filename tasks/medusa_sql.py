@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterator
 import psycopg
 from sqlalchemy import Connection, text
 
-from safeops.errors import SnapshotInvalid
+from safeops.errors import DriftDetected, SnapshotInvalid
 from safeops.models import Plan, TableDiff, plan_hash_of
 from safeops.snapshot_format import SnapshotReader, SnapshotWriter
 
@@ -40,18 +40,18 @@ MEDIA_FORMAT = "safeops/medusa-media-snapshot"
 # time but never correctness.
 SNAPSHOT_SQL = text("""
 WITH images AS (
-    SELECT r.product_id, string_agg(r.doc, ',') AS docs
+    SELECT r.product_id, count(*) AS n, string_agg(r.doc, ',') AS docs
     FROM (SELECT i.product_id, row_to_json(i)::text AS doc FROM image i
           ORDER BY i.product_id, i.id) r
     GROUP BY r.product_id
 ), links AS (
-    SELECT r.product_id, string_agg(r.doc, ',') AS docs
+    SELECT r.product_id, count(*) AS n, string_agg(r.doc, ',') AS docs
     FROM (SELECT i.product_id, row_to_json(l)::text AS doc
           FROM product_variant_product_image l JOIN image i ON i.id = l.image_id
           ORDER BY i.product_id, l.id) r
     GROUP BY r.product_id
 ), vthumbs AS (
-    SELECT r.product_id, string_agg(r.doc, ',') AS docs
+    SELECT r.product_id, count(*) AS n, string_agg(r.doc, ',') AS docs
     FROM (SELECT v.product_id, json_build_object('id', v.id, 'thumbnail', v.thumbnail)::text AS doc
           FROM product_variant v WHERE v.thumbnail IS NOT NULL AND v.product_id IS NOT NULL
           ORDER BY v.product_id, v.id) r
@@ -61,7 +61,9 @@ SELECT '{"id" : ' || to_json(p.id)::text || ', "handle" : ' || to_json(p.handle)
        || ', "thumbnail" : ' || COALESCE(to_json(p.thumbnail)::text, 'null')
        || ', "images" : [' || COALESCE(im.docs, '') || '], "variantLinks" : ['
        || COALESCE(li.docs, '') || '], "variantThumbnails" : [' || COALESCE(vt.docs, '')
-       || ']}' AS doc
+       || ']}' AS doc,
+       COALESCE(im.n, 0) AS n_images, COALESCE(li.n, 0) AS n_links,
+       COALESCE(vt.n, 0) AS n_vthumbs, p.thumbnail IS NOT NULL AS has_thumb
 FROM product p
 LEFT JOIN images im ON im.product_id = p.id
 LEFT JOIN links li ON li.product_id = p.id
@@ -99,66 +101,71 @@ def count_products_in_scope(conn: Connection) -> int:
     return int(conn.execute(COUNT_SCOPE_SQL).scalar_one())
 
 
-def count_products(conn: Connection) -> int:
-    """Every product, an upper bound of those in scope: an index-only count, where
-    the exact one probes every product's images (a progress bar needs no more)."""
-    return int(conn.execute(text("SELECT count(*) FROM product")).scalar_one())
+def estimate_products(conn: Connection) -> int:
+    """The planner's row estimate of product: a progress bar's total needs no count
+    (an exact one costs a scan per snapshot); the last tick sets the real total."""
+    return max(int(conn.execute(text(
+        "SELECT reltuples FROM pg_class WHERE oid = 'product'::regclass")).scalar_one()), 0)
 
 
-# What a snapshot's summary records and what its body must hold. Counted in the
-# snapshot's own view independently of the rendering, so a row the rendering
-# missed (an image whose product is gone, possible only without the foreign
-# keys) makes the totals check fail instead of going unsnapshotted.
-TOTALS_SQL = text("""
-SELECT (SELECT count(*) FROM image),
-       (SELECT count(*) FROM product_variant_product_image),
-       (SELECT count(*) FROM product WHERE thumbnail IS NOT NULL),
-       (SELECT count(*) FROM product_variant WHERE thumbnail IS NOT NULL
-                                              AND product_id IS NOT NULL)
-""")
+# Summary totals, in the order the summary lists them.
+TOTAL_KEYS = ("totalProducts", "totalImages", "totalVariantLinks", "totalThumbnails",
+              "totalProductThumbnails", "totalVariantThumbnails")
+Row = tuple[bytes, int, int, int, bool]  # document, images, links, variant thumbs, thumbnail?
 
 
-def live_totals(conn: Connection, products: int) -> dict[str, int]:
-    """Summary totals, in the order the summary lists them."""
-    images, links, pthumbs, vthumbs = (int(v) for v in conn.execute(TOTALS_SQL).one())
-    return {"totalProducts": products, "totalImages": images, "totalVariantLinks": links,
-            "totalThumbnails": pthumbs + vthumbs, "totalProductThumbnails": pthumbs,
-            "totalVariantThumbnails": vthumbs}
-
-
-def live_documents(conn: Connection) -> Generator[bytes, None, None]:
-    """Each product's document, in id order.
+def live_documents(conn: Connection) -> Generator[Row, None, None]:
+    """(document, images, links, variant thumbnails, has thumbnail) per product, in id order.
 
     Streamed with ``COPY (SNAPSHOT_SQL) TO STDOUT`` in binary format: PostgreSQL
     keeps rendering while Python hashes and writes (a cursor's FETCHes would
-    leave one side idle at a time), and the documents arrive as raw UTF-8 bytes
-    with nothing to unescape or decode. Callers consume every row: leaving a
-    COPY early means cancelling it (``close()`` the generator, as every caller
-    does in a ``finally``), which aborts the transaction: only for errors."""
+    leave one side idle at a time), the documents arrive as raw UTF-8 bytes with
+    nothing to unescape or decode, and the counts come with them (a second
+    counting pass costs more than parsing four small columns). Callers consume
+    every row: leaving a COPY early means cancelling it (``close()`` the
+    generator, as every caller does in a ``finally``), which aborts the
+    transaction: only for errors."""
     tune_for_bulk(conn)
     raw = conn.connection.driver_connection
     with raw.cursor() as cur, cur.copy(  # type: ignore[union-attr]
             f"COPY ({SNAPSHOT_SQL.text}) TO STDOUT (FORMAT BINARY)") as copy:
-        copy.set_types(["bytea"])
-        for (doc,) in copy.rows():
-            yield doc
+        copy.set_types(["bytea", "int8", "int8", "int8", "bool"])
+        yield from copy.rows()
+
+
+class Totals:
+    """What the rendered documents hold, summed as they stream by."""
+
+    def __init__(self) -> None:
+        self.products = self.images = self.links = self.pthumbs = self.vthumbs = 0
+
+    def add(self, row: Row) -> None:
+        self.products += 1
+        self.images += row[1]
+        self.links += row[2]
+        self.vthumbs += row[3]
+        self.pthumbs += row[4]
+
+    def as_summary(self) -> dict[str, int]:
+        return dict(zip(TOTAL_KEYS, (self.products, self.images, self.links,
+                                     self.pthumbs + self.vthumbs, self.pthumbs, self.vthumbs),
+                        strict=True))
 
 
 def stream_snapshot(conn: Connection, writer: SnapshotWriter,
                     on_product: Callable[[int], None] | None = None) -> dict[str, int]:
     """Write every product document; returns the totals for the summary."""
-    tune_for_bulk(conn)
+    totals = Totals()
     live = live_documents(conn)
-    written = 0
     try:
-        for doc in live:
-            writer.add(doc)
-            written += 1
-            if on_product is not None and not written % 1000:
-                on_product(written)
+        for row in live:
+            writer.add(row[0])
+            totals.add(row)
+            if on_product is not None and not totals.products % 1000:
+                on_product(totals.products)
     finally:
         live.close()  # an unfinished COPY holds the connection: end it before anything else
-    return live_totals(conn, written)
+    return totals.as_summary()
 
 
 def match_live(conn: Connection, reader: SnapshotReader) -> dict[str, int] | None:
@@ -167,30 +174,46 @@ def match_live(conn: Connection, reader: SnapshotReader) -> dict[str, int] | Non
     The rendering is the snapshot query itself, in the caller's transaction, so
     a document equals its live counterpart byte for byte exactly when every
     column of every image and link row and every thumbnail of that product is
-    unchanged, and equal streams mean equal id sets. Returns the live totals
-    when every document matches and the totals agree with the summary; None
-    otherwise (the caller then loads the snapshot to name the differences).
-    The whole body is always read, so a tampered file still fails its checksum
-    (SnapshotInvalid) before anything is compared. Memory stays flat: one
-    document of each side at a time."""
+    unchanged, and equal streams mean equal id sets. Returns the totals when
+    every document matches and they agree with the summary; None otherwise (the
+    caller then loads the snapshot to name the differences). The whole body is
+    always read, so a tampered file still fails its checksum (SnapshotInvalid)
+    before anything is compared. Memory stays flat: one document of each side
+    at a time."""
     live = live_documents(conn)
     equal = True
-    products = 0
+    totals = Totals()
     try:
         for doc in reader.documents():  # raises SnapshotInvalid at the end if tampered
             row = next(live, None)
-            if row is None or row != doc:
+            if row is None or row[0] != doc:
                 equal = False
                 continue  # keep reading the file to its end (checksum)
-            products += 1
+            totals.add(row)
         for _ in live:
             equal = False  # the live catalog has products the snapshot lacks
     finally:
         live.close()  # an unfinished COPY holds the connection: end it before anything else
-    totals = live_totals(conn, products)
-    if not equal or any(reader.summary.get(k) != v for k, v in totals.items()):
+    summary = totals.as_summary()
+    if not equal or any(reader.summary.get(k) != v for k, v in summary.items()):
         return None
-    return totals
+    return summary
+
+
+def require_snapshot_holds(plan: Plan, summary: dict[str, object], uri: str) -> None:
+    """Every row the purge deletes must be in the file: the plan counts whole tables,
+    the documents only rows under a product (all of them, given Medusa's foreign
+    keys; a database without them could hold an image whose product is gone)."""
+    pairs = {"images": "totalImages", "variant_links": "totalVariantLinks",
+             "product_thumbnails": "totalProductThumbnails",
+             "variant_thumbnails": "totalVariantThumbnails"}
+    short = {k: (plan.counts[k], summary.get(v)) for k, v in pairs.items()
+             if plan.counts[k] != summary.get(v)}
+    if short:
+        raise DriftDetected(f"Refused: the purge would delete rows snapshot {uri} does not "
+                            "hold (" + ", ".join(f"{k}: {n} live, {m} in the snapshot"
+                                                  for k, (n, m) in short.items())
+                            + "); nothing changed.")
 
 
 def clean_diffs() -> list[TableDiff]:

@@ -266,6 +266,24 @@ def test_apply_without_a_verify_compares_the_file_and_a_wrong_file_hash_is_refus
     assert isinstance(counts, dict) and counts["proof"] == "file compared with the live rows"
 
 
+def test_an_image_no_snapshot_can_hold_is_never_deleted(medusa_url: str,
+                                                       exports: Path) -> None:
+    """Without Medusa's foreign key an image can outlive its product. The snapshot holds
+    products' documents, so it cannot hold that image; the purge must not delete it
+    (it would be gone for good), so the apply refuses."""
+    execute(medusa_url, "ALTER TABLE image DROP CONSTRAINT image_product_id_fkey")
+    execute(medusa_url, "INSERT INTO image (id, url, rank, product_id) VALUES "
+                        "('img_01ORPHANWITHOUTPRODUCT0000', "
+                        "'http://localhost:9000/medusa-media/orphan.jpg', 0, 'prod_gone')")
+    before = table_checksums(medusa_url, MEDUSA_TABLES)
+
+    with answer_approval(approve_as()), pytest.raises(DriftDetected) as refused:
+        purge_product_media(dry_run=False)
+    assert "images: " in str(refused.value) and "does not hold" in str(refused.value)
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == before
+    assert audit_rows(medusa_url) == 0
+
+
 # ---------------------------------------------------------------- fault in the middle
 
 
