@@ -92,7 +92,10 @@ def reset_site_structure(site_id: str, dry_run: bool = True,
         check_saved_plan(plan, approved_plan_hash)
         result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
                            snapshot_uri=snapshot.uri, plan=plan)
-        if dry_run:
+        if plan.is_empty:
+            result.message = (f"Nothing to reset: site {slug} holds no blueprint structure and "
+                              "its blueprint state is reset already.")
+        if dry_run or plan.is_empty:
             counts_table(plan, None, key="site-reset-counts")
             summary_markdown(result, key="site-reset-summary")
             return result

@@ -159,9 +159,16 @@ def post_effects(conn: Connection, site_id: str) -> dict[str, int]:
         f"SELECT {POST_EFFECTS} FROM content t WHERE {BY_NAME['post_refs'].where}"),
         {"site": site_id}).one()
     links = conn.execute(CATEGORY_LINKS_OF_POSTS, {"site": site_id}).scalar_one()
+    state = conn.execute(text(
+        "SELECT count(*) FROM sites WHERE id = CAST(:site AS uuid) AND "
+        "(active_blueprint_version, setup_status) IS DISTINCT FROM (NULL, 'draft')"),
+        {"site": site_id}).scalar_one()
     return {"posts_losing_author": int(losing_author),
             "posts_losing_content_type": int(losing_type),
-            "posts_losing_category_links": int(links)}
+            "posts_losing_category_links": int(links),
+            # 1 while the blueprint state still has to go back to draft: with it, an
+            # all-zero plan means the site is reset already and there is nothing to do.
+            "site_state_to_reset": int(state)}
 
 
 def _plan_from(conn: Connection, site_id: str, source_of: dict[str, tuple[str, str]],

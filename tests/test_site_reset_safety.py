@@ -555,6 +555,31 @@ def test_a_snapshot_written_before_plan_digest_2_still_verifies_and_restores(
         restore_site_structure(uri, dry_run=True)
 
 
+def test_resetting_a_reset_site_asks_nothing_and_changes_nothing(cms: Cms,
+                                                                 exports: Path) -> None:
+    """Once reset, a site has no structure and a draft blueprint state: a second reset
+    (live or dry) says so instead of asking someone to approve deleting nothing; a
+    site whose structure is gone but whose blueprint state is not still resets it."""
+    url, sites = cms
+    reset_live(sites["atelier"])
+    after_first = table_checksums(url, CMS_TABLES)
+
+    with answer_approval(approve_as()) as seen:
+        again = reset_site_structure(sites["atelier"], dry_run=False)
+    assert seen == [] and again.applied == {}
+    assert again.message.startswith("Nothing to reset") and again.plan.is_empty
+    assert reset_site_structure(sites["atelier"]).message.startswith("Nothing to reset")
+    assert table_checksums(url, CMS_TABLES) == after_first
+    assert audit_rows(url) == 1
+
+    execute(url, "UPDATE sites SET active_blueprint_version = 7, setup_status = 'ready' "
+                 "WHERE id = %s", sites["atelier"])
+    state, _ = reset_live(sites["atelier"])  # reset_live asserts one approval was asked
+    assert state.plan.counts["site_state_to_reset"] == 1 and not state.message
+    assert count(url, "SELECT count(*) FROM sites WHERE id = %s AND setup_status = 'draft' "
+                      "AND active_blueprint_version IS NULL", sites["atelier"]) == 1
+
+
 def test_restore_refuses_conflicts_unless_told_to_skip_them(cms: Cms, exports: Path) -> None:
     """After the reset the site gained a 'guides' category (the deleted one had the child
     'how-to') and a 'maya-fischer' author (the deleted one wrote every page)."""
