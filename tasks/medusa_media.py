@@ -155,7 +155,6 @@ def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
             plan = sql.purge_plan(conn, describe_target(target), count_products=False)
             if file_check is not None and plan.plan_hash == verified_plan_hash:
                 file_check.require_unchanged()
-                sql.require_snapshot_holds(plan, reader.summary, snapshot_uri)
                 matched, body_sha256 = True, str(reader.summary["bodySha256"])
                 proof = "verified file + row digest"
             else:
@@ -165,6 +164,7 @@ def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
                         sql.load_snapshot(conn, again)
                     _ensure_equal(conn, snapshot_uri)
                 body_sha256, proof = reader.actual_sha256, "file compared with the live rows"
+            sql.require_snapshot_holds(plan, reader.summary, snapshot_uri)
             refuse_if_plan_moved(plan, approved_plan_hash, "the plan changed since approval")
             applied = sql.delete_matched_rows(conn) if matched else sql.delete_snapshot_rows(conn)
             require_as_planned(applied, plan, "Purge changed")

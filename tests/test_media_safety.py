@@ -283,6 +283,17 @@ def test_an_image_no_snapshot_can_hold_is_never_deleted(medusa_url: str,
     assert table_checksums(medusa_url, MEDUSA_TABLES) == before
     assert audit_rows(medusa_url) == 0
 
+    # The same refusal when the apply compares the file itself (no verify to lean on).
+    from safeops.models import Approval
+    from tasks.medusa_media import apply_media_purge, plan_media_purge, take_media_snapshot
+    from tasks.snapshots import now_utc
+
+    uri = take_media_snapshot.fn("medusa", str(exports)).uri
+    with pytest.raises(DriftDetected, match="does not hold"):
+        apply_media_purge.fn("medusa", uri, plan_media_purge.fn("medusa").plan_hash,
+                             Approval(approver="alice", reason="t", via="saved-plan"), now_utc())
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == before
+
 
 # ---------------------------------------------------------------- fault in the middle
 
