@@ -16,7 +16,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,43 +198,45 @@ def _copy_to_new_name(part: Path, target: Path) -> bool:
     copy the finished file into it. The name is visible while the copy runs, as it
     was before links were used; False when the name is taken."""
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                     0o640)
+        fd = os.open(target, NEW_FILE, 0o640)
     except FileExistsError:
         return False
-    try:
-        with open(part, "rb") as src:
-            copy_file(src.fileno(), fd, os.fstat(src.fileno()).st_size)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        target.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+    with open(part, "rb") as src:
+        _fill(fd, target, lambda out: copy_file(src.fileno(), out, os.fstat(src.fileno()).st_size),
+              durable=True)
     return True
 
 
 def _assemble(parts: SnapshotParts, folder: Path, base_name: str, *, durable: bool) -> Path:
     """The complete file under a new hidden ``.part`` name in ``folder``."""
     fd, part = _create_part(folder, base_name)
+    _fill(fd, part, parts.write_to, durable=durable)
+    return part
+
+
+def _fill(fd: int, path: Path, write: Callable[[int], None], *, durable: bool) -> None:
+    """Write a file just created at ``path`` and close it; on any failure remove it,
+    so no name is ever left holding part of a snapshot."""
     try:
-        parts.write_to(fd)
+        write(fd)
         if durable:
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        part.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
     os.close(fd)
-    return part
+
+
+# Create-only: opening an existing name fails, so nothing is ever overwritten.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
 def _create_part(folder: Path, base_name: str) -> tuple[int, Path]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         part = folder / f".{base_name}.{secrets.token_hex(6)}{PART_SUFFIX}"
         try:
-            return os.open(part, flags, 0o640), part
+            return os.open(part, NEW_FILE, 0o640), part
         except FileExistsError:
             continue
     raise SafeopsError(f"Could not create a temporary file in {folder}.")

@@ -117,10 +117,10 @@ def _row_hash(kind: Kind) -> str:
 def _digest_sql(kind: Kind, source: str, where: str, extra: str = "",
                 version: int = DIGEST_VERSION) -> str:
     """SELECT of (count, digest[, extra]) over the kind's rows in ``source``."""
-    row_text = f"({kind.row_expr()})::text"
     if version == 1:
         order = _NATIVE_ORDER.get(kind.key, kind.key)
-        digest = f"md5(COALESCE(string_agg({row_text}, ',' ORDER BY {order}), ''))"
+        digest = (f"md5(COALESCE(string_agg(({kind.row_expr()})::text, ',' ORDER BY {order}), "
+                  "''))")
     elif version == 2:
         digest = f"COALESCE(sum({_row_hash(kind)}), 0)::text"
     else:
