@@ -174,22 +174,29 @@ def test_approval_timeout_fails_the_run_and_changes_nothing(medusa_url: str,
 # ---------------------------------------------------------------- drift during the pause
 
 
+def purge_with_a_change_during_the_pause(url: str, sql: str,
+                                         *params: object) -> tuple[str, dict[str, str]]:
+    """A live purge whose approver first runs ``sql``: the refusal's message, and the
+    tables as that change left them (the purge must leave them so)."""
+    during: dict[str, str] = {}
+
+    def change_then_approve(data: dict[str, Any]) -> dict[str, Any]:
+        execute(url, sql, *params)
+        during.update(table_checksums(url, MEDUSA_TABLES))
+        return approve_as()(data)
+
+    with answer_approval(change_then_approve), pytest.raises(DriftDetected) as drift:
+        purge_product_media(dry_run=False)
+    return str(drift.value), during
+
+
 def test_image_added_during_the_pause_is_refused_as_drift(medusa_url: str,
                                                          exports: Path) -> None:
     product = some_product_with_images(medusa_url)
     added = "img_01DRIFTADDEDDURINGPAUSE000"
-    during: dict[str, str] = {}
-
-    def insert_then_approve(data: dict[str, Any]) -> dict[str, Any]:
-        execute(medusa_url, "INSERT INTO image (id, url, rank, product_id) VALUES "
-                            "(%s, 'http://localhost:9000/medusa-media/late.jpg', 7, %s)",
-                added, product)
-        during.update(table_checksums(medusa_url, MEDUSA_TABLES))
-        return approve_as()(data)
-
-    with answer_approval(insert_then_approve), pytest.raises(DriftDetected) as drift:
-        purge_product_media(dry_run=False)
-    message = str(drift.value)
+    message, during = purge_with_a_change_during_the_pause(
+        medusa_url, "INSERT INTO image (id, url, rank, product_id) VALUES "
+                    "(%s, 'http://localhost:9000/medusa-media/late.jpg', 7, %s)", added, product)
     assert added in message and "1 added since the snapshot" in message
     assert table_checksums(medusa_url, MEDUSA_TABLES) == during
     assert count(medusa_url, "SELECT count(*) FROM image WHERE id = %s", added) == 1
@@ -199,16 +206,9 @@ def test_image_deleted_during_the_pause_is_refused_as_drift(medusa_url: str,
                                                            exports: Path) -> None:
     victim = str(scalar(medusa_url, "SELECT image_id FROM product_variant_product_image "
                                     "ORDER BY id LIMIT 1"))
-    during: dict[str, str] = {}
-
-    def delete_then_approve(data: dict[str, Any]) -> dict[str, Any]:
-        execute(medusa_url, "DELETE FROM image WHERE id = %s", victim)
-        during.update(table_checksums(medusa_url, MEDUSA_TABLES))
-        return approve_as()(data)
-
-    with answer_approval(delete_then_approve), pytest.raises(DriftDetected) as drift:
-        purge_product_media(dry_run=False)
-    assert victim in str(drift.value) and "missing from the database" in str(drift.value)
+    message, during = purge_with_a_change_during_the_pause(
+        medusa_url, "DELETE FROM image WHERE id = %s", victim)
+    assert victim in message and "missing from the database" in message
     assert table_checksums(medusa_url, MEDUSA_TABLES) == during
     assert count(medusa_url, "SELECT count(*) FROM image") > 100
 
@@ -218,16 +218,9 @@ def test_image_edited_during_the_pause_is_refused_as_drift(medusa_url: str,
     """Same ids, one url changed: the plan hash covers every column, so the apply's
     digest moves, the thorough comparison runs and names the changed row."""
     victim = str(scalar(medusa_url, "SELECT id FROM image ORDER BY id DESC LIMIT 1"))
-    during: dict[str, str] = {}
-
-    def edit_then_approve(data: dict[str, Any]) -> dict[str, Any]:
-        execute(medusa_url, "UPDATE image SET url = url || '?v=2' WHERE id = %s", victim)
-        during.update(table_checksums(medusa_url, MEDUSA_TABLES))
-        return approve_as()(data)
-
-    with answer_approval(edit_then_approve), pytest.raises(DriftDetected) as drift:
-        purge_product_media(dry_run=False)
-    assert f"1 changed since the snapshot ({victim})" in str(drift.value)
+    message, during = purge_with_a_change_during_the_pause(
+        medusa_url, "UPDATE image SET url = url || '?v=2' WHERE id = %s", victim)
+    assert f"1 changed since the snapshot ({victim})" in message
     assert table_checksums(medusa_url, MEDUSA_TABLES) == during
     assert audit_rows(medusa_url) == 0
 

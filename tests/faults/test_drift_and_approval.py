@@ -48,18 +48,26 @@ def test_product_deleted_during_the_pause_is_refused_as_drift(medusa_url: str,
     assert audit_rows(medusa_url) == []
 
 
-def test_category_added_during_the_pause_is_refused_as_drift(cms: Cms, exports: Path) -> None:
-    url, sites = cms
-    atelier = sites["atelier"]
+def reset_with_a_change_during_the_pause(url: str, site: str,
+                                        sql: str) -> tuple[Any, dict[str, str]]:
+    """`safeops site reset --live --yes` whose approval pause first runs ``sql`` (over
+    the site's id): the CLI run, and the tables as that change left them."""
     during: dict[str, str] = {}
 
-    def add_category(_: dict[str, Any]) -> None:
-        execute(url, "INSERT INTO terms (site_id, type, name, slug) "
-                     "VALUES (%s, 'category', 'Late', 'late')", atelier)
+    def change(_: dict[str, Any]) -> None:
+        execute(url, sql, site)
         during.update(checksums(url, CMS_TABLES))
 
-    with on_event("approval", add_category):
-        run = cli("site", "reset", atelier, "--live", "--yes")
+    with on_event("approval", change):
+        run = cli("site", "reset", site, "--live", "--yes")
+    return run, during
+
+
+def test_category_added_during_the_pause_is_refused_as_drift(cms: Cms, exports: Path) -> None:
+    url, sites = cms
+    run, during = reset_with_a_change_during_the_pause(
+        url, sites["atelier"], "INSERT INTO terms (site_id, type, name, slug) "
+                               "VALUES (%s, 'category', 'Late', 'late')")
     assert run.code == 3, run
     line = run.error_line
     assert "structure changed since it was approved" in line and "categories=5" in line
@@ -71,16 +79,9 @@ def test_page_edited_during_the_pause_is_refused_as_drift(cms: Cms, exports: Pat
     """Same rows, same counts, one title edited: the pages the apply deletes no longer
     hash to the approved plan, so the deletes roll back."""
     url, sites = cms
-    atelier = sites["atelier"]
-    during: dict[str, str] = {}
-
-    def edit_page(_: dict[str, Any]) -> None:
-        execute(url, "UPDATE content SET title = title || ' (edited)' "
-                     "WHERE site_id = %s AND type = 'page' AND slug = 'about'", atelier)
-        during.update(checksums(url, CMS_TABLES))
-
-    with on_event("approval", edit_page):
-        run = cli("site", "reset", atelier, "--live", "--yes")
+    run, during = reset_with_a_change_during_the_pause(
+        url, sites["atelier"], "UPDATE content SET title = title || ' (edited)' "
+                               "WHERE site_id = %s AND type = 'page' AND slug = 'about'")
     assert run.code == 3, run
     line = run.error_line
     assert "structure changed since it was approved" in line and "pages=3" in line
