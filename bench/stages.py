@@ -60,13 +60,13 @@ def _status_kb(key: str) -> int:
 
 
 def _approval() -> Any:
-    from safeops.models import Approval
+    from safeops.core.models import Approval
 
     return Approval(approver="bench", reason="benchmark", via="saved-plan")
 
 
 def op_snapshot_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.medusa_media import take_media_snapshot
+    from tasks.media.medusa_media import take_media_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
     return {"uri": ref.uri, "totals": ref.totals, "bytes": Path(ref.uri).stat().st_size}
@@ -95,7 +95,7 @@ def op_snapshot_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_verify_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.medusa_media import verify_media_snapshot
+    from tasks.media.medusa_media import verify_media_snapshot
 
     report = verify_media_snapshot.fn("medusa", a["uri"])
     if not report.ok:
@@ -118,7 +118,7 @@ def op_verify_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_purge_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.medusa_media import apply_media_purge
+    from tasks.media.medusa_media import apply_media_purge
 
     applied = apply_media_purge.fn("medusa", a["uri"], a["plan_hash"], _approval(),
                                    datetime.now(UTC), verified_sha256=a["file_sha256"],
@@ -154,13 +154,13 @@ def op_purge_baseline(a: dict[str, Any]) -> dict[str, Any]:
 def prepare_restore_ours(a: dict[str, Any]) -> None:
     """The plan a live restore applies (the flow plans right before applying, too)."""
     if not a.get("plan_hash"):
-        from tasks.medusa_media import plan_media_restore
+        from tasks.media.medusa_media import plan_media_restore
 
         a["plan_hash"] = plan_media_restore.fn("medusa", a["uri"], False).plan_hash
 
 
 def op_restore_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.medusa_media import apply_media_restore
+    from tasks.media.medusa_media import apply_media_restore
 
     applied = apply_media_restore.fn("medusa", a["uri"], False, a["plan_hash"], _approval(),
                                      datetime.now(UTC))
@@ -191,7 +191,7 @@ def op_restore_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_reset_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.cms_site import apply_site_reset
+    from tasks.site.cms_site import apply_site_reset
 
     deleted = apply_site_reset.fn("cms", a["site"], a["uri"], a["plan_hash"], a["file_sha256"],
                                   _approval(), datetime.now(UTC))
@@ -231,8 +231,8 @@ def op_reset_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     """The media snapshot and purge plan every purge applies, and the site's reset plan."""
-    from tasks.cms_site import snapshot_site, verify_site_snapshot
-    from tasks.medusa_media import plan_media_purge, take_media_snapshot, verify_media_snapshot
+    from tasks.site.cms_site import snapshot_site, verify_site_snapshot
+    from tasks.media.medusa_media import plan_media_purge, take_media_snapshot, verify_media_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
     report = verify_media_snapshot.fn("medusa", ref.uri)  # what the flow hands the apply
@@ -267,8 +267,8 @@ def child_main(spec_path: str) -> None:
         # our modules, and the SQLAlchemy dialect the first engine would load.
         import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-        import tasks.cms_site
-        import tasks.medusa_media  # noqa: F401
+        import tasks.site.cms_site
+        import tasks.media.medusa_media  # noqa: F401
     if spec["op"] in PREPARE:
         PREPARE[spec["op"]](spec["args"])
     rss_start = _status_kb("VmRSS")
@@ -351,8 +351,8 @@ class Zygote:
 def zygote_main() -> None:
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-    import tasks.cms_site
-    import tasks.medusa_media  # noqa: F401
+    import tasks.site.cms_site
+    import tasks.media.medusa_media  # noqa: F401
 
     print("ready", flush=True)
     for line in sys.stdin:
@@ -611,7 +611,7 @@ class Runner:
 
 def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
     """Run the real flows once each and count the task runs Prefect records."""
-    from safeops.prefect_env import apply_offline_defaults
+    from safeops.core.prefect_env import apply_offline_defaults
 
     apply_offline_defaults()
     from contextlib import nullcontext
@@ -624,8 +624,8 @@ def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
     from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
     from flows.site_reset import reset_site_structure
     from flows.site_restore import restore_site_structure
-    from tasks.cms_site import plan_site_restore, snapshot_site
-    from tasks.medusa_media import plan_media_purge, plan_media_restore
+    from tasks.site.cms_site import plan_site_restore, snapshot_site
+    from tasks.media.medusa_media import plan_media_purge, plan_media_restore
 
     harness: Any = nullcontext()
     if not os.environ.get("PREFECT_API_URL"):

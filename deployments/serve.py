@@ -38,7 +38,7 @@ def build() -> list[Any]:
 if __name__ == "__main__":
     from prefect import serve
 
-    from safeops.prefect_env import apply_offline_defaults
+    from safeops.core.prefect_env import apply_offline_defaults
 
     apply_offline_defaults()
     serve(*build())

@@ -13,20 +13,20 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from safeops import events
-from safeops.errors import DriftDetected, SafeopsError
-from safeops.models import RunResult
-from safeops.settings import validate_target
-from tasks.approval import check_saved_plan, request_approval
-from tasks.artifacts import counts_table, snapshot_link, summary_markdown
-from tasks.concurrency import limit_name, one_at_a_time
-from tasks.medusa_media import (
+from safeops.core import events
+from safeops.core.errors import DriftDetected, SafeopsError
+from safeops.core.models import RunResult
+from safeops.core.settings import validate_target
+from tasks.common.approval import check_saved_plan, request_approval
+from tasks.common.artifacts import counts_table, snapshot_link, summary_markdown
+from tasks.common.slot import limit_name, one_at_a_time
+from tasks.media.medusa_media import (
     apply_media_purge,
     plan_media_purge,
     take_media_snapshot,
     verify_media_snapshot,
 )
-from tasks.snapshots import now_utc
+from tasks.common.snapshots import now_utc
 
 FLOW = "purge-product-media"
 

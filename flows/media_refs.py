@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from safeops import events
-from safeops.errors import ForeignSnapshot, SafeopsError, SnapshotInvalid
-from safeops.models import RunResult
-from safeops.settings import validate_target
-from tasks.approval import check_saved_plan, request_approval
-from tasks.artifacts import rows_table, snapshot_link, summary_markdown, verify_table
-from tasks.concurrency import limit_name, one_at_a_time
-from tasks.media_refs import (
+from safeops.core import events
+from safeops.core.errors import ForeignSnapshot, SafeopsError, SnapshotInvalid
+from safeops.core.models import RunResult
+from safeops.core.settings import validate_target
+from tasks.common.approval import check_saved_plan, request_approval
+from tasks.common.artifacts import rows_table, snapshot_link, summary_markdown, verify_table
+from tasks.common.slot import limit_name, one_at_a_time
+from tasks.media.refs import (
     FLOW,
     copy_media_objects,
     media_store,
@@ -34,8 +34,8 @@ from tasks.media_refs import (
     plan_media_refs,
     write_media_refs,
 )
-from tasks.medusa_media import verify_media_snapshot
-from tasks.snapshots import now_utc
+from tasks.media.medusa_media import verify_media_snapshot
+from tasks.common.snapshots import now_utc
 
 
 @flow(name=FLOW)

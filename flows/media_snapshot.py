@@ -14,12 +14,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from safeops.errors import ForeignSnapshot, SnapshotInvalid
-from safeops.models import SnapshotRef, VerifyReport
-from safeops.settings import validate_target
-from tasks.artifacts import snapshot_link, verify_table
-from tasks.medusa_media import SNAPSHOT_PREFIX, take_media_snapshot, verify_media_snapshot
-from tasks.retention import prune_snapshots
+from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
+from safeops.core.models import SnapshotRef, VerifyReport
+from safeops.core.settings import validate_target
+from tasks.common.artifacts import snapshot_link, verify_table
+from tasks.media.medusa_media import SNAPSHOT_PREFIX, take_media_snapshot, verify_media_snapshot
+from tasks.common.retention import prune_snapshots
 
 
 @flow(name="snapshot-product-media")

@@ -19,13 +19,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from safeops import events
-from safeops.errors import ResetNotAllowed, SafeopsError
-from safeops.models import RunResult
-from safeops.settings import validate_target
-from tasks.approval import check_saved_plan, request_approval
-from tasks.artifacts import counts_table, snapshot_link, summary_markdown
-from tasks.cms_site import (
+from safeops.core import events
+from safeops.core.errors import ResetNotAllowed, SafeopsError
+from safeops.core.models import RunResult
+from safeops.core.settings import validate_target
+from tasks.common.approval import check_saved_plan, request_approval
+from tasks.common.artifacts import counts_table, snapshot_link, summary_markdown
+from tasks.site.cms_site import (
     apply_site_reset,
     check_site,
     parse_site_id,
@@ -33,9 +33,9 @@ from tasks.cms_site import (
     verify_site_reset,
     verify_site_snapshot,
 )
-from tasks.cms_sql import HEADLINE
-from tasks.concurrency import limit_name, one_at_a_time
-from tasks.snapshots import now_utc
+from tasks.site.cms_sql import HEADLINE
+from tasks.common.slot import limit_name, one_at_a_time
+from tasks.common.snapshots import now_utc
 
 FLOW = "reset-site-structure"
 

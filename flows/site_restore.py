@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from prefect import flow
 
-from safeops import events
-from safeops.models import RunResult
-from safeops.settings import validate_target
-from tasks.approval import check_saved_plan, request_approval
-from tasks.artifacts import counts_table, summary_markdown
-from tasks.cms_site import apply_site_restore, plan_site_restore
-from tasks.snapshots import now_utc
+from safeops.core import events
+from safeops.core.models import RunResult
+from safeops.core.settings import validate_target
+from tasks.common.approval import check_saved_plan, request_approval
+from tasks.common.artifacts import counts_table, summary_markdown
+from tasks.site.cms_site import apply_site_restore, plan_site_restore
+from tasks.common.snapshots import now_utc
 
 FLOW = "restore-site-structure"
 WORK = ("content_types", "authors", "categories", "pages", "seo_entries", "term_links",

@@ -29,7 +29,7 @@ os.environ.update({
 os.environ.pop("PREFECT_API_URL", None)
 
 from safeops import events  # noqa: E402
-from safeops.seed import load_schema, seed_medusa  # noqa: E402
+from safeops.seeds.medusa import load_schema, seed_medusa  # noqa: E402
 from tests.pg import fresh_database, server_url  # noqa: E402
 
 MEDUSA_TABLES = ["product", "image", "product_variant", "product_variant_product_image",
@@ -57,7 +57,7 @@ def medusa_url(pg_admin: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh database with the Medusa schema and the seeded catalog."""
     from sqlalchemy import create_engine
 
-    from safeops.settings import sqlalchemy_url
+    from safeops.core.settings import sqlalchemy_url
 
     with fresh_database(pg_admin) as url:
         engine = create_engine(sqlalchemy_url(url))
@@ -159,8 +159,8 @@ def cms_template(pg_admin: str) -> Iterator[tuple[str, dict[str, str]]]:
     yields (database name, {slug: site id}). Only ever copied, never connected to."""
     from sqlalchemy import create_engine
 
-    from safeops.seed_cms import seed_cms
-    from safeops.settings import sqlalchemy_url
+    from safeops.seeds.cms import seed_cms
+    from safeops.core.settings import sqlalchemy_url
 
     with fresh_database(pg_admin, prefix="safeops_tmpl") as url:
         engine = create_engine(sqlalchemy_url(url))

@@ -1,7 +1,7 @@
 """ImageRefs: `migrate-product-media-refs`, `safeops media migrate-refs` and `media upload`.
 
 Real PostgreSQL (the seeded catalog), moto's S3 server over HTTP, Prefect's harness.
-The seeded image URLs start with ``safeops.seed.FILE_URL`` and name keys with
+The seeded image URLs start with ``safeops.seeds.medusa.FILE_URL`` and name keys with
 spaces and accents (``tote bag``, ``café``, ``crème``), percent-encoded.
 """
 
@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 
 from flows.media_purge import purge_product_media
 from flows.media_refs import migrate_product_media_refs
-from safeops.image_ref import KEY_RE, SCHEMA_ID, committed_schema_text, json_schema, schema_text
-from safeops.seed import FILE_URL
-from tasks import media_refs
-from tasks.object_store import key_for_url
+from safeops.core.image_ref import KEY_RE, SCHEMA_ID, committed_schema_text, json_schema, schema_text
+from safeops.seeds.medusa import FILE_URL
+from tasks.media import refs
+from tasks.media.objects import key_for_url
 from tests.conftest import MEDUSA_TABLES, answer_approval, approve_as
 from tests.pg import execute, table_checksums
 
@@ -159,7 +159,7 @@ def _check_refs(media: Media) -> dict[str, dict[str, Any]]:
 def test_schema_file_is_generated_from_the_model() -> None:
     Draft202012Validator.check_schema(json_schema())
     assert committed_schema_text() == schema_text(), (
-        "regenerate: uv run python -m safeops.image_ref > safeops/schemas/image-ref.schema.json")
+        "regenerate: uv run python -m safeops.core.image_ref > safeops/schemas/image-ref.schema.json")
 
 
 def test_dry_run_reports_and_writes_nothing(media: Media) -> None:
@@ -285,7 +285,7 @@ def test_migrate_after_purge_from_the_purge_snapshot(media: Media) -> None:
 
 
 def test_tampered_snapshot_is_refused(media: Media, tmp_path: Path) -> None:
-    from safeops.errors import SnapshotInvalid
+    from safeops.core.errors import SnapshotInvalid
 
     snapshot = purge_product_media().snapshot_uri  # dry run: writes a snapshot only
     assert snapshot
@@ -363,8 +363,8 @@ def test_upload_appends_refs_with_sniffed_types(media: Media, tmp_path: Path) ->
 def test_merge_keeps_other_refs_replaces_stale_and_never_duplicates() -> None:
     from datetime import UTC, datetime
 
-    from safeops.image_ref import ImageRef, MediaRefs
-    from tasks.media_refs import merge_refs
+    from safeops.core.image_ref import ImageRef, MediaRefs
+    from tasks.media.refs import merge_refs
 
     def ref(n: int, source: str | None, etag: str, rank: int) -> ImageRef:
         key = f"products/prod_1/20260101T00000{n}Z-{uuid.UUID(int=n, version=4)}.jpg"

@@ -20,9 +20,9 @@ import pytest
 
 from flows.media_purge import purge_product_media
 from flows.media_restore import restore_product_media
-from safeops import events
-from safeops.errors import ApprovalDenied, ApprovalTimedOut, DriftDetected
-from safeops.models import RunResult
+from safeops.core import events
+from safeops.core.errors import ApprovalDenied, ApprovalTimedOut, DriftDetected
+from safeops.core.models import RunResult
 from tests.conftest import MEDUSA_TABLES, answer_approval, approve_as
 from tests.pg import LOCAL, execute, scalar, table_checksums
 
@@ -230,15 +230,15 @@ def test_apply_without_a_verify_compares_the_file_and_a_wrong_file_hash_is_refus
     """The apply's two proofs: handed a verify's file hash that the file no longer has,
     it refuses before deleting anything; handed nothing, it compares the file with the
     live rows under its lock, and the audit row says which proof it used."""
-    from safeops.errors import SnapshotInvalid
-    from safeops.models import Approval
-    from tasks.medusa_media import (
+    from safeops.core.errors import SnapshotInvalid
+    from safeops.core.models import Approval
+    from tasks.media.medusa_media import (
         apply_media_purge,
         plan_media_purge,
         take_media_snapshot,
         verify_media_snapshot,
     )
-    from tasks.snapshots import now_utc
+    from tasks.common.snapshots import now_utc
 
     approval = Approval(approver="alice", reason="test", via="saved-plan")
     uri = take_media_snapshot.fn("medusa", str(exports)).uri
@@ -277,9 +277,9 @@ def test_an_image_no_snapshot_can_hold_is_never_deleted(medusa_url: str,
     assert audit_rows(medusa_url) == 0
 
     # The same refusal when the apply compares the file itself (no verify to lean on).
-    from safeops.models import Approval
-    from tasks.medusa_media import apply_media_purge, plan_media_purge, take_media_snapshot
-    from tasks.snapshots import now_utc
+    from safeops.core.models import Approval
+    from tasks.media.medusa_media import apply_media_purge, plan_media_purge, take_media_snapshot
+    from tasks.common.snapshots import now_utc
 
     uri = take_media_snapshot.fn("medusa", str(exports)).uri
     with pytest.raises(DriftDetected, match="does not hold"):

@@ -15,10 +15,10 @@ from sqlalchemy import create_engine
 from flows.media_purge import purge_product_media
 from flows.media_restore import restore_product_media
 from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
-from safeops.errors import ForeignSnapshot, SnapshotInvalid
-from safeops.seed import FILE_URL, load_schema, seed_medusa
-from safeops.settings import sqlalchemy_url
-from tasks.object_store import key_for_url
+from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
+from safeops.seeds.medusa import FILE_URL, load_schema, seed_medusa
+from safeops.core.settings import sqlalchemy_url
+from tasks.media.objects import key_for_url
 from tests.conftest import MEDUSA_TABLES, answer_approval, approve_as
 from tests.pg import execute, fresh_database, scalar, table_checksums
 
@@ -224,8 +224,8 @@ def test_retention_keeps_the_newest_and_every_audited_snapshot(medusa_url: str,
     import os
     import time
 
-    from safeops.errors import BadInput
-    from tasks.retention import prune_snapshots
+    from safeops.core.errors import BadInput
+    from tasks.common.retention import prune_snapshots
 
     names = [f"medusa-media-snapshot-2026010{d}T000000Z.json" for d in range(1, 6)]
     exports.mkdir(parents=True, exist_ok=True)

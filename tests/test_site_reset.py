@@ -8,7 +8,7 @@ import pytest
 
 from flows.site_reset import check_site_reset, reset_site_structure
 from flows.site_restore import restore_site_structure
-from safeops.errors import ResetNotAllowed
+from safeops.core.errors import ResetNotAllowed
 from tests.conftest import CMS_TABLES, answer_approval, approve_as
 from tests.pg import scalar, table_checksums
 

@@ -23,7 +23,7 @@ from psycopg import errors as pg_errors
 
 from flows.site_reset import check_site_reset, reset_site_structure
 from flows.site_restore import restore_site_structure
-from safeops.errors import (
+from safeops.core.errors import (
     ApprovalDenied,
     ApprovalTimedOut,
     BadInput,
@@ -32,7 +32,7 @@ from safeops.errors import (
     RestoreConflict,
     SnapshotInvalid,
 )
-from safeops.models import RunResult
+from safeops.core.models import RunResult
 from tests.conftest import CMS_TABLES, answer_approval, approve_as
 from tests.pg import execute, scalar, table_checksums
 
@@ -243,8 +243,8 @@ def test_reset_keeps_what_it_must_and_reapplying_the_blueprint_is_clean(
         cms: Cms, exports: Path) -> None:
     from sqlalchemy import create_engine
 
-    from safeops.seed_cms import apply_blueprint
-    from safeops.settings import sqlalchemy_url
+    from safeops.seeds.cms import apply_blueprint
+    from safeops.core.settings import sqlalchemy_url
 
     url, sites = cms
     atelier = sites["atelier"]
@@ -417,8 +417,8 @@ def test_publish_committed_while_the_apply_waits_on_its_lock_refuses(cms: Cms,
 
 
 def test_publishers_wait_while_the_reset_holds_its_locks(cms: Cms) -> None:
-    from safeops.db import engine_for, transaction
-    from tasks import cms_sql
+    from safeops.core.db import engine_for, transaction
+    from tasks.site import cms_sql
 
     url, sites = cms
     atelier, gazette = sites["atelier"], sites["gazette"]
@@ -456,8 +456,8 @@ def test_publishers_wait_while_the_reset_holds_its_locks(cms: Cms) -> None:
 
 
 def current_plan_hash(site_id: str) -> str:
-    from safeops.db import engine_for, read_snapshot
-    from tasks.cms_sql import reset_plan
+    from safeops.core.db import engine_for, read_snapshot
+    from tasks.site.cms_sql import reset_plan
 
     engine = engine_for("cms")
     try:
@@ -522,8 +522,8 @@ def test_a_snapshot_written_before_plan_digest_2_still_verifies_and_restores(
     """Snapshots are the only undo point: one whose plan hash was made with the first
     digest (ordered md5, no "planDigest" key) must stay restorable, and a forged
     version number is refused as a format error."""
-    from safeops.db import engine_for, read_snapshot
-    from tasks import cms_sql
+    from safeops.core.db import engine_for, read_snapshot
+    from tasks.site import cms_sql
     from tests.faults.conftest import read_snapshot_file, write_snapshot_file
 
     url, sites = cms
@@ -796,7 +796,7 @@ def add_unplanned_writes(url: str, case: str, site_id: str) -> str:
 @pytest.mark.parametrize("case", list(UNPLANNED_WRITES))
 def test_writes_beyond_the_plan_roll_the_reset_back(cms: Cms, exports: Path,
                                                     case: str) -> None:
-    from safeops.errors import SafeopsError
+    from safeops.core.errors import SafeopsError
 
     url, sites = cms
     atelier = sites["atelier"]
@@ -817,8 +817,8 @@ def test_without_track_counts_the_kept_rows_checksum_still_guards(
         cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With per-table counts switched off, the reset falls back to checksumming the
     site's kept rows (and users) before and after its deletes."""
-    from safeops.errors import SafeopsError
-    from tasks import cms_sql
+    from safeops.core.errors import SafeopsError
+    from tasks.site import cms_sql
 
     url, sites = cms
     atelier = sites["atelier"]

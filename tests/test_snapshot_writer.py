@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from safeops.snapshot_format import SnapshotReader, SnapshotWriter
-from safeops.snapshot_store import (
+from safeops.core.snapshot_format import SnapshotReader, SnapshotWriter
+from safeops.core.snapshot_store import (
     SNAPSHOT_NAME,
     file_sha256,
     list_snapshots,
@@ -28,7 +28,7 @@ from safeops.snapshot_store import (
     parse_location,
     publish,
 )
-from tasks.snapshots import finish_and_publish, new_writer
+from tasks.common.snapshots import finish_and_publish, new_writer
 
 FMT = "safeops/test-snapshot"
 BASE = "test-snapshot-20260102T030405Z.json"
@@ -226,7 +226,7 @@ def test_join_falls_back_to_plain_copies(tmp_path: Path, monkeypatch: pytest.Mon
 def test_s3_publish_never_overwrites_and_leaves_no_temp_file(s3_bucket: str) -> None:
     import boto3
 
-    from safeops.settings import get_settings
+    from safeops.core.settings import get_settings
 
     location = parse_location(f"s3://{s3_bucket}/snapshots")
     uris = []

@@ -64,7 +64,7 @@ def applied_state(url: str, tables: list[str], apply: Callable[[Any], None]) -> 
     applying it in a transaction that is rolled back (nothing is ever committed)."""
     from sqlalchemy import create_engine, text
 
-    from safeops.settings import sqlalchemy_url
+    from safeops.core.settings import sqlalchemy_url
 
     engine = create_engine(sqlalchemy_url(url))
     try:
@@ -90,7 +90,7 @@ def purge_model(conn: Any) -> None:
 
 def reset_model(site_id: str) -> Callable[[Any], None]:
     def apply(conn: Any) -> None:
-        from tasks import cms_sql
+        from tasks.site import cms_sql
 
         cms_sql.delete_structure(conn, site_id)
     return apply
@@ -281,7 +281,7 @@ def cli(*args: str) -> CliResult:
 @contextmanager
 def on_event(kind: str, action: Callable[[dict[str, Any]], None]) -> Iterator[None]:
     """Run ``action`` synchronously when a flow emits ``kind`` (before the CLI sees it)."""
-    from safeops import events
+    from safeops.core import events
 
     def listener(k: str, data: dict[str, Any]) -> None:
         if k == kind:
@@ -317,7 +317,7 @@ def write_snapshot_file(path: str | Path, summary: dict[str, Any], body_key: str
                         docs: list[bytes]) -> None:
     """Write a snapshot whose summary matches its body: the checksum recomputed, as a
     careful forger (or a buggy tool) would."""
-    from safeops.snapshot_format import SnapshotWriter
+    from safeops.core.snapshot_format import SnapshotWriter
 
     writer = SnapshotWriter(summary["format"], body_key)
     try:

@@ -199,14 +199,14 @@ def lose_the_first_commit_ack(monkeypatch: pytest.MonkeyPatch, module: Any) -> l
     client sees the connection drop (as when the network fails during the ack)."""
     import psycopg
 
-    import tasks.audit
+    import tasks.common.audit
 
     armed: list[str] = []
     real_commit = psycopg.Connection.commit
 
     def write_audit(*args: Any, **kwargs: Any) -> int:
         armed.append("armed")
-        return tasks.audit.write_audit(*args, **kwargs)
+        return tasks.common.audit.write_audit(*args, **kwargs)
 
     def commit(self: psycopg.Connection[Any]) -> None:
         real_commit(self)
@@ -223,9 +223,9 @@ def lose_the_first_commit_ack(monkeypatch: pytest.MonkeyPatch, module: Any) -> l
 def test_purge_whose_commit_ack_is_lost_reports_its_own_audit_counts(
         medusa_url: str, exports: Path, media_states: States,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.medusa_media
+    import tasks.media.medusa_media
 
-    armed = lose_the_first_commit_ack(monkeypatch, tasks.medusa_media)
+    armed = lose_the_first_commit_ack(monkeypatch, tasks.media.medusa_media)
     with answer_approval(approve_as()) as approvals:
         result = purge_product_media(dry_run=False)
     assert armed == ["armed", "lost"]  # the retry found the audit row, wrote no second one
@@ -240,11 +240,11 @@ def test_purge_whose_commit_ack_is_lost_reports_its_own_audit_counts(
 
 def test_site_reset_whose_commit_ack_is_lost_reports_its_own_audit_counts(
         cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.cms_site
+    import tasks.site.cms_site
 
     url, sites = cms
     states = site_states(url, sites["atelier"])
-    armed = lose_the_first_commit_ack(monkeypatch, tasks.cms_site)
+    armed = lose_the_first_commit_ack(monkeypatch, tasks.site.cms_site)
     with answer_approval(approve_as()) as approvals:
         result = reset_site_structure(sites["atelier"], dry_run=False)
     assert armed == ["armed", "lost"]

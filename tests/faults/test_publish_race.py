@@ -44,7 +44,7 @@ class Race:
 
     def round(self, n: int, kind: str, draft: str, new_post: str,
               pause: list[float]) -> dict[str, Any]:
-        from tasks import cms_sql
+        from tasks.site import cms_sql
 
         start = threading.Barrier(2)
         seen: dict[str, Any] = {}
@@ -90,8 +90,8 @@ class Race:
 
 
 def test_a_site_with_a_published_post_is_never_reset(cms: tuple[str, dict[str, str]]) -> None:
-    from safeops.db import engine_for
-    from safeops.seed_cms import apply_blueprint
+    from safeops.core.db import engine_for
+    from safeops.seeds.cms import apply_blueprint
 
     url, sites = cms
     site = sites["atelier"]

@@ -126,8 +126,8 @@ BAD_LOCATIONS = {"gopher://host/x": "Unknown snapshot scheme 'gopher'",
 def test_bad_snapshot_uris_are_bad_input(medusa_url: str, exports: Path) -> None:
     """Every form is refused before any file or database is touched; two of them go
     through the CLI to show the exit code and the one line."""
-    from safeops.errors import BadInput
-    from safeops.snapshot_store import parse_location, split_uri
+    from safeops.core.errors import BadInput
+    from safeops.core.snapshot_store import parse_location, split_uri
 
     for uri, says in BAD_URIS.items():
         with pytest.raises(BadInput, match=says):
@@ -169,9 +169,9 @@ NOT_SNAPSHOTS = [b"hello, this is not json\n", b"<html></html>\n", b'{"just": "j
 
 
 def test_a_file_that_is_not_a_snapshot_is_bad_input(medusa_url: str, exports: Path) -> None:
-    from safeops.errors import SnapshotInvalid
-    from safeops.snapshot_format import NotASnapshot, SnapshotReader
-    from tasks.medusa_sql import MEDIA_FORMAT
+    from safeops.core.errors import SnapshotInvalid
+    from safeops.core.snapshot_format import NotASnapshot, SnapshotReader
+    from tasks.media.medusa_sql import MEDIA_FORMAT
 
     for content in NOT_SNAPSHOTS:
         with pytest.raises(NotASnapshot, match="not a safeops snapshot"):

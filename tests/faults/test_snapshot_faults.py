@@ -41,9 +41,9 @@ def s3_down(monkeypatch: pytest.MonkeyPatch) -> str:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from tasks.cms_site import snapshot_site
-    from tasks.medusa_media import take_media_snapshot
-    from tasks.retry import TRANSIENT_RETRIES
+    from tasks.site.cms_site import snapshot_site
+    from tasks.media.medusa_media import take_media_snapshot
+    from tasks.common.retry import TRANSIENT_RETRIES
     from tests.conftest import free_port
 
     port = free_port()
@@ -133,7 +133,7 @@ def test_media_body_that_is_not_json_fails_the_format_check_only_if_its_checksum
     the body differs from the live catalog."""
     from flows.media_restore import restore_product_media
     from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
-    from safeops.errors import SnapshotInvalid
+    from safeops.core.errors import SnapshotInvalid
 
     needle, replacement = NOT_JSON[case]
     uri = snapshot_product_media().uri
@@ -223,8 +223,8 @@ def rehash_site(uri: str, *, recompute_plan_hash: bool) -> None:
 
 def site_plan_hash_of(docs: list[bytes], summary: dict[str, object]) -> str:
     """The plan hash these rows hash to, computed the way verification does."""
-    from safeops.db import engine_for, read_snapshot
-    from tasks import cms_sql
+    from safeops.core.db import engine_for, read_snapshot
+    from tasks.site import cms_sql
 
     engine = engine_for("cms")
     try:
@@ -333,9 +333,9 @@ def test_site_reset_apply_refuses_a_file_edited_after_its_verify(cms: Cms,
     the body checksum nor the plan hash can see) is refused and nothing changes."""
     from datetime import UTC, datetime
 
-    from safeops.errors import SnapshotInvalid
-    from safeops.models import Approval
-    from tasks.cms_site import apply_site_reset, snapshot_site, verify_site_snapshot
+    from safeops.core.errors import SnapshotInvalid
+    from safeops.core.models import Approval
+    from tasks.site.cms_site import apply_site_reset, snapshot_site, verify_site_snapshot
 
     url, sites = cms
     site = sites["atelier"]

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from safeops.seed import load_schema, seed_medusa
+from safeops.seeds.medusa import load_schema, seed_medusa
 from tests.conftest import free_port
 from tests.pg import fresh_database
 
@@ -93,8 +93,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from sqlalchemy import create_engine
 
-    from safeops.seed_cms import seed_cms
-    from safeops.settings import sqlalchemy_url
+    from safeops.seeds.cms import seed_cms
+    from safeops.core.settings import sqlalchemy_url
 
     home = tmp_path_factory.mktemp("prefect-home")
     logs = tmp_path_factory.mktemp("server-logs")

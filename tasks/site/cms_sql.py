@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-from safeops.errors import SafeopsError, SnapshotInvalid
-from safeops.models import Plan, plan_hash_of
+from safeops.core.errors import SafeopsError, SnapshotInvalid
+from safeops.core.models import Plan, plan_hash_of
 
 SITE_FORMAT = "safeops/cms-site-structure-snapshot"
 

@@ -10,8 +10,8 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from safeops.errors import SafeopsError
-from safeops.settings import database_url, mask_url, sqlalchemy_url
+from safeops.core.errors import SafeopsError
+from safeops.core.settings import database_url, mask_url, sqlalchemy_url
 
 
 class DatabaseUnreachable(SafeopsError):

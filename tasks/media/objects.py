@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from safeops.errors import BadInput, SafeopsError
-from safeops.settings import get_settings
-from safeops.snapshot_store import _s3_errors, s3_client
+from safeops.core.errors import BadInput, SafeopsError
+from safeops.core.settings import get_settings
+from safeops.core.snapshot_store import _s3_errors, s3_client
 
 
 def key_for_url(url: str, file_url: str) -> str | None:

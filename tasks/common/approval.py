@@ -19,10 +19,10 @@ from prefect.input import RunInput
 from prefect.input.actions import create_flow_run_input
 from pydantic import Field
 
-from safeops import events
-from safeops.errors import ApprovalDenied, ApprovalTimedOut, PlanMismatch
-from safeops.models import Approval, Plan
-from safeops.settings import get_settings
+from safeops.core import events
+from safeops.core.errors import ApprovalDenied, ApprovalTimedOut, PlanMismatch
+from safeops.core.models import Approval, Plan
+from safeops.core.settings import get_settings
 
 
 class ApprovalForm(RunInput):

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from safeops.cli_runner import Decider, console, run_flow
+from safeops.cli.runner import Decider, console, run_flow
 
 DEMO_HOME = Path(".safeops")
 MEDUSA_DB = "safeops_demo_medusa"
@@ -67,10 +67,10 @@ def run_demo() -> None:
     from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
     from flows.site_reset import check_site_reset, reset_site_structure
     from flows.site_restore import restore_site_structure
-    from safeops.errors import ResetNotAllowed
-    from safeops.seed import load_schema, seed_medusa
-    from safeops.seed_cms import seed_cms
-    from safeops.settings import mask_url, sqlalchemy_url
+    from safeops.core.errors import ResetNotAllowed
+    from safeops.seeds.medusa import load_schema, seed_medusa
+    from safeops.seeds.cms import seed_cms
+    from safeops.core.settings import mask_url, sqlalchemy_url
 
     admin = admin_url()
     medusa, cms = scratch_database(admin, MEDUSA_DB), scratch_database(admin, CMS_DB)

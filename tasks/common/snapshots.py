@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from safeops import events
-from safeops.db import Fingerprint
-from safeops.errors import ForeignSnapshot
-from safeops.snapshot_format import SnapshotReader, SnapshotWriter
-from safeops.snapshot_store import open_chunks, parse_location, publish, spool_dir
+from safeops.core import events
+from safeops.core.db import Fingerprint
+from safeops.core.errors import ForeignSnapshot
+from safeops.core.snapshot_format import SnapshotReader, SnapshotWriter
+from safeops.core.snapshot_store import open_chunks, parse_location, publish, spool_dir
 
 
 def utc_stamp(moment: datetime) -> str:

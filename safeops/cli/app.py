@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from safeops.prefect_env import apply_offline_defaults
+from safeops.core.prefect_env import apply_offline_defaults
 
 apply_offline_defaults()
 # The CLI prints one line per refusal; Prefect's own tracebacks still reach the API (UI).
@@ -43,7 +43,7 @@ TIMEOUT = typer.Option(3600, "--timeout", help="Seconds the approval may wait.")
 
 def fail(exc: BaseException) -> NoReturn:
     """One line on stderr, the documented exit code."""
-    from safeops.errors import SafeopsError
+    from safeops.core.errors import SafeopsError
 
     code = getattr(exc, "exit_code", None)
     if not isinstance(exc, SafeopsError):
@@ -71,7 +71,7 @@ def guarded(action: Callable[[], Any]) -> Any:
 
 def _run(flow_fn: Callable[..., Any], params: dict[str, Any], *, live: bool = False,
          yes: bool = False, plan: str | None = None, reason: str | None = None) -> Any:
-    from safeops.cli_runner import Decider, current_user, refuse_unattended, run_flow
+    from safeops.cli.runner import Decider, current_user, refuse_unattended, run_flow
 
     refuse_unattended(live, yes, plan is not None)
     if plan is not None:
@@ -80,7 +80,7 @@ def _run(flow_fn: Callable[..., Any], params: dict[str, Any], *, live: bool = Fa
 
 
 def _report_run(result: Any) -> None:
-    from safeops.cli_runner import console
+    from safeops.cli.runner import console
 
     if result.message:
         console.print(result.message)
@@ -108,7 +108,7 @@ def media_snapshot(target: str = TARGET,
     """Write every image reference to a new JSON snapshot (read-only)."""
     def action() -> None:
         from flows.media_snapshot import snapshot_product_media
-        from safeops.cli_runner import console
+        from safeops.cli.runner import console
 
         ref = _run(snapshot_product_media, {"target": target, "snapshot_location": to})
         console.print(", ".join(f"{k}={v}" for k, v in ref.totals.items()))
@@ -122,7 +122,7 @@ def media_verify(uri: str, target: str = TARGET,
     """Check a snapshot's format, checksum, totals, source and live id sets (exit 3 if not)."""
     def action() -> None:
         from flows.media_snapshot import verify_product_media_snapshot
-        from safeops.cli_runner import console
+        from safeops.cli.runner import console
 
         report = _run(verify_product_media_snapshot, {"snapshot_uri": uri, "target": target,
                                                       "check_objects": check_objects})
@@ -171,7 +171,7 @@ def site_check(site_id: str, target: str = CMS_TARGET) -> None:
     """Exit 0 when the site may be reset, 3 (with the reason) when it may not."""
     def action() -> None:
         from flows.site_reset import check_site_reset
-        from safeops.errors import ResetNotAllowed
+        from safeops.core.errors import ResetNotAllowed
 
         verdict = _run(check_site_reset, {"site_id": site_id, "target": target})
         if not verdict["canReset"]:
@@ -216,7 +216,7 @@ def site_restore(uri: str, live: bool = LIVE, yes: bool = YES, plan: str = PLAN,
     guarded(action)
 
 
-from safeops import cli_refs  # noqa: E402
+from safeops.cli import refs as cli_refs  # noqa: E402
 
 cli_refs.register(media)
 
@@ -230,8 +230,8 @@ def approvals() -> None:
     def action() -> None:
         from rich.table import Table
 
-        from safeops.approvals import waiting_approvals
-        from safeops.cli_runner import console
+        from safeops.cli.approvals import waiting_approvals
+        from safeops.cli.runner import console
 
         rows = waiting_approvals()
         if not rows:
@@ -259,7 +259,7 @@ def approve(run_id: str,
             reason: str = typer.Option("approved from the CLI", "--reason")) -> None:
     """Approve a paused run; a wrong confirmation ends it with nothing changed."""
     def action() -> None:
-        from safeops.approvals import answer
+        from safeops.cli.approvals import answer
 
         answer(run_id, {"approver": approver, "reason": reason, "confirmation": confirm,
                         "decision": "approve"})
@@ -274,7 +274,7 @@ def reject(run_id: str,
            ) -> None:
     """Reject a paused run: it ends with nothing changed."""
     def action() -> None:
-        from safeops.approvals import answer
+        from safeops.cli.approvals import answer
 
         answer(run_id, {"approver": approver, "reason": reason, "confirmation": "",
                         "decision": "reject"})
@@ -286,7 +286,7 @@ def reject(run_id: str,
 def demo() -> None:
     """Run the whole media purge and site reset story on an embedded PostgreSQL."""
     def action() -> None:
-        from safeops.demo import run_demo
+        from safeops.demo.story import run_demo
 
         run_demo()
     guarded(action)

@@ -5,7 +5,7 @@ ordered by ``rank``; every other key of ``product.metadata`` is left alone.
 The store's dashboard (TypeScript) validates against
 ``safeops/schemas/image-ref.schema.json``, generated from these models:
 
-    uv run python -m safeops.image_ref > safeops/schemas/image-ref.schema.json
+    uv run python -m safeops.core.image_ref > safeops/schemas/image-ref.schema.json
 
 A test fails when the committed file and the models disagree. Field names are
 camelCase on purpose: they are the JSON contract, not Python style.
@@ -103,7 +103,7 @@ class MediaRefs(BaseModel):
 
 
 def public_url(file_url: str, key: str) -> str:
-    """Inverse of ``tasks.object_store.key_for_url``: encode each segment."""
+    """Inverse of ``tasks.media.objects.key_for_url``: encode each segment."""
     return file_url.rstrip("/") + "/" + "/".join(quote(part, safe="") for part in key.split("/"))
 
 

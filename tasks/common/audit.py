@@ -10,7 +10,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection, text
 
-from safeops.models import Approval
+from safeops.core.models import Approval
 
 AUDIT_DDL = files("safeops.schemas").joinpath("audit.sql").read_text()
 

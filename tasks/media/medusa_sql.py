@@ -17,9 +17,9 @@ from collections.abc import Callable, Generator, Iterator
 import psycopg
 from sqlalchemy import Connection, text
 
-from safeops.errors import DriftDetected, SnapshotInvalid
-from safeops.models import Plan, TableDiff, plan_hash_of
-from safeops.snapshot_format import SnapshotReader, SnapshotWriter
+from safeops.core.errors import DriftDetected, SnapshotInvalid
+from safeops.core.models import Plan, TableDiff, plan_hash_of
+from safeops.core.snapshot_format import SnapshotReader, SnapshotWriter
 
 MEDIA_FORMAT = "safeops/medusa-media-snapshot"
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from safeops.errors import TRANSIENT_MARKERS, is_refusal
+from safeops.core.errors import TRANSIENT_MARKERS, is_refusal
 
 
 def _is_transient(exc: BaseException) -> bool:
-    from safeops.db import DatabaseUnreachable, LoginRefused
-    from safeops.snapshot_store import StoreUnavailable
+    from safeops.core.db import DatabaseUnreachable, LoginRefused
+    from safeops.core.snapshot_store import StoreUnavailable
 
     if is_refusal(exc) or isinstance(exc, LoginRefused):
         return False
@@ -34,7 +34,7 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 def _delays() -> list[float]:
     """1, 3, 9 s by default; SAFEOPS_RETRY_DELAY_S scales them (read when tasks are defined)."""
-    from safeops.settings import get_settings
+    from safeops.core.settings import get_settings
 
     first = get_settings().task_retry_delay_s
     return [first, 3 * first, 9 * first]

@@ -20,8 +20,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 from prefect.input.actions import read_flow_run_input
 
-from safeops.errors import BadInput
-from tasks.approval import APPROVAL_INPUT_KEY
+from safeops.core.errors import BadInput
+from tasks.common.approval import APPROVAL_INPUT_KEY
 
 
 def waiting_approvals() -> list[dict[str, Any]]:

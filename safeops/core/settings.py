@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from safeops.errors import BadInput, SafeopsError
+from safeops.core.errors import BadInput, SafeopsError
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 

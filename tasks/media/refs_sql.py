@@ -1,7 +1,7 @@
 """Every SQL statement of the ImageRef migration and uploads.
 
 Reads source images from the live ``image`` table or from a loaded media
-snapshot (``_snap_image``, see ``tasks.medusa_sql.load_snapshot``); writes only
+snapshot (``_snap_image``, see ``tasks.media.medusa_sql.load_snapshot``); writes only
 ``product.metadata -> 'media'`` (``jsonb_set``: every other metadata key stays
 as it is) and ``product.updated_at = now()`` (Medusa sets it itself, no trigger).
 """

@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import task
 from sqlalchemy import text
 
-from safeops.db import engine_for, transaction
-from safeops.errors import BadInput
-from safeops.snapshot_store import list_snapshots, parse_location, remove, remove_leftover_parts
-from tasks.retry import TRANSIENT_RETRIES
+from safeops.core.db import engine_for, transaction
+from safeops.core.errors import BadInput
+from safeops.core.snapshot_store import list_snapshots, parse_location, remove, remove_leftover_parts
+from tasks.common.retry import TRANSIENT_RETRIES
 
 AUDIT_PROTECTION_DAYS = 30
 

@@ -38,17 +38,17 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Connection
 
-from safeops.db import engine_for, read_snapshot, transaction
-from safeops.errors import BadInput, DriftDetected, Refused
-from safeops.image_ref import MEDIA_VERSION, ImageRef, MediaRefs, public_url
-from safeops.models import Approval, Plan, plan_hash_of
-from safeops.settings import describe_target, get_settings
-from safeops.snapshot_store import _s3_errors, s3_client
-from tasks import media_refs_sql as sql
-from tasks.artifacts import Progress
-from tasks.audit import write_audit
-from tasks.medusa_sql import MEDIA_FORMAT, load_snapshot
-from tasks.object_store import (
+from safeops.core.db import engine_for, read_snapshot, transaction
+from safeops.core.errors import BadInput, DriftDetected, Refused
+from safeops.core.image_ref import MEDIA_VERSION, ImageRef, MediaRefs, public_url
+from safeops.core.models import Approval, Plan, plan_hash_of
+from safeops.core.settings import describe_target, get_settings
+from safeops.core.snapshot_store import _s3_errors, s3_client
+from tasks.media import refs_sql as sql
+from tasks.common.artifacts import Progress
+from tasks.common.audit import write_audit
+from tasks.media.medusa_sql import MEDIA_FORMAT, load_snapshot
+from tasks.media.objects import (
     MAX_SINGLE_COPY,
     META_SOURCE_ETAG,
     META_SOURCE_IMAGE_ID,
@@ -68,8 +68,8 @@ from tasks.object_store import (
     sniff_content_type,
     stamp_of,
 )
-from tasks.retry import TRANSIENT_RETRIES
-from tasks.snapshots import open_snapshot
+from tasks.common.retry import TRANSIENT_RETRIES
+from tasks.common.snapshots import open_snapshot
 
 FLOW = "migrate-product-media-refs"
 UPLOAD_FLOW = "upload-product-media"

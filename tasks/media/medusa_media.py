@@ -12,17 +12,17 @@ from uuid import UUID
 from prefect import task
 from prefect.context import FlowRunContext
 
-from safeops.db import engine_for, fingerprint, read_snapshot, transaction
-from safeops.errors import DriftDetected, SnapshotInvalid
-from safeops.models import Approval, Check, Plan, SnapshotRef, VerifyReport, describe_diffs
-from safeops.settings import describe_target, get_settings
-from tasks import medusa_sql as sql
-from tasks.artifacts import Progress
-from tasks.audit import applied_counts, recorded_for_snapshot, write_audit
-from tasks.guards import FileCheck, refuse_if_plan_moved, require_as_planned
-from tasks.object_store import head_missing
-from tasks.retry import TRANSIENT_RETRIES
-from tasks.snapshots import (
+from safeops.core.db import engine_for, fingerprint, read_snapshot, transaction
+from safeops.core.errors import DriftDetected, SnapshotInvalid
+from safeops.core.models import Approval, Check, Plan, SnapshotRef, VerifyReport, describe_diffs
+from safeops.core.settings import describe_target, get_settings
+from tasks.media import medusa_sql as sql
+from tasks.common.artifacts import Progress
+from tasks.common.audit import applied_counts, recorded_for_snapshot, write_audit
+from tasks.common.guards import FileCheck, refuse_if_plan_moved, require_as_planned
+from tasks.media.objects import head_missing
+from tasks.common.retry import TRANSIENT_RETRIES
+from tasks.common.snapshots import (
     check_source,
     finish_and_publish,
     new_writer,

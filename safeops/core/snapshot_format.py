@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safeops.errors import BadInput, SnapshotInvalid
+from safeops.core.errors import BadInput, SnapshotInvalid
 
 FORMAT_VERSION = 1
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from safeops.errors import DriftDetected, SafeopsError, SnapshotInvalid
-from safeops.models import Plan
-from safeops.snapshot_store import file_sha256
+from safeops.core.errors import DriftDetected, SafeopsError, SnapshotInvalid
+from safeops.core.models import Plan
+from safeops.core.snapshot_store import file_sha256
 
 
 def refuse_if_plan_moved(plan: Plan, approved_plan_hash: str, since: str) -> None:

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from safeops.errors import BadInput, SafeopsError
-from safeops.settings import get_settings
-from safeops.snapshot_format import PART_SUFFIX, SnapshotParts, copy_file
+from safeops.core.errors import BadInput, SafeopsError
+from safeops.core.settings import get_settings
+from safeops.core.snapshot_format import PART_SUFFIX, SnapshotParts, copy_file
 
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json$")
 CHUNK = 1 << 20

@@ -16,8 +16,8 @@ from prefect.artifacts import (
 )
 from prefect.context import FlowRunContext, TaskRunContext
 
-from safeops import events
-from safeops.models import Plan, RunResult, VerifyReport
+from safeops.core import events
+from safeops.core.models import Plan, RunResult, VerifyReport
 
 
 def _in_run() -> bool:

@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from safeops import events
-from safeops.errors import ApprovalDenied
-from safeops.models import Plan
+from safeops.core import events
+from safeops.core.errors import ApprovalDenied
+from safeops.core.models import Plan
 
 console = Console(highlight=False)
 

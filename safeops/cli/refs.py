@@ -23,7 +23,7 @@ FILES = typer.Argument(..., help="Local image files, in display order.")
 def register(media: typer.Typer) -> None:
     """Attach the ImageRef commands to the ``media`` group."""
     # Imported here: safeops.cli imports this module while it is being defined.
-    from safeops import cli
+    import safeops.cli.app as cli
 
     @media.command("migrate-refs")
     def media_migrate_refs(
@@ -53,8 +53,8 @@ def register(media: typer.Typer) -> None:
             target: str = cli.TARGET) -> None:
         """Upload files as new ImageRefs of a product (appended after its current refs)."""
         def action() -> None:
-            from safeops.cli_runner import current_user
-            from tasks.media_refs import upload_media
+            from safeops.cli.runner import current_user
+            from tasks.media.refs import upload_media
 
             refs = upload_media(target, product_id, list(files), approver=current_user())
             for ref in refs:

@@ -9,22 +9,22 @@ from typing import Any
 from prefect import task
 from sqlalchemy import Connection
 
-from safeops.db import engine_for, fingerprint, read_snapshot, transaction
-from safeops.errors import (
+from safeops.core.db import engine_for, fingerprint, read_snapshot, transaction
+from safeops.core.errors import (
     BadInput,
     ResetNotAllowed,
     RestoreConflict,
     SafeopsError,
     SnapshotInvalid,
 )
-from safeops.models import Approval, Check, Plan, SnapshotRef, VerifyReport, plan_hash_of
-from safeops.settings import describe_target, get_settings
-from tasks import cms_sql as sql
-from tasks.audit import applied_counts, recorded_for_snapshot, write_audit
-from tasks.guards import FileCheck, refuse_if_plan_moved
-from tasks.medusa_media import _flow_run_id
-from tasks.retry import TRANSIENT_RETRIES
-from tasks.snapshots import (
+from safeops.core.models import Approval, Check, Plan, SnapshotRef, VerifyReport, plan_hash_of
+from safeops.core.settings import describe_target, get_settings
+from tasks.site import cms_sql as sql
+from tasks.common.audit import applied_counts, recorded_for_snapshot, write_audit
+from tasks.common.guards import FileCheck, refuse_if_plan_moved
+from tasks.media.medusa_media import _flow_run_id
+from tasks.common.retry import TRANSIENT_RETRIES
+from tasks.common.snapshots import (
     finish_and_publish,
     new_writer,
     now_utc,
