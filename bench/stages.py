@@ -231,8 +231,12 @@ def op_reset_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     """The media snapshot and purge plan every purge applies, and the site's reset plan."""
+    from tasks.media.medusa_media import (
+        plan_media_purge,
+        take_media_snapshot,
+        verify_media_snapshot,
+    )
     from tasks.site.cms_site import snapshot_site, verify_site_snapshot
-    from tasks.media.medusa_media import plan_media_purge, take_media_snapshot, verify_media_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
     report = verify_media_snapshot.fn("medusa", ref.uri)  # what the flow hands the apply
@@ -267,8 +271,8 @@ def child_main(spec_path: str) -> None:
         # our modules, and the SQLAlchemy dialect the first engine would load.
         import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-        import tasks.site.cms_site
         import tasks.media.medusa_media  # noqa: F401
+        import tasks.site.cms_site
     if spec["op"] in PREPARE:
         PREPARE[spec["op"]](spec["args"])
     rss_start = _status_kb("VmRSS")
@@ -351,8 +355,8 @@ class Zygote:
 def zygote_main() -> None:
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-    import tasks.site.cms_site
     import tasks.media.medusa_media  # noqa: F401
+    import tasks.site.cms_site
 
     print("ready", flush=True)
     for line in sys.stdin:
@@ -624,8 +628,8 @@ def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
     from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
     from flows.site_reset import reset_site_structure
     from flows.site_restore import restore_site_structure
-    from tasks.site.cms_site import plan_site_restore, snapshot_site
     from tasks.media.medusa_media import plan_media_purge, plan_media_restore
+    from tasks.site.cms_site import plan_site_restore, snapshot_site
 
     harness: Any = nullcontext()
     if not os.environ.get("PREFECT_API_URL"):

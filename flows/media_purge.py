@@ -13,20 +13,16 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from safeops.core import events
-from safeops.core.errors import DriftDetected, SafeopsError
+from safeops.core.errors import DriftDetected
 from safeops.core.models import RunResult
-from safeops.core.settings import validate_target
-from tasks.common.approval import check_saved_plan, request_approval
-from tasks.common.artifacts import counts_table, snapshot_link, summary_markdown
-from tasks.common.slot import limit_name, one_at_a_time
+from tasks.common.artifacts import snapshot_link
+from tasks.common.destructive import destructive_run
 from tasks.media.medusa_media import (
     apply_media_purge,
     plan_media_purge,
     take_media_snapshot,
     verify_media_snapshot,
 )
-from tasks.common.snapshots import now_utc
 
 FLOW = "purge-product-media"
 
@@ -49,58 +45,44 @@ def purge_product_media(target: str = "medusa", dry_run: bool = True,
             changes on timeout).
         snapshot_location: Folder or s3://bucket/prefix; SAFEOPS_SNAPSHOT_URI when empty.
     """
-    validate_target(target)
-    log = get_run_logger()
-    started = now_utc()
-
-    with one_at_a_time(limit_name(target), enabled=not dry_run):
+    with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
+                         approved_by=approved_by, approval_timeout_s=approval_timeout_s,
+                         artifacts="media-purge") as run:
         snapshot = take_media_snapshot(target, snapshot_location)
-        snapshot_link(snapshot.uri, key="media-purge-snapshot")
+        snapshot_link(snapshot.uri, key="media-purge-snapshot", announce="snapshot")
         report = verify_media_snapshot(target, snapshot.uri)
         if not report.ok:
             raise DriftDetected("Refused: the fresh snapshot does not verify "
                                 f"({report.failures()}); nothing changed.")
-
         plan = plan_media_purge(target)
         if plan.plan_hash != report.plan_hash:
             raise DriftDetected("Refused: the catalog changed while the snapshot was being "
                                 "verified (plan hash moved); nothing changed. Run it again.")
-        events.emit("plan", plan=plan)
-        check_saved_plan(plan, approved_plan_hash)
-        result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
-                           snapshot_uri=snapshot.uri, plan=plan)
-        if plan.is_empty:
-            result.message = "Nothing to purge: the catalog holds no image reference."
-        if dry_run or plan.is_empty:
-            counts_table(plan, None, key="media-purge-counts")
-            summary_markdown(result, key="media-purge-summary")
-            return result
+        if run.planned(plan, snapshot.uri, nothing_to_do=plan.is_empty,
+                       nothing_message="Nothing to purge: the catalog holds no image "
+                                       "reference."):
+            return run.require_result()
 
-        images = plan.counts["images"]
-        result.approval = request_approval(
-            plan, expected_confirmation=f"PURGE {images} IMAGES",
-            what=[f"delete {images} image row(s) (soft-deleted included)",
-                  f"delete {plan.counts['variant_links']} variant-image link(s)",
-                  f"clear {plan.counts['product_thumbnails']} product thumbnail(s)",
-                  f"clear {plan.counts['variant_thumbnails']} variant thumbnail(s)",
-                  "leave every MinIO object and cart/order/inventory copy untouched"],
-            snapshot_uri=snapshot.uri, timeout_s=approval_timeout_s,
-            approved_plan_hash=approved_plan_hash, approved_by=approved_by)
-
-        result.applied = apply_media_purge(target, snapshot.uri, plan.plan_hash, result.approval,
-                                           started, verified_sha256=report.file_sha256,
-                                           verified_plan_hash=report.plan_hash)
-        log.info("purge committed: %s", result.applied)
+        c = plan.counts
+        run.approve(confirmation=f"PURGE {c['images']} IMAGES",
+                    what=[f"delete {c['images']} image row(s) (soft-deleted included)",
+                          f"delete {c['variant_links']} variant-image link(s)",
+                          f"clear {c['product_thumbnails']} product thumbnail(s)",
+                          f"clear {c['variant_thumbnails']} variant thumbnail(s)",
+                          "leave every MinIO object and cart/order/inventory copy untouched"])
+        run.applied(apply_media_purge(target, snapshot.uri, plan.plan_hash, run.approval,
+                                      run.started, verified_sha256=report.file_sha256,
+                                      verified_plan_hash=report.plan_hash))
+        get_run_logger().info("purge committed: %s", run.require_result().applied)
 
         after = take_media_snapshot(target, snapshot_location)
+        snapshot_link(after.uri, key="media-purge-after-snapshot", announce="after")
+        result = run.require_result()
         result.after_snapshot_uri, result.after_totals = after.uri, after.totals
-        counts_table(plan, result.applied, key="media-purge-counts")
-        summary_markdown(result, key="media-purge-summary")
-        if after.totals["totalImages"] or after.totals["totalThumbnails"]:
-            raise SafeopsError(f"Purge committed but the check afterwards still finds "
-                               f"{after.totals['totalImages']} image(s) and "
-                               f"{after.totals['totalThumbnails']} thumbnail(s) (written since?).")
-        return result
+        images, thumbnails = after.totals["totalImages"], after.totals["totalThumbnails"]
+        return run.finish(problem=(f"Purge committed but the check afterwards still finds "
+                                   f"{images} image(s) and {thumbnails} thumbnail(s) (written "
+                                   "since?).") if images or thumbnails else None)
 
 
 if __name__ == "__main__":

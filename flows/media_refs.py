@@ -19,13 +19,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from safeops.core import events
-from safeops.core.errors import ForeignSnapshot, SafeopsError, SnapshotInvalid
-from safeops.core.models import RunResult
+from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
+from safeops.core.models import Plan, RunResult
 from safeops.core.settings import validate_target
-from tasks.common.approval import check_saved_plan, request_approval
-from tasks.common.artifacts import rows_table, snapshot_link, summary_markdown, verify_table
-from tasks.common.slot import limit_name, one_at_a_time
+from tasks.common.artifacts import rows_table, snapshot_link, verify_table
+from tasks.common.destructive import destructive_run
+from tasks.media.medusa_media import verify_media_snapshot
 from tasks.media.refs import (
     FLOW,
     copy_media_objects,
@@ -34,22 +33,18 @@ from tasks.media.refs import (
     plan_media_refs,
     write_media_refs,
 )
-from tasks.media.medusa_media import verify_media_snapshot
-from tasks.common.snapshots import now_utc
 
 
 @flow(name=FLOW)
-def migrate_product_media_refs(target: str = "medusa", snapshot_uri: str | None = None,
-                               dry_run: bool = True, approved_plan_hash: str | None = None,
-                               approved_by: str | None = None,
-                               approval_timeout_s: int = 3600) -> RunResult:
+def migrate_product_media_refs(target: str = "medusa", dry_run: bool = True,
+                               approved_plan_hash: str | None = None,
+                               approved_by: str | None = None, approval_timeout_s: int = 3600,
+                               snapshot_uri: str | None = None) -> RunResult:
     """Copy product images to products/<id>/<stamp>-<uuid4><ext> and write ImageRefs.
 
     Args:
         target: Which database: 'medusa' reads MEDUSA_DATABASE_URL or the Prefect Secret
             block 'medusa-database-url'. A name, never a URL.
-        snapshot_uri: A media snapshot (path or s3:// URI) to take the images from, e.g. the
-            one a purge wrote; it is verified first. Empty: the live image rows.
         dry_run: True (default) only reports what would be copied, reused, skipped and
             already done, with the plan hash; nothing is written anywhere.
         approved_plan_hash: The plan hash of a reviewed dry run; it replaces the approval
@@ -57,12 +52,11 @@ def migrate_product_media_refs(target: str = "medusa", snapshot_uri: str | None 
         approved_by: Who reviewed that saved plan (recorded in the audit rows).
         approval_timeout_s: How long the approval pause waits before giving up (nothing
             changes on timeout).
+        snapshot_uri: A media snapshot (path or s3:// URI) to take the images from, e.g. the
+            one a purge wrote; it is verified first. Empty: the live image rows.
     """
     validate_target(target)
     store = media_store()
-    log = get_run_logger()
-    started = now_utc()
-
     if snapshot_uri:
         report = verify_media_snapshot(target, snapshot_uri, require_live_match=False)
         verify_table(report, key="media-refs-snapshot-verify")
@@ -73,51 +67,45 @@ def migrate_product_media_refs(target: str = "medusa", snapshot_uri: str | None 
                         f"check(s): {report.failures()}; nothing changed.")
         snapshot_link(snapshot_uri, key="media-refs-snapshot")
 
-    with one_at_a_time(limit_name(target), enabled=not dry_run):
+    def report_counts(plan: Plan, applied: dict[str, int] | None) -> None:
+        rows_table(outcome_rows(plan, applied), key="media-refs-counts",
+                   description=f"{FLOW} on {plan.target}: "
+                               + ("planned (dry run)" if applied is None else
+                                  "planned and done"))
+
+    with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
+                         approved_by=approved_by, approval_timeout_s=approval_timeout_s,
+                         artifacts="media-refs", report_counts=report_counts) as run:
         plan = plan_media_refs(target, snapshot_uri)
-        events.emit("plan", plan=plan)
-        check_saved_plan(plan, approved_plan_hash)
-        result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
-                           snapshot_uri=snapshot_uri, plan=plan)
-        todo = plan.counts["to_copy"] + plan.counts["to_reuse"]
-        if not todo:
-            result.message = (f"Nothing to migrate: {plan.counts['already_done']} image(s) "
-                              f"already have refs, {plan.counts['images']} source image(s).")
-        if dry_run or not todo:
-            rows_table(outcome_rows(plan, None), key="media-refs-counts",
-                       description=f"{FLOW} on {plan.target}: planned (dry run)")
-            summary_markdown(result, key="media-refs-summary")
-            return result
+        c = plan.counts
+        todo = c["to_copy"] + c["to_reuse"]
+        if run.planned(plan, snapshot_uri, nothing_to_do=not todo,
+                       nothing_message=f"Nothing to migrate: {c['already_done']} image(s) "
+                                       f"already have refs, {c['images']} source image(s)."):
+            return run.require_result()
 
-        result.approval = request_approval(
-            plan, expected_confirmation=f"MIGRATE {todo} IMAGES",
-            what=[f"copy {plan.counts['to_copy']} object(s) server-side in bucket "
-                  f"{store.bucket} to products/<id>/<stamp>-<uuid4><ext>",
-                  f"reuse {plan.counts['to_reuse']} copy(ies) an interrupted run left",
-                  f"write metadata.media.refs of {plan.counts['products']} product(s) "
-                  "(other metadata keys untouched, updated_at = now())",
-                  *plan.notes,
-                  "never change or delete a source object"],
-            snapshot_uri=snapshot_uri, timeout_s=approval_timeout_s,
-            approved_plan_hash=approved_plan_hash, approved_by=approved_by)
-
+        run.approve(confirmation=f"MIGRATE {todo} IMAGES",
+                    what=[f"copy {c['to_copy']} object(s) server-side in bucket "
+                          f"{store.bucket} to products/<id>/<stamp>-<uuid4><ext>",
+                          f"reuse {c['to_reuse']} copy(ies) an interrupted run left",
+                          f"write metadata.media.refs of {c['products']} product(s) "
+                          "(other metadata keys untouched, updated_at = now())",
+                          *plan.notes,
+                          "never change or delete a source object"])
         copies = copy_media_objects(target, snapshot_uri, plan.plan_hash)
-        written = write_media_refs(target, copies.refs, plan.plan_hash, result.approval,
-                                   started, snapshot_uri)
-    result.applied = {"copied": copies.copied, "reused": copies.reused, **written,
-                      **{f"failed_{k}": v for k, v in copies.failed.items()}}
-    log.info("refs written: %s", result.applied)
-    rows_table(outcome_rows(plan, result.applied), key="media-refs-counts",
-               description=f"{FLOW} on {plan.target}: planned and done")
-    result.message = (f"{copies.copied} copied, {copies.reused} reused, "
-                      f"{written['refs_written']} ref(s) written to "
-                      f"{written['products_updated']} product(s).")
-    summary_markdown(result, key="media-refs-summary")
-    if copies.failed:
-        raise SafeopsError(f"{sum(copies.failed.values())} copy(ies) failed "
-                           f"({', '.join(copies.first_failed)}); refs were written for the "
-                           "others, source objects are untouched; run again to retry them.")
-    return result
+        written = write_media_refs(target, copies.refs, plan.plan_hash, run.approval,
+                                   run.started, snapshot_uri)
+
+    run.applied({"copied": copies.copied, "reused": copies.reused, **written,
+                 **{f"failed_{k}": v for k, v in copies.failed.items()}})
+    get_run_logger().info("refs written: %s", run.require_result().applied)
+    run.require_result().message = (f"{copies.copied} copied, {copies.reused} reused, "
+                                    f"{written['refs_written']} ref(s) written to "
+                                    f"{written['products_updated']} product(s).")
+    return run.finish(problem=(f"{sum(copies.failed.values())} copy(ies) failed "
+                               f"({', '.join(copies.first_failed)}); refs were written for the "
+                               "others, source objects are untouched; run again to retry them."
+                               ) if copies.failed else None)
 
 
 if __name__ == "__main__":

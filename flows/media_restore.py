@@ -12,72 +12,59 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from safeops.core import events
-from safeops.core.errors import SafeopsError
 from safeops.core.models import RunResult
-from safeops.core.settings import validate_target
-from tasks.common.approval import check_saved_plan, request_approval
-from tasks.common.artifacts import counts_table, summary_markdown
-from tasks.common.slot import limit_name, one_at_a_time
+from tasks.common.destructive import counts_of, destructive_run
 from tasks.media.medusa_media import apply_media_restore, plan_media_restore, verify_media_snapshot
-from tasks.common.snapshots import now_utc
 
 FLOW = "restore-product-media"
+TODO = ("images", "variant_links", "product_thumbnails", "variant_thumbnails")
 
 
 @flow(name=FLOW)
 def restore_product_media(snapshot_uri: str, target: str = "medusa", dry_run: bool = True,
-                          force: bool = False, approved_plan_hash: str | None = None,
-                          approved_by: str | None = None,
-                          approval_timeout_s: int = 3600) -> RunResult:
+                          approved_plan_hash: str | None = None,
+                          approved_by: str | None = None, approval_timeout_s: int = 3600,
+                          force: bool = False) -> RunResult:
     """Put back image rows, variant links and empty thumbnails from a snapshot.
 
     Args:
         snapshot_uri: The media snapshot to restore from (path or s3:// URI).
         target: Which database (a name such as 'medusa', never a URL).
         dry_run: True (default) only reports what would be restored.
-        force: Restore a snapshot taken from another database (fingerprint differs).
         approved_plan_hash: Plan hash of a reviewed dry run; replaces the approval pause.
         approved_by: Who reviewed that saved plan (recorded in the audit row).
         approval_timeout_s: How long the approval pause waits (nothing changes on timeout).
+        force: Restore a snapshot taken from another database (fingerprint differs).
     """
-    validate_target(target)
-    started = now_utc()
-
-    with one_at_a_time(limit_name(target), enabled=not dry_run):
+    with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
+                         approved_by=approved_by, approval_timeout_s=approval_timeout_s,
+                         artifacts="media-restore") as run:
         report = verify_media_snapshot(target, snapshot_uri, require_live_match=False)
         plan = plan_media_restore(target, snapshot_uri, force)
-        events.emit("plan", plan=plan)
-        check_saved_plan(plan, approved_plan_hash)
-        result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
-                           snapshot_uri=snapshot_uri, plan=plan)
-        todo = {k: plan.counts[k] for k in ("images", "variant_links", "product_thumbnails",
-                                            "variant_thumbnails")}
-        if not any(todo.values()):
-            result.message = "Nothing to restore: every row of the snapshot is already present."
-        if dry_run or not any(todo.values()):
-            counts_table(plan, None, key="media-restore-counts")
-            summary_markdown(result, key="media-restore-summary")
-            return result
+        todo = counts_of(plan, TODO)
+        if run.planned(plan, snapshot_uri, nothing_to_do=not any(todo.values()),
+                       nothing_message="Nothing to restore: every row of the snapshot is "
+                                       "already present."):
+            return run.require_result()
 
-        result.approval = request_approval(
-            plan, expected_confirmation=f"RESTORE {todo['images']} IMAGES",
-            what=[f"insert {todo['images']} image row(s) with their original ids",
-                  f"insert {todo['variant_links']} variant-image link(s)",
-                  f"set {todo['product_thumbnails']} product and {todo['variant_thumbnails']} "
-                  "variant thumbnail(s) that are empty now",
-                  *(f"skip {note}" for note in plan.notes)],
-            snapshot_uri=snapshot_uri, timeout_s=approval_timeout_s,
-            approved_plan_hash=approved_plan_hash, approved_by=approved_by)
-        result.applied = apply_media_restore(target, snapshot_uri, force, plan.plan_hash,
-                                             result.approval, started)
-        get_run_logger().info("restore committed: %s (snapshot had %s)", result.applied,
-                              report.totals)
-        after = plan_media_restore(target, snapshot_uri, force)
-        left = {k: after.counts[k] for k in todo}
-        result.after_totals = {f"left_{k}": v for k, v in left.items()}
-        counts_table(plan, result.applied, key="media-restore-counts")
-        summary_markdown(result, key="media-restore-summary")
-        if any(left.values()):
-            raise SafeopsError(f"Restore committed but rows are still missing afterwards: {left}.")
-        return result
+        run.approve(confirmation=f"RESTORE {todo['images']} IMAGES",
+                    what=[f"insert {todo['images']} image row(s) with their original ids",
+                          f"insert {todo['variant_links']} variant-image link(s)",
+                          f"set {todo['product_thumbnails']} product and "
+                          f"{todo['variant_thumbnails']} variant thumbnail(s) that are empty now",
+                          *(f"skip {note}" for note in plan.notes)])
+        run.applied(apply_media_restore(target, snapshot_uri, force, plan.plan_hash,
+                                        run.approval, run.started))
+        get_run_logger().info("restore committed: %s (snapshot had %s)",
+                              run.require_result().applied, report.totals)
+
+        left = counts_of(plan_media_restore(target, snapshot_uri, force), TODO)
+        run.require_result().after_totals = {f"left_{k}": v for k, v in left.items()}
+        return run.finish(problem=(f"Restore committed but rows are still missing afterwards: "
+                                   f"{left}.") if any(left.values()) else None)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(restore_product_media(sys.argv[1], dry_run=True).plan)

@@ -18,8 +18,8 @@ from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
 from safeops.core.models import SnapshotRef, VerifyReport
 from safeops.core.settings import validate_target
 from tasks.common.artifacts import snapshot_link, verify_table
-from tasks.media.medusa_media import SNAPSHOT_PREFIX, take_media_snapshot, verify_media_snapshot
 from tasks.common.retention import prune_snapshots
+from tasks.media.medusa_media import SNAPSHOT_PREFIX, take_media_snapshot, verify_media_snapshot
 
 
 @flow(name="snapshot-product-media")
@@ -36,7 +36,7 @@ def snapshot_product_media(target: str = "medusa", snapshot_location: str | None
     """
     validate_target(target)
     ref = take_media_snapshot(target, snapshot_location)
-    snapshot_link(ref.uri, key="media-snapshot")
+    snapshot_link(ref.uri, key="media-snapshot", announce="snapshot")
     get_run_logger().info("snapshot %s: %s", ref.uri, ref.totals)
     if keep is not None:
         outcome = prune_snapshots(target, snapshot_location, SNAPSHOT_PREFIX, keep)

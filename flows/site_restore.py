@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from safeops.core import events
 from safeops.core.models import RunResult
 from safeops.core.settings import validate_target
-from tasks.common.approval import check_saved_plan, request_approval
-from tasks.common.artifacts import counts_table, summary_markdown
-from tasks.site.cms_site import apply_site_restore, plan_site_restore
-from tasks.common.snapshots import now_utc
+from tasks.common.destructive import counts_of, destructive_run
+from tasks.common.snapshots import summary_of
+from tasks.site.cms_site import apply_site_restore, parse_site_id, plan_site_restore
+from tasks.site.cms_sql import SITE_FORMAT
 
 FLOW = "restore-site-structure"
 WORK = ("content_types", "authors", "categories", "pages", "seo_entries", "term_links",
@@ -27,43 +26,41 @@ WORK = ("content_types", "authors", "categories", "pages", "seo_entries", "term_
 
 
 @flow(name=FLOW)
-def restore_site_structure(snapshot_uri: str, dry_run: bool = True, skip_conflicts: bool = False,
-                           approved_plan_hash: str | None = None, approval_timeout_s: int = 3600,
-                           target: str = "cms", approved_by: str | None = None) -> RunResult:
+def restore_site_structure(snapshot_uri: str, target: str = "cms", dry_run: bool = True,
+                           approved_plan_hash: str | None = None,
+                           approved_by: str | None = None, approval_timeout_s: int = 3600,
+                           skip_conflicts: bool = False) -> RunResult:
     """Put back exactly what a reset removed and changed.
 
     Args:
         snapshot_uri: The site snapshot written by reset-site-structure.
-        dry_run: True (default) only reports what would be restored.
-        skip_conflicts: Restore around rows created since the reset instead of refusing.
-        approved_plan_hash: Plan hash of a reviewed dry run; replaces the approval pause.
-        approval_timeout_s: How long the approval pause waits (nothing changes on timeout).
         target: Which database (a name such as 'cms', never a URL).
+        dry_run: True (default) only reports what would be restored.
+        approved_plan_hash: Plan hash of a reviewed dry run; replaces the approval pause.
         approved_by: Who reviewed that saved plan (recorded in the audit row).
+        approval_timeout_s: How long the approval pause waits (nothing changes on timeout).
+        skip_conflicts: Restore around rows created since the reset instead of refusing.
     """
     validate_target(target)
-    started = now_utc()
-    _, slug, plan = plan_site_restore(target, snapshot_uri, skip_conflicts)
-    events.emit("plan", plan=plan)
-    check_saved_plan(plan, approved_plan_hash)
-    result = RunResult(flow=FLOW, target=plan.target, dry_run=dry_run,
-                       snapshot_uri=snapshot_uri, plan=plan)
-    todo = {k: plan.counts[k] for k in WORK}
-    if not any(todo.values()):
-        result.message = f"Nothing to restore: site {slug} already holds the snapshot's rows."
-    if dry_run or not any(todo.values()):
-        counts_table(plan, None, key="site-restore-counts")
-        summary_markdown(result, key="site-restore-summary")
-        return result
-    result.approval = request_approval(
-        plan, expected_confirmation=slug,
-        what=[f"{todo[k]} {k.replace('_', ' ')}" for k in WORK if todo[k]] + plan.notes,
-        snapshot_uri=snapshot_uri, timeout_s=approval_timeout_s,
-        approved_plan_hash=approved_plan_hash, approved_by=approved_by)
-    result.applied = apply_site_restore(target, snapshot_uri, skip_conflicts, plan.plan_hash,
-                                        result.approval, started)
-    _, _, after = plan_site_restore(target, snapshot_uri, True)
-    result.after_totals = {f"left_{k}": after.counts[k] for k in WORK if after.counts[k]}
-    counts_table(plan, result.applied, key="site-restore-counts")
-    summary_markdown(result, key="site-restore-summary")
-    return result
+    # The site's slot, like its reset's: a restore and a reset of one site never interleave.
+    site = parse_site_id(summary_of(snapshot_uri, SITE_FORMAT).get("siteId"))
+    with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
+                         approved_by=approved_by, approval_timeout_s=approval_timeout_s,
+                         artifacts="site-restore", scope=(site,)) as run:
+        _, slug, plan = plan_site_restore(target, snapshot_uri, skip_conflicts)
+        todo = counts_of(plan, WORK)
+        if run.planned(plan, snapshot_uri, nothing_to_do=not any(todo.values()),
+                       nothing_message=f"Nothing to restore: site {slug} already holds the "
+                                       "snapshot's rows."):
+            return run.require_result()
+
+        run.approve(confirmation=slug,
+                    what=[f"{todo[k]} {k.replace('_', ' ')}" for k in WORK if todo[k]]
+                    + plan.notes)
+        run.applied(apply_site_restore(target, snapshot_uri, skip_conflicts, plan.plan_hash,
+                                       run.approval, run.started))
+
+        _, _, after = plan_site_restore(target, snapshot_uri, True)
+        run.require_result().after_totals = {f"left_{k}": after.counts[k] for k in WORK
+                                             if after.counts[k]}
+        return run.finish()

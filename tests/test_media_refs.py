@@ -25,7 +25,13 @@ from typer.testing import CliRunner
 
 from flows.media_purge import purge_product_media
 from flows.media_refs import migrate_product_media_refs
-from safeops.core.image_ref import KEY_RE, SCHEMA_ID, committed_schema_text, json_schema, schema_text
+from safeops.core.image_ref import (
+    KEY_RE,
+    SCHEMA_ID,
+    committed_schema_text,
+    json_schema,
+    schema_text,
+)
 from safeops.seeds.medusa import FILE_URL
 from tasks.media import refs
 from tasks.media.objects import key_for_url

@@ -243,8 +243,8 @@ def test_reset_keeps_what_it_must_and_reapplying_the_blueprint_is_clean(
         cms: Cms, exports: Path) -> None:
     from sqlalchemy import create_engine
 
-    from safeops.seeds.cms import apply_blueprint
     from safeops.core.settings import sqlalchemy_url
+    from safeops.seeds.cms import apply_blueprint
 
     url, sites = cms
     atelier = sites["atelier"]

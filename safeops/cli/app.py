@@ -92,8 +92,6 @@ def _report_run(result: Any) -> None:
         console.print(f"Approved by {result.approval.approver} ({result.approval.via}).")
     if result.applied:
         console.print("Applied: " + ", ".join(f"{k}={v}" for k, v in result.applied.items()))
-    if result.after_snapshot_uri:
-        print(f"after: {result.after_snapshot_uri}", flush=True)
     if result.after_totals:
         console.print("After: " + ", ".join(f"{k}={v}" for k, v in result.after_totals.items()))
 

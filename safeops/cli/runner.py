@@ -127,8 +127,8 @@ def run_flow(flow_fn: Callable[..., Any], params: dict[str, Any], decider: Decid
             bars.tick(data)
             return
         bars.close()
-        if kind == "snapshot":
-            print(f"snapshot: {data['uri']}", flush=True)
+        if kind in ("snapshot", "after"):
+            print(f"{kind}: {data['uri']}", flush=True)
         elif kind == "plan":
             if show_plan:
                 print_plan(data["plan"])

@@ -68,9 +68,9 @@ def run_demo() -> None:
     from flows.site_reset import check_site_reset, reset_site_structure
     from flows.site_restore import restore_site_structure
     from safeops.core.errors import ResetNotAllowed
-    from safeops.seeds.medusa import load_schema, seed_medusa
-    from safeops.seeds.cms import seed_cms
     from safeops.core.settings import mask_url, sqlalchemy_url
+    from safeops.seeds.cms import seed_cms
+    from safeops.seeds.medusa import load_schema, seed_medusa
 
     admin = admin_url()
     medusa, cms = scratch_database(admin, MEDUSA_DB), scratch_database(admin, CMS_DB)

@@ -59,7 +59,13 @@ def summary_markdown(result: RunResult, key: str) -> None:
     create_markdown_artifact("\n".join(lines), key=key, description=result.flow)
 
 
-def snapshot_link(uri: str, key: str) -> None:
+def snapshot_link(uri: str, key: str, announce: str | None = None) -> None:
+    """Link a snapshot from the run's artifacts; ``announce`` tells the CLI which line
+    to print for it: ``snapshot`` for the undo point a run wrote (the one line a script
+    takes to restore from), ``after`` for the check written after an apply, nothing for
+    a snapshot the caller handed in."""
+    if announce is not None:
+        events.emit(announce, uri=uri)
     if not _in_run():
         return
     link = uri if uri.startswith("s3://") else Path(uri).resolve().as_uri()

@@ -7,7 +7,12 @@ from sqlalchemy import text
 
 from safeops.core.db import engine_for, transaction
 from safeops.core.errors import BadInput
-from safeops.core.snapshot_store import list_snapshots, parse_location, remove, remove_leftover_parts
+from safeops.core.snapshot_store import (
+    list_snapshots,
+    parse_location,
+    remove,
+    remove_leftover_parts,
+)
 from tasks.common.retry import TRANSIENT_RETRIES
 
 AUDIT_PROTECTION_DAYS = 30

@@ -49,8 +49,9 @@ def ensure_limit(name: str) -> None:
 
 
 @contextmanager
-def one_at_a_time(name: str, enabled: bool = True) -> Iterator[None]:
+def one_at_a_time(target: str, *scope: str, enabled: bool = True) -> Iterator[None]:
     """Hold the target's single slot for the whole live run (approval included)."""
+    name = limit_name(target, *scope)
     from prefect.concurrency._leases import maintain_concurrency_lease
     from prefect.concurrency._sync import release_concurrency_slots_with_lease
 

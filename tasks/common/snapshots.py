@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from safeops.core import events
 from safeops.core.db import Fingerprint
 from safeops.core.errors import ForeignSnapshot
 from safeops.core.snapshot_format import SnapshotReader, SnapshotWriter
@@ -30,7 +29,7 @@ def new_writer(fmt: str, body_key: str, location: str | None) -> SnapshotWriter:
 
 def finish_and_publish(writer: SnapshotWriter, *, name_prefix: str, created_at: datetime,
                        summary: dict[str, Any], location: str | None) -> str:
-    """Write the file, put it in the store, return its URI (and tell the CLI)."""
+    """Write the file, put it in the store, return its URI (the flow announces it)."""
     where = parse_location(location)
     parts = writer.finish({"createdAt": created_at.isoformat(timespec="seconds")
                            .replace("+00:00", "Z"), **summary})
@@ -38,7 +37,6 @@ def finish_and_publish(writer: SnapshotWriter, *, name_prefix: str, created_at: 
         uri = publish(parts, where, f"{name_prefix}-{utc_stamp(created_at)}.json")
     finally:
         writer.discard()
-    events.emit("snapshot", uri=uri)
     return uri
 
 
@@ -46,6 +44,13 @@ def finish_and_publish(writer: SnapshotWriter, *, name_prefix: str, created_at: 
 def open_snapshot(uri: str, fmt: str) -> Iterator[SnapshotReader]:
     with open_chunks(uri) as chunks:
         yield SnapshotReader.from_chunks(chunks, fmt, uri)
+
+
+def summary_of(uri: str, fmt: str) -> dict[str, Any]:
+    """The summary at the head of a snapshot (read before the body, so a flow can learn
+    which site a snapshot is about before it takes that site's slot)."""
+    with open_snapshot(uri, fmt) as reader:
+        return dict(reader.summary)
 
 
 def check_source(reader: SnapshotReader, live: Fingerprint, force: bool = False) -> str | None:

@@ -41,9 +41,9 @@ def s3_down(monkeypatch: pytest.MonkeyPatch) -> str:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from tasks.site.cms_site import snapshot_site
-    from tasks.media.medusa_media import take_media_snapshot
     from tasks.common.retry import TRANSIENT_RETRIES
+    from tasks.media.medusa_media import take_media_snapshot
+    from tasks.site.cms_site import snapshot_site
     from tests.conftest import free_port
 
     port = free_port()

@@ -93,8 +93,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from sqlalchemy import create_engine
 
-    from safeops.seeds.cms import seed_cms
     from safeops.core.settings import sqlalchemy_url
+    from safeops.seeds.cms import seed_cms
 
     home = tmp_path_factory.mktemp("prefect-home")
     logs = tmp_path_factory.mktemp("server-logs")
