@@ -53,7 +53,7 @@ def _run_id(raw: str) -> UUID:
 
 def answer(run_id: str, answer: dict[str, Any]) -> None:
     """Resume the run with the answer; the server's refusal becomes BadInput (exit 2)."""
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
 
     rid = _run_id(run_id)
     try:
@@ -62,10 +62,7 @@ def answer(run_id: str, answer: dict[str, Any]) -> None:
         raise BadInput(f"No flow run {rid} on this Prefect API.") from None
     except RuntimeError as exc:
         raise BadInput(f"The server refused the answer, the run stays paused: {exc}") from None
-    except Exception as exc:
-        name = type(exc).__name__
-        if name == "NotPausedError":
-            raise BadInput(f"Flow run {rid} is not waiting for approval.") from None
-        if name == "FlowPauseTimeout":
-            raise BadInput(f"Flow run {rid} can no longer be resumed (timed out).") from None
-        raise
+    except NotPausedError:
+        raise BadInput(f"Flow run {rid} is not waiting for approval.") from None
+    except FlowPauseTimeout:
+        raise BadInput(f"Flow run {rid} can no longer be resumed (timed out).") from None

@@ -184,3 +184,30 @@ def refuse_unattended(live: bool, yes: bool, has_plan: bool) -> None:
     if live and not yes and not has_plan and not sys.stdin.isatty():
         raise ApprovalDenied("Refused: --live without a terminal needs --yes (approve as the "
                              "current user) or --plan HASH; nothing changed.")
+
+
+def run_command(flow_fn: Callable[..., Any], params: dict[str, Any], *, live: bool = False,
+                yes: bool = False, plan: str | None = None, reason: str | None = None) -> Any:
+    """What every flow-running command does: refuse an unattended live run, turn a saved
+    plan into the flow's parameters, answer the approval as the flags say."""
+    refuse_unattended(live, yes, plan is not None)
+    if plan is not None:
+        params = {**params, "approved_plan_hash": plan, "approved_by": current_user()}
+    return run_flow(flow_fn, params, Decider(yes, reason) if live else None)
+
+
+def report_run(result: Any) -> None:
+    """The closing lines of a destructive command (``after:`` was printed when written)."""
+    if result.message:
+        console.print(result.message)
+    if result.dry_run:
+        console.print("Dry run: nothing changed. Apply this exact plan with "
+                      f"--live --plan {result.plan.plan_hash}")
+        return
+    if result.approval:
+        console.print(f"Approved by {result.approval.approver} ({result.approval.via}).")
+    if result.applied:
+        console.print("Applied: " + ", ".join(f"{k}={v}" for k, v in result.applied.items()))
+    if result.after_totals:
+        console.print("After: " + ", ".join(f"{k}={v}" for k, v in result.after_totals.items()))
+

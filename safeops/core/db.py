@@ -10,18 +10,8 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from safeops.core.errors import SafeopsError
+from safeops.core.errors import DatabaseUnreachable, LoginRefused
 from safeops.core.settings import database_url, mask_url, sqlalchemy_url
-
-
-class DatabaseUnreachable(SafeopsError):
-    """Connection failed; the message shows the host, never the password."""
-
-
-class LoginRefused(DatabaseUnreachable):
-    """The server answered and refused us (no such database or role, bad password,
-    pg_hba): configuration, which no retry fixes, so tasks fail at once."""
-
 
 # What PostgreSQL says when it answers but refuses the login (connection errors carry
 # no SQLSTATE in psycopg, only the server's message).

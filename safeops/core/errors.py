@@ -8,6 +8,8 @@ Prefect states.
 
 from __future__ import annotations
 
+import sys
+
 
 class SafeopsError(Exception):
     """Anything else: exit 1."""
@@ -61,11 +63,94 @@ class ApprovalTimedOut(ApprovalDenied):
     """Nobody answered the approval before its deadline."""
 
 
-TRANSIENT_MARKERS = ("OperationalError", "InterfaceError", "EndpointConnectionError",
-                     "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
-                     "LockNotAvailable")
+class NotASnapshot(BadInput):
+    """The file is not a safeops snapshot at all (exit 2), as opposed to a damaged one."""
+
+
+class SnapshotNotFound(BadInput):
+    """The URI points at nothing."""
+
+
+class StoreUnavailable(SafeopsError):
+    """The object store could not be reached; the message names the endpoint."""
+
+
+class DatabaseUnreachable(SafeopsError):
+    """Connection failed; the message shows the host, never the password."""
+
+
+class LoginRefused(DatabaseUnreachable):
+    """The server answered and refused us (no such database or role, bad password,
+    pg_hba): configuration, which no retry fixes, so tasks fail at once."""
+
+
+class KeyTaken(SafeopsError):
+    """The new key already exists; we never overwrite an object."""
+
+
+class ObjectMismatch(SafeopsError):
+    """A written object does not have the size/etag it should have."""
 
 
 def is_refusal(exc: BaseException) -> bool:
     """Refusals are decisions, never retried."""
     return isinstance(exc, (Refused, BadInput, ApprovalDenied))
+
+
+def _loaded_types(*names: str) -> tuple[type[BaseException], ...]:
+    """Exception types of the drivers and Prefect, looked up only in modules already
+    imported: an exception of a library that was never imported cannot be raised, and a
+    command that fails before Prefect loads must not pay ~2 s to import it."""
+    found: list[type[BaseException]] = []
+    for dotted in names:
+        module, _, name = dotted.rpartition(".")
+        loaded = sys.modules.get(module)
+        kind = getattr(loaded, name, None) if loaded is not None else None
+        if isinstance(kind, type) and issubclass(kind, BaseException):
+            found.append(kind)
+    return tuple(found)
+
+
+# What a retry can fix: the connection or the endpoint went away, or a lock was busy.
+TRANSIENT_TYPES = ("psycopg.OperationalError", "psycopg.InterfaceError",
+                   "psycopg.errors.LockNotAvailable",
+                   "botocore.exceptions.EndpointConnectionError",
+                   "botocore.exceptions.ConnectionClosedError",
+                   "botocore.exceptions.ReadTimeoutError",
+                   "botocore.exceptions.ConnectTimeoutError")
+# Prefect's own refusals of what a caller passed: bad input, exit 2.
+BAD_INPUT_TYPES = ("prefect.exceptions.ParameterTypeError",
+                   "prefect.exceptions.SignatureMismatchError",
+                   "pydantic_core._pydantic_core.ValidationError")
+TIMEOUT_TYPES = ("prefect.exceptions.FlowPauseTimeout",)
+
+
+def chain(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it was raised from or during, outermost first."""
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in out:
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A dropped connection or a busy lock anywhere in the chain (SQLAlchemy wraps the
+    driver's error), and never a refusal."""
+    if is_refusal(exc):
+        return False
+    kinds = _loaded_types(*TRANSIENT_TYPES)
+    return any(isinstance(e, (*kinds, ConnectionError, TimeoutError)) for e in chain(exc))
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The CLI exit code of any failure: ours carry it; Prefect's and pydantic's input
+    and timeout errors are mapped here, in one place; anything else is 1."""
+    if isinstance(exc, SafeopsError):
+        return exc.exit_code
+    if isinstance(exc, _loaded_types(*BAD_INPUT_TYPES)):
+        return 2
+    if isinstance(exc, _loaded_types(*TIMEOUT_TYPES)):
+        return 4
+    return 1

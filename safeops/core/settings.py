@@ -8,12 +8,13 @@ secrets out of flow-run parameters, which Prefect stores and shows in the UI.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -23,38 +24,45 @@ TARGET_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
 class Settings(BaseSettings):
-    """Knobs an operator sets with environment variables."""
+    """Knobs an operator sets with ``SAFEOPS_*`` environment variables."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="SAFEOPS_", extra="ignore")
 
-    snapshot_uri: str = Field("./exports", alias="SAFEOPS_SNAPSHOT_URI",
-                              description="Where snapshots go: a folder or s3://bucket/prefix.")
-    s3_endpoint_url: str | None = Field(None, alias="SAFEOPS_S3_ENDPOINT_URL",
-                                        description="S3 API endpoint (MinIO); AWS when unset.")
-    approvers: str | None = Field(None, alias="SAFEOPS_APPROVERS",
-                                  description="Comma list of people allowed to approve.")
-    media_bucket: str | None = Field(None, alias="SAFEOPS_MEDIA_BUCKET",
-                                     description="Bucket holding Medusa's product files.")
-    media_file_url: str | None = Field(None, alias="SAFEOPS_MEDIA_FILE_URL",
-                                       description="Medusa's file_url: image URLs start with it.")
-    media_copy_workers: int = Field(16, ge=1, le=128, alias="SAFEOPS_MEDIA_COPY_WORKERS",
-                                    description="Concurrent S3 requests of an ImageRef "
-                                                "migration (HEAD, LIST, copy).")
-    lock_timeout_s: float = Field(30.0, alias="SAFEOPS_LOCK_TIMEOUT_S",
-                                  description="How long an apply waits for its locks.")
-    approval_poll_s: int = Field(2, alias="SAFEOPS_APPROVAL_POLL_S",
-                                 description="How often a paused run checks for an answer.")
-    task_retry_delay_s: float = Field(1.0, ge=0, alias="SAFEOPS_RETRY_DELAY_S",
-                                      description="First retry delay of transient faults.")
+    snapshot_uri: str = Field("./exports", description="Where snapshots go: a folder or "
+                                                       "s3://bucket/prefix.")
+    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint (MinIO); AWS "
+                                                          "when unset.")
+    approvers: Annotated[frozenset[str] | None, NoDecode] = Field(
+        None, description="Comma list of people allowed to approve; anyone when unset.")
+    media_bucket: str | None = Field(None, description="Bucket holding Medusa's product files.")
+    media_file_url: str | None = Field(None, description="Medusa's file_url: image URLs start "
+                                                         "with it.")
+    media_copy_workers: int = Field(16, ge=1, le=128, description="Concurrent S3 requests of "
+                                    "an ImageRef migration (HEAD, LIST, copy).")
+    lock_timeout_s: float = Field(30.0, description="How long an apply waits for its locks.")
+    approval_poll_s: int = Field(2, description="How often a paused run checks for an answer.")
+    retry_delay_s: float = Field(1.0, ge=0, description="First retry delay of transient "
+                                                        "faults (then 3x and 9x).")
 
-    def approver_allowlist(self) -> set[str] | None:
-        if not self.approvers or not self.approvers.strip():
-            return None
-        return {name.strip() for name in self.approvers.split(",") if name.strip()}
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """People write lists as ``alice,bob``; an empty value means no list."""
+        if isinstance(value, str):
+            names = frozenset(name.strip() for name in value.split(",") if name.strip())
+            return names or None
+        return value
 
 
 def get_settings() -> Settings:
-    """Fresh on every call: tests and long-lived workers change the environment."""
+    """Cached per state of the ``SAFEOPS_*`` environment: workers and tests change the
+    environment between runs, and a stale setting must never outlive its variable."""
+    return _settings_for(tuple(sorted((k, v) for k, v in os.environ.items()
+                                      if k.startswith("SAFEOPS_"))))
+
+
+@functools.lru_cache(maxsize=8)
+def _settings_for(environment: tuple[tuple[str, str], ...]) -> Settings:
     return Settings()
 
 
@@ -72,7 +80,10 @@ def validate_target(target: str) -> str:
 
 
 def database_url(target: str) -> str:
-    """The raw URL of a target; never log or return it to a flow's caller."""
+    """The raw URL of a target; never log or return it to a flow's caller.
+
+    Read here rather than as a Settings field: the variable's name depends on the target
+    (``MEDUSA_DATABASE_URL``, ``MEDUSA_STAGING_DATABASE_URL``, ...)."""
     validate_target(target)
     value = os.environ.get(env_var_for(target))
     if not value:

@@ -33,13 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safeops.core.errors import BadInput, SnapshotInvalid
+from safeops.core.errors import NotASnapshot, SnapshotInvalid
 
 FORMAT_VERSION = 1
-
-
-class NotASnapshot(BadInput):
-    """The file is not a safeops snapshot at all (exit 2), as opposed to a damaged one."""
 
 
 BODY_BUFFER = 1 << 20  # one write(2) per MiB of body instead of one per 8 KiB

@@ -23,20 +23,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from safeops.core.errors import BadInput, SafeopsError
+from safeops.core.errors import BadInput, SafeopsError, SnapshotNotFound, StoreUnavailable
 from safeops.core.settings import get_settings
 from safeops.core.snapshot_format import PART_SUFFIX, SnapshotParts, copy_file
 
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json$")
 CHUNK = 1 << 20
-
-
-class SnapshotNotFound(BadInput):
-    """The URI points at nothing."""
-
-
-class StoreUnavailable(SafeopsError):
-    """The object store could not be reached; the message names the endpoint."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.input.actions import create_flow_run_input
@@ -84,12 +85,10 @@ def request_approval(plan: Plan, *, expected_confirmation: str, what: list[str],
     try:
         answer = pause_flow_run(wait_for_input=form, timeout=timeout_s,
                                 poll_interval=get_settings().approval_poll_s, key="approval")
-    except Exception as exc:
-        if type(exc).__name__ == "FlowPauseTimeout":
-            raise ApprovalTimedOut(
-                f"Approval timed out after {timeout_s} s: nothing changed "
-                f"({_counts_text(plan)}).") from None
-        raise
+    except FlowPauseTimeout:
+        raise ApprovalTimedOut(
+            f"Approval timed out after {timeout_s} s: nothing changed "
+            f"({_counts_text(plan)}).") from None
     approver = answer.approver.strip()
     if answer.decision == "reject":
         raise ApprovalDenied(f"Rejected by {approver or 'unknown'}: {answer.reason.strip()} "
@@ -118,7 +117,7 @@ def record_request(flow_run_id: UUID | None, request: dict[str, Any]) -> None:
 
 
 def _check_allowlist(approver: str) -> None:
-    allowed = get_settings().approver_allowlist()
+    allowed = get_settings().approvers
     if allowed is not None and approver not in allowed:
         raise ApprovalDenied(
             f"Approval refused: {approver!r} is not in SAFEOPS_APPROVERS "

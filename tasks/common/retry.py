@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from safeops.core.errors import TRANSIENT_MARKERS, is_refusal
+from safeops.core.errors import (
+    DatabaseUnreachable,
+    LoginRefused,
+    StoreUnavailable,
+    is_refusal,
+    is_transient,
+)
+from safeops.core.settings import get_settings
 
 
 def _is_transient(exc: BaseException) -> bool:
-    from safeops.core.db import DatabaseUnreachable, LoginRefused
-    from safeops.core.snapshot_store import StoreUnavailable
-
     if is_refusal(exc) or isinstance(exc, LoginRefused):
         return False
-    if isinstance(exc, (DatabaseUnreachable, StoreUnavailable, ConnectionError, TimeoutError)):
-        return True
-    chain: BaseException | None = exc
-    while chain is not None:
-        if type(chain).__name__ in TRANSIENT_MARKERS:
-            return True
-        chain = chain.__cause__ or chain.__context__
-    return False
+    return isinstance(exc, (DatabaseUnreachable, StoreUnavailable)) or is_transient(exc)
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -34,9 +31,7 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 def _delays() -> list[float]:
     """1, 3, 9 s by default; SAFEOPS_RETRY_DELAY_S scales them (read when tasks are defined)."""
-    from safeops.core.settings import get_settings
-
-    first = get_settings().task_retry_delay_s
+    first = get_settings().retry_delay_s
     return [first, 3 * first, 9 * first]
 
 

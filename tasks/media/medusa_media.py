@@ -16,11 +16,9 @@ from safeops.core.db import engine_for, fingerprint, read_snapshot, transaction
 from safeops.core.errors import DriftDetected, SnapshotInvalid
 from safeops.core.models import Approval, Check, Plan, SnapshotRef, VerifyReport, describe_diffs
 from safeops.core.settings import describe_target, get_settings
-from tasks.media import medusa_sql as sql
 from tasks.common.artifacts import Progress
 from tasks.common.audit import applied_counts, recorded_for_snapshot, write_audit
 from tasks.common.guards import FileCheck, refuse_if_plan_moved, require_as_planned
-from tasks.media.objects import head_missing
 from tasks.common.retry import TRANSIENT_RETRIES
 from tasks.common.snapshots import (
     check_source,
@@ -31,6 +29,8 @@ from tasks.common.snapshots import (
     refuse_foreign,
     source_fields,
 )
+from tasks.media import medusa_sql as sql
+from tasks.media.objects import head_missing
 
 SNAPSHOT_PREFIX = "medusa-media-snapshot"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from safeops.core.errors import BadInput, SafeopsError
+from safeops.core.errors import BadInput, KeyTaken, ObjectMismatch
 from safeops.core.settings import get_settings
 from safeops.core.snapshot_store import _s3_errors, s3_client
 
@@ -78,14 +78,6 @@ MAX_SINGLE_COPY = 5 * 1024**3  # copy_object's limit; larger needs a multipart c
 _HEADERS_KEPT = ("CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage")
 _EXT = re.compile(r"^\.[a-z0-9]{1,10}$")
 _STAMP = re.compile(r"/(\d{8}T\d{6}Z)-[^/]*$")
-
-
-class KeyTaken(SafeopsError):
-    """The new key already exists; we never overwrite an object."""
-
-
-class ObjectMismatch(SafeopsError):
-    """A written object does not have the size/etag it should have."""
 
 
 @dataclass(frozen=True)

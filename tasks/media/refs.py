@@ -44,9 +44,11 @@ from safeops.core.image_ref import MEDIA_VERSION, ImageRef, MediaRefs, public_ur
 from safeops.core.models import Approval, Plan, plan_hash_of
 from safeops.core.settings import describe_target, get_settings
 from safeops.core.snapshot_store import _s3_errors, s3_client
-from tasks.media import refs_sql as sql
 from tasks.common.artifacts import Progress
 from tasks.common.audit import write_audit
+from tasks.common.retry import TRANSIENT_RETRIES
+from tasks.common.snapshots import open_snapshot
+from tasks.media import refs_sql as sql
 from tasks.media.medusa_sql import MEDIA_FORMAT, load_snapshot
 from tasks.media.objects import (
     MAX_SINGLE_COPY,
@@ -68,8 +70,6 @@ from tasks.media.objects import (
     sniff_content_type,
     stamp_of,
 )
-from tasks.common.retry import TRANSIENT_RETRIES
-from tasks.common.snapshots import open_snapshot
 
 FLOW = "migrate-product-media-refs"
 UPLOAD_FLOW = "upload-product-media"

@@ -19,10 +19,8 @@ from safeops.core.errors import (
 )
 from safeops.core.models import Approval, Check, Plan, SnapshotRef, VerifyReport, plan_hash_of
 from safeops.core.settings import describe_target, get_settings
-from tasks.site import cms_sql as sql
 from tasks.common.audit import applied_counts, recorded_for_snapshot, write_audit
 from tasks.common.guards import FileCheck, refuse_if_plan_moved
-from tasks.media.medusa_media import _flow_run_id
 from tasks.common.retry import TRANSIENT_RETRIES
 from tasks.common.snapshots import (
     finish_and_publish,
@@ -32,6 +30,8 @@ from tasks.common.snapshots import (
     refuse_foreign,
     source_fields,
 )
+from tasks.media.medusa_media import _flow_run_id
+from tasks.site import cms_sql as sql
 
 SNAPSHOT_PREFIX = "cms-site-structure-snapshot"
 
