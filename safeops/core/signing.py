@@ -349,7 +349,8 @@ def _parse_signer_line(line: str, where: str) -> AllowedSigner:
         options, key_type, key_b64 = tokens[1], tokens[2], tokens[3]
     else:
         raise AllowedSignersInvalid(
-            f"{where}: no supported key type ({', '.join(sorted(_KEY_TYPES))})."
+            f"{where}: expected '<principals> [options] <key type> <base64 key>' with a "
+            f"key type of {', '.join(sorted(_KEY_TYPES))}."
         )
     principals = tuple(principals_token.split(","))
     for principal in principals:
