@@ -63,10 +63,10 @@ def table_checksums(url: str, tables: list[str]) -> dict[str, str]:
 
 def scalar(url: str, sql: str, *params: object) -> object:
     with psycopg.connect(url) as conn:
-        row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(sql, params).fetchone()
         return row[0] if row else None
 
 
 def execute(url: str, sql: str, *params: object) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql, params)  # type: ignore[arg-type]
+        conn.execute(sql, params)

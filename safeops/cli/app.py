@@ -39,7 +39,7 @@ def approvals() -> None:
     from rich.table import Table
 
     from safeops.cli.approvals import waiting_approvals
-    from safeops.cli.runner import console
+    from safeops.console.runner import console
 
     rows = waiting_approvals()
     if not rows:

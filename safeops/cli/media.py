@@ -29,7 +29,7 @@ def media_snapshot(target: MediaTarget = "medusa",
                        "SAFEOPS_SNAPSHOT_URI).")] = None) -> None:
     """Write every image reference to a new JSON snapshot (read-only)."""
     from flows.media_snapshot import snapshot_product_media
-    from safeops.cli.runner import console, run_command
+    from safeops.console.runner import console, run_command
 
     ref = run_command(snapshot_product_media, {"target": target, "snapshot_location": to})
     console.print(", ".join(f"{k}={v}" for k, v in ref.totals.items()))
@@ -42,7 +42,7 @@ def media_verify(uri: SnapshotUri, target: MediaTarget = "medusa",
                      "--check-objects", help="HEAD every image's object.")] = False) -> None:
     """Check a snapshot's format, checksum, totals, source and live id sets (exit 3 if not)."""
     from flows.media_snapshot import verify_product_media_snapshot
-    from safeops.cli.runner import console, run_command
+    from safeops.console.runner import console, run_command
 
     report = run_command(verify_product_media_snapshot,
                          {"snapshot_uri": uri, "target": target, "check_objects": check_objects})
@@ -57,7 +57,7 @@ def media_purge(live: LiveFlag = False, yes: YesFlag = False, plan: SavedPlan = 
                 timeout: Timeout = 3600) -> None:
     """Remove every image reference; MinIO files stay. Dry run unless --live."""
     from flows.media_purge import purge_product_media
-    from safeops.cli.runner import report_run, run_command
+    from safeops.console.runner import report_run, run_command
 
     report_run(run_command(purge_product_media,
                            {"target": target, "dry_run": not live, "approval_timeout_s": timeout},
@@ -74,7 +74,7 @@ def media_restore(uri: SnapshotUri, live: LiveFlag = False, yes: YesFlag = False
                   ) -> None:
     """Put back what a snapshot holds (ids, urls, ranks, timestamps). Dry run unless --live."""
     from flows.media_restore import restore_product_media
-    from safeops.cli.runner import report_run, run_command
+    from safeops.console.runner import report_run, run_command
 
     print(f"snapshot: {uri}", flush=True)
     report_run(run_command(restore_product_media,

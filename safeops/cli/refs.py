@@ -33,7 +33,7 @@ def media_migrate_refs(
     Dry run unless --live. Source objects are never changed or deleted; a re-run
     copies nothing already referenced and reuses copies an interrupted run left."""
     from flows.media_refs import migrate_product_media_refs
-    from safeops.cli.runner import report_run, run_command
+    from safeops.console.runner import report_run, run_command
 
     if snapshot:
         print(f"snapshot: {snapshot}", flush=True)
@@ -52,7 +52,7 @@ def media_upload(
                                                          "order.")],
         target: MediaTarget = "medusa") -> None:
     """Upload files as new ImageRefs of a product (appended after its current refs)."""
-    from safeops.cli.runner import current_user
+    from safeops.console.runner import current_user
     from tasks.media.refs import upload_media
 
     for ref in upload_media(target, product_id, list(files), approver=current_user()):

@@ -26,7 +26,7 @@ group = typer.Typer(no_args_is_help=True, help="CMS site structure: check, reset
 def site_check(site_id: SiteId, target: CmsTarget = "cms") -> None:
     """Exit 0 when the site may be reset, 3 (with the reason) when it may not."""
     from flows.site_reset import check_site_reset
-    from safeops.cli.runner import run_command
+    from safeops.console.runner import run_command
     from safeops.core.errors import ResetNotAllowed
 
     verdict = run_command(check_site_reset, {"site_id": site_id, "target": target})
@@ -42,7 +42,7 @@ def site_reset(site_id: SiteId, live: LiveFlag = False, yes: YesFlag = False,
                timeout: Timeout = 3600) -> None:
     """Delete the site's categories, authors, pages, content types and their SEO meta."""
     from flows.site_reset import reset_site_structure
-    from safeops.cli.runner import report_run, run_command
+    from safeops.console.runner import report_run, run_command
 
     report_run(run_command(reset_site_structure,
                            {"site_id": site_id, "target": target, "dry_run": not live,
@@ -60,7 +60,7 @@ def site_restore(uri: SnapshotUri, live: LiveFlag = False, yes: YesFlag = False,
                      "instead of refusing.")] = False) -> None:
     """Undo a reset from its snapshot: rows, post links and blueprint state."""
     from flows.site_restore import restore_site_structure
-    from safeops.cli.runner import report_run, run_command
+    from safeops.console.runner import report_run, run_command
 
     print(f"snapshot: {uri}", flush=True)
     report_run(run_command(restore_site_structure,

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from safeops.cli.runner import Decider, console, run_flow
+from safeops.console.runner import Decider, console, run_flow
 
 DEMO_HOME = Path(".safeops")
 MEDUSA_DB = "safeops_demo_medusa"

@@ -118,10 +118,10 @@ class SlowTerminal:
 
 def at_a_terminal(monkeypatch: pytest.MonkeyPatch, person: SlowTerminal) -> None:
     """As if stdin were a terminal (the runner's is a pipe) with ``person`` typing."""
-    import safeops.cli.runner
+    import safeops.console.runner
 
-    monkeypatch.setattr(safeops.cli.runner, "refuse_unattended", lambda *args: None)
-    monkeypatch.setattr(safeops.cli.runner.console, "input", person)
+    monkeypatch.setattr(safeops.console.runner, "refuse_unattended", lambda *args: None)
+    monkeypatch.setattr(safeops.console.runner.console, "input", person)
 
 
 def test_cli_wrong_typed_confirmation_exits_4(cms: Cms, exports: Path,

@@ -29,7 +29,7 @@ Cms = tuple[str, dict[str, str]]
 
 def rows(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql, params).fetchall()
 
 
 def insert_rows(url: str, table: str, saved: list[tuple[Any, ...]]) -> None:
@@ -39,7 +39,7 @@ def insert_rows(url: str, table: str, saved: list[tuple[Any, ...]]) -> None:
         for row in saved:
             values = [Jsonb(v) if isinstance(v, dict | list) else v for v in row]
             marks = ", ".join(["%s"] * len(values))
-            conn.execute(f"INSERT INTO {table} VALUES ({marks})", values)  # type: ignore[arg-type]
+            conn.execute(f"INSERT INTO {table} VALUES ({marks})", values)
 
 
 # ---------------------------------------------------------------- 9. restore
