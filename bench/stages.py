@@ -2,8 +2,8 @@
 
 Every measurement runs in a process of its own, so its peak RSS (``VmHWM``) is
 that stage's alone and no stage inherits another's heap or caches: baselines
-in a new interpreter (``python -m bench.stages child SPEC``), ours forked from
-a zygote that has already imported Prefect and our tasks (importing them takes
+in a new interpreter (``python -m bench.stages child SPEC``), ours forked by
+multiprocessing's fork server after it has imported Prefect and our tasks (importing them takes
 seconds here, and a flow-run process imports them once, too). The child times
 only the stage itself and writes one JSON result.
 
@@ -317,66 +317,59 @@ class ChildFailed(RuntimeError):
 
 
 class Zygote:
-    """A process that imports our code once and forks a fresh child per measurement.
+    """Ours run in children of the standard library's fork server, which imports our
+    code once (``set_forkserver_preload``) and forks a fresh child per measurement.
 
     Importing Prefect and our tasks takes seconds; a forked child starts with
     those modules already in memory, exactly as a fresh process that imported
     them would (same RSS), and exits after one stage, so stages still share
-    nothing. Baselines never import our code, so they run as plain processes."""
+    nothing. Its ``VmHWM`` is its own: the kernel starts a forked child's peak
+    at its RSS at the fork, not at the parent's peak (checked on Linux 6.18: a
+    server that had touched 400 MB, then freed it, forks children reporting
+    9-12 MB). Baselines never import our code, so they run as plain processes.
+
+    The server is one per parent process and keeps the environment it started
+    with (Prefect reads its settings at import), while each size has its own
+    databases and Prefect home: so it is started under this size's environment
+    and stopped with it (``_stop`` is private to multiprocessing, but the only
+    way to start a second server with another environment)."""
+
+    PRELOAD = ("sqlalchemy.dialects.postgresql.psycopg", "tasks.media.medusa_media",
+               "tasks.site.cms_site", "bench.stages")
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.stages", "zygote"], cwd=ROOT,
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        ready = self.proc.stdout.readline().strip()
-        if ready != "ready":
-            raise ChildFailed(f"the zygote did not start (said {ready!r})")
+        import multiprocessing
+        import multiprocessing.forkserver
+
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(list(self.PRELOAD))
+        saved, cwd = dict(os.environ), os.getcwd()
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(ROOT)
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            os.chdir(cwd)
 
     def run(self, spec: Path) -> int:
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        self.proc.stdin.write(f"{spec}\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline().split()
-        if len(answer) != 2 or answer[0] != "exit":
-            raise ChildFailed(f"the zygote died (said {answer!r})")
-        return int(answer[1])
+        child = self.ctx.Process(target=_forked_child, args=(str(spec),))
+        child.start()
+        child.join()
+        return child.exitcode if child.exitcode is not None else 1
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        import multiprocessing.forkserver
+
+        multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]
 
 
-def zygote_main() -> None:
-    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
-
-    import tasks.media.medusa_media  # noqa: F401
-    import tasks.site.cms_site
-
-    print("ready", flush=True)
-    for line in sys.stdin:
-        spec = line.strip()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.dup2(2, 1)  # stdout is the protocol; the child's prints go to stderr
-                child_main(spec)
-                code = 0
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        print(f"exit {os.waitstatus_to_exitcode(status)}", flush=True)
+def _forked_child(spec: str) -> None:
+    os.dup2(2, 1)  # the parent's stdout holds its tables; the child's prints go to stderr
+    os.chdir(ROOT)
+    child_main(spec)
 
 
 def run_child(op: str, args: dict[str, Any], env: dict[str, str], workdir: Path,
@@ -713,7 +706,5 @@ def count_task_runs(runner: Runner, prefect_api_url: str | None) -> dict[str, An
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "child":
         child_main(sys.argv[2])
-    elif len(sys.argv) == 2 and sys.argv[1] == "zygote":
-        zygote_main()
     else:
         sys.exit("usage: python -m bench.stages child SPEC.json (run by bench/__main__.py)")

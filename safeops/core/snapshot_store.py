@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,25 +246,139 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _publish_to_s3(parts: SnapshotParts, location: Location, base_name: str) -> str:
-    """Upload the joined file under the first free key (checked, then written:
-    S3 has no create-if-absent here, as before)."""
+    """Stream the parts to the first free key with a create-only write.
+
+    ``IfNoneMatch="*"`` makes S3 (and MinIO, and moto) refuse the write with
+    412 when the key exists, so two publishes racing for one name cannot
+    overwrite each other: the loser moves on to the next name. The HEAD before
+    it is only a hint that skips names already visibly taken (a name lost at
+    the write costs one more upload of the body). The body is read from the
+    parts as it is sent, never joined into a local copy first."""
     client = s3_client()
-    local = _assemble(parts, Path(tempfile.gettempdir()), base_name, durable=False)
-    try:
-        with _s3_errors(f"writing to s3://{location.root}/{location.prefix}"):
-            for name in _free_names(base_name):
-                key = f"{location.prefix}/{name}" if location.prefix else name
-                if _s3_exists(client, location.root, key):
-                    continue
-                client.upload_file(str(local), location.root, key,
-                                   ExtraArgs={"ContentType": "application/json"})
+    size = len(parts.header) + parts.body.stat().st_size + len(parts.trailer)
+    with open(parts.body, "rb") as body, \
+            _s3_errors(f"writing to s3://{location.root}/{location.prefix}"):
+        for name in _free_names(base_name):
+            key = f"{location.prefix}/{name}" if location.prefix else name
+            if _s3_exists(client, location.root, key):
+                continue
+            if size <= S3_PART:
+                written = _s3_put_new(client, location.root, key,
+                                      _Joined(parts, body, 0, size), size)
+            else:
+                written = _s3_multipart_new(client, location.root, key, parts, body, size)
+            if written:
                 return f"s3://{location.root}/{key}"
-    finally:
-        local.unlink(missing_ok=True)
     raise SafeopsError("Could not find a free snapshot name in the bucket.")
 
 
+# One PUT up to this size, parts of at least this size above it: a lost connection
+# resends one part, and memory stays flat either way (parts are streamed, not buffered).
+S3_PART = 64 << 20
+S3_MAX_PARTS = 10_000
+# 412: the key exists. 409: another conditional write to the key is in flight (S3
+# asks to retry); either way this name is someone else's, so try the next one.
+_NAME_TAKEN = {"PreconditionFailed", "ConditionalRequestConflict"}
+
+
+def _name_taken(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    return (isinstance(exc, ClientError)
+            and exc.response.get("Error", {}).get("Code") in _NAME_TAKEN)
+
+
+def _s3_put_new(client: Any, bucket: str, key: str, body: _Joined, size: int) -> bool:
+    """One create-only PUT; False when the key already exists."""
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=size,
+                          ContentType="application/json", IfNoneMatch="*")
+    except Exception as exc:
+        if _name_taken(exc):
+            return False
+        raise
+    return True
+
+
+def _s3_multipart_new(client: Any, bucket: str, key: str, parts: SnapshotParts,
+                      body: Any, size: int) -> bool:
+    """A multipart upload whose completion is create-only (CompleteMultipartUpload
+    takes ``IfNoneMatch`` too); False when the key exists by then. Parts go one
+    at a time, each streamed from the parts; any failure aborts the upload so
+    no invisible parts are left billed in the bucket."""
+    part_size = max(S3_PART, -(-size // S3_MAX_PARTS))
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key,
+                                            ContentType="application/json")["UploadId"]
+    try:
+        done = []
+        for number, start in enumerate(range(0, size, part_size), start=1):
+            length = min(part_size, size - start)
+            etag = client.upload_part(Bucket=bucket, Key=key, UploadId=upload,
+                                      PartNumber=number, ContentLength=length,
+                                      Body=_Joined(parts, body, start, length))["ETag"]
+            done.append({"PartNumber": number, "ETag": etag})
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                         MultipartUpload={"Parts": done}, IfNoneMatch="*")
+    except BaseException as exc:
+        with suppress(Exception):  # best effort: the original error is the one to report
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+        if isinstance(exc, Exception) and _name_taken(exc):
+            return False
+        raise
+    return True
+
+
+class _Joined(io.RawIOBase):
+    """``size`` bytes from ``start`` of the joined snapshot (header, body, trailer)
+    as one seekable read-only file, read from the parts as botocore asks: it
+    hashes and sends the body (seeking back in between, and on a retry), and
+    nothing is copied to disk or held in memory. The body is read with pread, so
+    windows sharing its file never move each other's position."""
+
+    def __init__(self, parts: SnapshotParts, body: Any, start: int, size: int) -> None:
+        super().__init__()
+        self._header, self._trailer = parts.header, parts.trailer
+        self._body_fd = body.fileno()
+        self._body_end = len(self._header) + os.fstat(self._body_fd).st_size
+        self._start, self._end, self._pos = start, start + size, start
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos - self._start
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: self._start, io.SEEK_CUR: self._pos, io.SEEK_END: self._end}
+        self._pos = min(max(base[whence] + offset, self._start), self._end)
+        return self.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self._end - self._pos)
+        if want <= 0:
+            return 0
+        header = len(self._header)
+        if self._pos < header:
+            chunk = self._header[self._pos:self._pos + want]
+        elif self._pos < self._body_end:
+            chunk = os.pread(self._body_fd, min(want, self._body_end - self._pos),
+                             self._pos - header)
+            if not chunk:
+                raise SafeopsError("The snapshot body shrank while it was uploaded.")
+        else:
+            offset = self._pos - self._body_end
+            chunk = self._trailer[offset:offset + want]
+        memoryview(buffer)[:len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
 def _s3_exists(client: Any, bucket: str, key: str) -> bool:
+    """Whether the key is visibly taken: a hint to skip it, never a reservation
+    (the create-only write is what guarantees nothing is overwritten)."""
     from botocore.exceptions import ClientError
 
     try:

@@ -11,17 +11,45 @@ from uuid import UUID
 from sqlalchemy import Connection, text
 
 from safeops.core.models import Approval
+from safeops.core.settings import mask_url
 
 AUDIT_DDL = files("safeops.schemas").joinpath("audit.sql").read_text()
 
 
+# Databases (masked URL) this process has seen with the audit table already committed.
+_HAS_AUDIT_TABLE: set[str] = set()
+# Set on a connection whose transaction ran the CREATE: it sees its own table before it
+# commits, so what it sees is not remembered (the apply may still roll back).
+_CREATED_HERE = "safeops_audit_created"
+
+
 def ensure_audit_table(conn: Connection) -> None:
-    """Idempotent; the advisory lock stops two first runs racing on CREATE."""
+    """Idempotent and cheap on every write but a database's first.
+
+    Double-checked: a plain ``to_regclass`` first (no lock, one round trip), and
+    only when the table is missing the advisory lock, the check again, the
+    CREATE. A database is remembered only once the table was seen by a
+    connection that did not create it, so a CREATE rolled back with its apply
+    is never remembered; a table dropped later by hand fails the next write in
+    this process (rolled back with it, nothing half done) rather than being
+    checked on every write."""
+    database = mask_url(conn.engine.url)
+    if database in _HAS_AUDIT_TABLE:
+        return
+    if _audit_table_exists(conn):
+        if not conn.info.get(_CREATED_HERE):
+            _HAS_AUDIT_TABLE.add(database)
+        return
+    # The advisory lock stops two first runs racing on CREATE.
     conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('safeops:audit-ddl'))"))
-    exists = conn.execute(text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")
-                          ).scalar_one()
-    if not exists:
+    if not _audit_table_exists(conn):
+        conn.info[_CREATED_HERE] = True
         conn.connection.driver_connection.execute(AUDIT_DDL)  # type: ignore[union-attr]
+
+
+def _audit_table_exists(conn: Connection) -> bool:
+    return bool(conn.execute(text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")
+                             ).scalar_one())
 
 
 def write_audit(conn: Connection, *, flow_run_id: UUID | None, flow_name: str, target: str,
