@@ -271,8 +271,6 @@ def child_main(spec_path: str) -> None:
         # our modules, and the SQLAlchemy dialect the first engine would load.
         import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-        import tasks.media.medusa_media  # noqa: F401
-        import tasks.site.cms_site
     if spec["op"] in PREPARE:
         PREPARE[spec["op"]](spec["args"])
     rss_start = _status_kb("VmRSS")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from safeops.errors import ApprovalDenied, BadInput
 
 from safeops.core import signing
 from safeops.core.signing import (
@@ -41,7 +42,6 @@ from safeops.core.signing import (
     verify,
     verify_approval,
 )
-from safeops.errors import ApprovalDenied, BadInput
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH")
 

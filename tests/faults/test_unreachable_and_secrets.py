@@ -143,7 +143,8 @@ def test_no_cms_secret_in_output_parameters_logs_artifacts_snapshots_or_audit(
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
     for r in runs:
-        texts[f"parameters {r.name}"] = json.dumps(r.parameters) + str(r.state.message if r.state else "")
+        message = r.state.message if r.state else ""
+        texts[f"parameters {r.name}"] = json.dumps(r.parameters) + str(message)
     texts["logs"] = "\n".join(log.message for log in logs)
     texts["artifacts"] = "\n".join(a.model_dump_json() for a in artifacts)
     s3 = boto3.client("s3", endpoint_url=s3_server)
