@@ -66,7 +66,7 @@ def _approval() -> Any:
 
 
 def op_snapshot_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.media.medusa_media import take_media_snapshot
+    from tasks.media.snapshot import take_media_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
     return {"uri": ref.uri, "totals": ref.totals, "bytes": Path(ref.uri).stat().st_size}
@@ -95,7 +95,7 @@ def op_snapshot_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_verify_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.media.medusa_media import verify_media_snapshot
+    from tasks.media.verify import verify_media_snapshot
 
     report = verify_media_snapshot.fn("medusa", a["uri"])
     if not report.ok:
@@ -118,7 +118,7 @@ def op_verify_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_purge_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.media.medusa_media import apply_media_purge
+    from tasks.media.purge import apply_media_purge
 
     applied = apply_media_purge.fn("medusa", a["uri"], a["plan_hash"], _approval(),
                                    datetime.now(UTC), verified_sha256=a["file_sha256"],
@@ -154,13 +154,13 @@ def op_purge_baseline(a: dict[str, Any]) -> dict[str, Any]:
 def prepare_restore_ours(a: dict[str, Any]) -> None:
     """The plan a live restore applies (the flow plans right before applying, too)."""
     if not a.get("plan_hash"):
-        from tasks.media.medusa_media import plan_media_restore
+        from tasks.media.restore import plan_media_restore
 
         a["plan_hash"] = plan_media_restore.fn("medusa", a["uri"], False).plan_hash
 
 
 def op_restore_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.media.medusa_media import apply_media_restore
+    from tasks.media.restore import apply_media_restore
 
     applied = apply_media_restore.fn("medusa", a["uri"], False, a["plan_hash"], _approval(),
                                      datetime.now(UTC))
@@ -231,8 +231,10 @@ def op_reset_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     """The media snapshot and purge plan every purge applies, and the site's reset plan."""
+    from tasks.media.purge import plan_media_purge
+    from tasks.media.snapshot import take_media_snapshot
+    from tasks.media.verify import verify_media_snapshot
     from tasks.site.cms_site import snapshot_site, verify_site_snapshot
-    from tasks.media.medusa_media import plan_media_purge, take_media_snapshot, verify_media_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
     report = verify_media_snapshot.fn("medusa", ref.uri)  # what the flow hands the apply
@@ -267,8 +269,11 @@ def child_main(spec_path: str) -> None:
         # our modules, and the SQLAlchemy dialect the first engine would load.
         import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-        import tasks.site.cms_site
-        import tasks.media.medusa_media  # noqa: F401
+        import tasks.media.purge
+        import tasks.media.restore
+        import tasks.media.snapshot
+        import tasks.media.verify
+        import tasks.site.cms_site  # noqa: F401
     if spec["op"] in PREPARE:
         PREPARE[spec["op"]](spec["args"])
     rss_start = _status_kb("VmRSS")
@@ -351,8 +356,11 @@ class Zygote:
 def zygote_main() -> None:
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-    import tasks.site.cms_site
-    import tasks.media.medusa_media  # noqa: F401
+    import tasks.media.purge
+    import tasks.media.restore
+    import tasks.media.snapshot
+    import tasks.media.verify
+    import tasks.site.cms_site  # noqa: F401
 
     print("ready", flush=True)
     for line in sys.stdin:
@@ -624,8 +632,9 @@ def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
     from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
     from flows.site_reset import reset_site_structure
     from flows.site_restore import restore_site_structure
+    from tasks.media.purge import plan_media_purge
+    from tasks.media.restore import plan_media_restore
     from tasks.site.cms_site import plan_site_restore, snapshot_site
-    from tasks.media.medusa_media import plan_media_purge, plan_media_restore
 
     harness: Any = nullcontext()
     if not os.environ.get("PREFECT_API_URL"):

@@ -20,12 +20,9 @@ from safeops.core.settings import validate_target
 from tasks.common.approval import check_saved_plan, request_approval
 from tasks.common.artifacts import counts_table, snapshot_link, summary_markdown
 from tasks.common.slot import limit_name, one_at_a_time
-from tasks.media.medusa_media import (
-    apply_media_purge,
-    plan_media_purge,
-    take_media_snapshot,
-    verify_media_snapshot,
-)
+from tasks.media.purge import apply_media_purge, plan_media_purge
+from tasks.media.snapshot import take_media_snapshot
+from tasks.media.verify import verify_media_snapshot
 from tasks.common.snapshots import now_utc
 
 FLOW = "purge-product-media"

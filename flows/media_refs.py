@@ -26,15 +26,12 @@ from safeops.core.settings import validate_target
 from tasks.common.approval import check_saved_plan, request_approval
 from tasks.common.artifacts import rows_table, snapshot_link, summary_markdown, verify_table
 from tasks.common.slot import limit_name, one_at_a_time
-from tasks.media.refs import (
-    FLOW,
-    copy_media_objects,
-    media_store,
-    outcome_rows,
-    plan_media_refs,
-    write_media_refs,
-)
-from tasks.media.medusa_media import verify_media_snapshot
+from tasks.media.refs.copy import copy_media_objects
+from tasks.media.refs.plan import FLOW, plan_media_refs
+from tasks.media.refs.report import outcome_rows
+from tasks.media.refs.store import media_store
+from tasks.media.refs.write import write_media_refs
+from tasks.media.verify import verify_media_snapshot
 from tasks.common.snapshots import now_utc
 
 

@@ -19,7 +19,8 @@ from safeops.core.settings import validate_target
 from tasks.common.approval import check_saved_plan, request_approval
 from tasks.common.artifacts import counts_table, summary_markdown
 from tasks.common.slot import limit_name, one_at_a_time
-from tasks.media.medusa_media import apply_media_restore, plan_media_restore, verify_media_snapshot
+from tasks.media.restore import apply_media_restore, plan_media_restore
+from tasks.media.verify import verify_media_snapshot
 from tasks.common.snapshots import now_utc
 
 FLOW = "restore-product-media"

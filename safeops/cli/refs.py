@@ -54,7 +54,7 @@ def register(media: typer.Typer) -> None:
         """Upload files as new ImageRefs of a product (appended after its current refs)."""
         def action() -> None:
             from safeops.cli.runner import current_user
-            from tasks.media.refs import upload_media
+            from tasks.media.refs.upload import upload_media
 
             refs = upload_media(target, product_id, list(files), approver=current_user())
             for ref in refs:

@@ -16,8 +16,8 @@ from flows.media_purge import purge_product_media
 from flows.media_restore import restore_product_media
 from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
 from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
-from safeops.seeds.medusa import FILE_URL, load_schema, seed_medusa
 from safeops.core.settings import sqlalchemy_url
+from safeops.seeds.medusa import FILE_URL, load_schema, seed_medusa
 from tasks.media.objects import key_for_url
 from tests.conftest import MEDUSA_TABLES, answer_approval, approve_as
 from tests.pg import execute, fresh_database, scalar, table_checksums
