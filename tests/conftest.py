@@ -28,7 +28,7 @@ os.environ.update({
 })
 os.environ.pop("PREFECT_API_URL", None)
 
-from safeops import events  # noqa: E402
+from safeops.core import events  # noqa: E402
 from safeops.seeds.medusa import load_schema, seed_medusa  # noqa: E402
 from tests.pg import fresh_database, server_url  # noqa: E402
 
