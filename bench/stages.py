@@ -66,7 +66,7 @@ def _approval() -> Any:
 
 
 def op_snapshot_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.media.medusa_media import take_media_snapshot
+    from tasks.media.snapshot import take_media_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
     return {"uri": ref.uri, "totals": ref.totals, "bytes": Path(ref.uri).stat().st_size}
@@ -95,7 +95,7 @@ def op_snapshot_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_verify_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.media.medusa_media import verify_media_snapshot
+    from tasks.media.verify import verify_media_snapshot
 
     report = verify_media_snapshot.fn("medusa", a["uri"])
     if not report.ok:
@@ -118,7 +118,7 @@ def op_verify_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_purge_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.media.medusa_media import apply_media_purge
+    from tasks.media.purge import apply_media_purge
 
     applied = apply_media_purge.fn("medusa", a["uri"], a["plan_hash"], _approval(),
                                    datetime.now(UTC), verified_sha256=a["file_sha256"],
@@ -154,13 +154,13 @@ def op_purge_baseline(a: dict[str, Any]) -> dict[str, Any]:
 def prepare_restore_ours(a: dict[str, Any]) -> None:
     """The plan a live restore applies (the flow plans right before applying, too)."""
     if not a.get("plan_hash"):
-        from tasks.media.medusa_media import plan_media_restore
+        from tasks.media.restore import plan_media_restore
 
         a["plan_hash"] = plan_media_restore.fn("medusa", a["uri"], False).plan_hash
 
 
 def op_restore_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.media.medusa_media import apply_media_restore
+    from tasks.media.restore import apply_media_restore
 
     applied = apply_media_restore.fn("medusa", a["uri"], False, a["plan_hash"], _approval(),
                                      datetime.now(UTC))
@@ -231,11 +231,9 @@ def op_reset_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     """The media snapshot and purge plan every purge applies, and the site's reset plan."""
-    from tasks.media.medusa_media import (
-        plan_media_purge,
-        take_media_snapshot,
-        verify_media_snapshot,
-    )
+    from tasks.media.purge import plan_media_purge
+    from tasks.media.snapshot import take_media_snapshot
+    from tasks.media.verify import verify_media_snapshot
     from tasks.site.cms_site import snapshot_site, verify_site_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
@@ -332,7 +330,8 @@ class Zygote:
     and stopped with it (``_stop`` is private to multiprocessing, but the only
     way to start a second server with another environment)."""
 
-    PRELOAD = ("sqlalchemy.dialects.postgresql.psycopg", "tasks.media.medusa_media",
+    PRELOAD = ("sqlalchemy.dialects.postgresql.psycopg", "tasks.media.purge",
+               "tasks.media.restore", "tasks.media.snapshot", "tasks.media.verify",
                "tasks.site.cms_site", "bench.stages")
 
     def __init__(self, env: dict[str, str]) -> None:
@@ -619,7 +618,8 @@ def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
     from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
     from flows.site_reset import reset_site_structure
     from flows.site_restore import restore_site_structure
-    from tasks.media.medusa_media import plan_media_purge, plan_media_restore
+    from tasks.media.purge import plan_media_purge
+    from tasks.media.restore import plan_media_restore
     from tasks.site.cms_site import plan_site_restore, snapshot_site
 
     harness: Any = nullcontext()

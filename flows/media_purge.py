@@ -17,12 +17,9 @@ from safeops.core.errors import DriftDetected
 from safeops.core.models import RunResult
 from tasks.common.artifacts import snapshot_link
 from tasks.common.destructive import destructive_run
-from tasks.media.medusa_media import (
-    apply_media_purge,
-    plan_media_purge,
-    take_media_snapshot,
-    verify_media_snapshot,
-)
+from tasks.media.purge import apply_media_purge, plan_media_purge
+from tasks.media.snapshot import take_media_snapshot
+from tasks.media.verify import verify_media_snapshot
 
 FLOW = "purge-product-media"
 

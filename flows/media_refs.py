@@ -24,15 +24,12 @@ from safeops.core.models import Plan, RunResult
 from safeops.core.settings import validate_target
 from tasks.common.artifacts import rows_table, snapshot_link, verify_table
 from tasks.common.destructive import destructive_run
-from tasks.media.medusa_media import verify_media_snapshot
-from tasks.media.refs import (
-    FLOW,
-    copy_media_objects,
-    media_store,
-    outcome_rows,
-    plan_media_refs,
-    write_media_refs,
-)
+from tasks.media.refs.copy import copy_media_objects
+from tasks.media.refs.plan import FLOW, plan_media_refs
+from tasks.media.refs.report import outcome_rows
+from tasks.media.refs.store import media_store
+from tasks.media.refs.write import write_media_refs
+from tasks.media.verify import verify_media_snapshot
 
 
 @flow(name=FLOW)

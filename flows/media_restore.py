@@ -14,7 +14,8 @@ from prefect import flow, get_run_logger
 
 from safeops.core.models import RunResult
 from tasks.common.destructive import counts_of, destructive_run
-from tasks.media.medusa_media import apply_media_restore, plan_media_restore, verify_media_snapshot
+from tasks.media.restore import apply_media_restore, plan_media_restore
+from tasks.media.verify import verify_media_snapshot
 
 FLOW = "restore-product-media"
 TODO = ("images", "variant_links", "product_thumbnails", "variant_thumbnails")

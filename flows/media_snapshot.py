@@ -19,7 +19,8 @@ from safeops.core.models import SnapshotRef, VerifyReport
 from safeops.core.settings import validate_target
 from tasks.common.artifacts import snapshot_link, verify_table
 from tasks.common.retention import prune_snapshots
-from tasks.media.medusa_media import SNAPSHOT_PREFIX, take_media_snapshot, verify_media_snapshot
+from tasks.media.snapshot import SNAPSHOT_PREFIX, take_media_snapshot
+from tasks.media.verify import verify_media_snapshot
 
 
 @flow(name="snapshot-product-media")

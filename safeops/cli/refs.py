@@ -53,7 +53,7 @@ def media_upload(
         target: MediaTarget = "medusa") -> None:
     """Upload files as new ImageRefs of a product (appended after its current refs)."""
     from safeops.console.runner import current_user
-    from tasks.media.refs import upload_media
+    from tasks.media.refs.upload import upload_media
 
     for ref in upload_media(target, product_id, list(files), approver=current_user()):
         print(f"uploaded: {ref.key} {ref.contentType} {ref.size} bytes rank {ref.rank}",

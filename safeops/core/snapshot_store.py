@@ -108,7 +108,7 @@ def _endpoint() -> str:
 
 
 @contextmanager
-def _s3_errors(what: str) -> Iterator[None]:
+def s3_errors(what: str) -> Iterator[None]:
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import ClientError, EndpointConnectionError
 
@@ -257,7 +257,7 @@ def _publish_to_s3(parts: SnapshotParts, location: Location, base_name: str) -> 
     client = s3_client()
     size = len(parts.header) + parts.body.stat().st_size + len(parts.trailer)
     with open(parts.body, "rb") as body, \
-            _s3_errors(f"writing to s3://{location.root}/{location.prefix}"):
+            s3_errors(f"writing to s3://{location.root}/{location.prefix}"):
         for name in _free_names(base_name):
             key = f"{location.prefix}/{name}" if location.prefix else name
             if _s3_exists(client, location.root, key):
@@ -403,10 +403,10 @@ def open_chunks(uri: str) -> Iterator[Iterator[bytes]]:
         return
     client = s3_client()
     key = f"{location.prefix}/{name}" if location.prefix else name
-    with _s3_errors(f"reading {uri}"):
+    with s3_errors(f"reading {uri}"):
         body = client.get_object(Bucket=location.root, Key=key)["Body"]
     try:
-        with _s3_errors(f"reading {uri}"):
+        with s3_errors(f"reading {uri}"):
             yield iter(lambda: body.read(CHUNK), b"")
     finally:
         body.close()
@@ -434,7 +434,7 @@ def list_snapshots(location: Location, kind_prefix: str) -> list[str]:
     client = s3_client()
     prefix = f"{location.prefix}/{kind_prefix}" if location.prefix else kind_prefix
     keys: list[str] = []
-    with _s3_errors(f"listing s3://{location.root}/{prefix}"):
+    with s3_errors(f"listing s3://{location.root}/{prefix}"):
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.root,
                                                                       Prefix=prefix):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
@@ -473,5 +473,5 @@ def remove(uri: str) -> None:
         (Path(location.root) / name).unlink(missing_ok=True)
         return
     key = f"{location.prefix}/{name}" if location.prefix else name
-    with _s3_errors(f"deleting {uri}"):
+    with s3_errors(f"deleting {uri}"):
         s3_client().delete_object(Bucket=location.root, Key=key)

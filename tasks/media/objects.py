@@ -2,6 +2,8 @@
 
 Besides HEAD checks, the ImageRef migration needs server-side copies and
 uploads that never overwrite a key and are checked (size, etag) after writing.
+At the pipeline's level, not under ``refs``, because two steps ask: the verify's
+object check (``head_missing``) and every refs step (keys, copies, uploads).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from urllib.parse import unquote
 
 from safeops.core.errors import BadInput, KeyTaken, ObjectMismatch
 from safeops.core.settings import get_settings
-from safeops.core.snapshot_store import _s3_errors, s3_client
+from safeops.core.snapshot_store import s3_client, s3_errors
 
 
 def key_for_url(url: str, file_url: str) -> str | None:
@@ -57,7 +59,7 @@ def head_missing(images: Iterable[tuple[str, str]], workers: int = 16) -> tuple[
 
     missing: list[str] = []
     count = 0
-    with _s3_errors(f"checking objects in bucket {bucket}"), ThreadPoolExecutor(workers) as pool:
+    with s3_errors(f"checking objects in bucket {bucket}"), ThreadPoolExecutor(workers) as pool:
         for image_id, ok in pool.map(exists, images):
             if not ok:
                 count += 1

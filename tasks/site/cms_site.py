@@ -22,6 +22,7 @@ from safeops.core.settings import describe_target, get_settings
 from tasks.common.audit import applied_counts, recorded_for_snapshot, write_audit
 from tasks.common.guards import FileCheck, refuse_if_plan_moved
 from tasks.common.retry import TRANSIENT_RETRIES
+from tasks.common.run_id import current_flow_run_id as _flow_run_id
 from tasks.common.snapshots import (
     finish_and_publish,
     new_writer,
@@ -30,7 +31,6 @@ from tasks.common.snapshots import (
     refuse_foreign,
     source_fields,
 )
-from tasks.media.medusa_media import _flow_run_id
 from tasks.site import cms_sql as sql
 
 SNAPSHOT_PREFIX = "cms-site-structure-snapshot"

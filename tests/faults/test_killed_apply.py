@@ -223,9 +223,9 @@ def lose_the_first_commit_ack(monkeypatch: pytest.MonkeyPatch, module: Any) -> l
 def test_purge_whose_commit_ack_is_lost_reports_its_own_audit_counts(
         medusa_url: str, exports: Path, media_states: States,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.media.medusa_media
+    import tasks.media.purge
 
-    armed = lose_the_first_commit_ack(monkeypatch, tasks.media.medusa_media)
+    armed = lose_the_first_commit_ack(monkeypatch, tasks.media.purge)
     with answer_approval(approve_as()) as approvals:
         result = purge_product_media(dry_run=False)
     assert armed == ["armed", "lost"]  # the retry found the audit row, wrote no second one

@@ -171,7 +171,7 @@ NOT_SNAPSHOTS = [b"hello, this is not json\n", b"<html></html>\n", b'{"just": "j
 def test_a_file_that_is_not_a_snapshot_is_bad_input(medusa_url: str, exports: Path) -> None:
     from safeops.core.errors import NotASnapshot, SnapshotInvalid
     from safeops.core.snapshot_format import SnapshotReader
-    from tasks.media.medusa_sql import MEDIA_FORMAT
+    from tasks.media.snapshot import MEDIA_FORMAT
 
     for content in NOT_SNAPSHOTS:
         with pytest.raises(NotASnapshot, match="not a safeops snapshot"):

@@ -42,7 +42,7 @@ def s3_down(monkeypatch: pytest.MonkeyPatch) -> str:
     from moto.server import ThreadedMotoServer
 
     from tasks.common.retry import TRANSIENT_RETRIES
-    from tasks.media.medusa_media import take_media_snapshot
+    from tasks.media.snapshot import take_media_snapshot
     from tasks.site.cms_site import snapshot_site
     from tests.conftest import free_port
 

@@ -233,12 +233,9 @@ def test_apply_without_a_verify_compares_the_file_and_a_wrong_file_hash_is_refus
     from safeops.core.errors import SnapshotInvalid
     from safeops.core.models import Approval
     from tasks.common.snapshots import now_utc
-    from tasks.media.medusa_media import (
-        apply_media_purge,
-        plan_media_purge,
-        take_media_snapshot,
-        verify_media_snapshot,
-    )
+    from tasks.media.purge import apply_media_purge, plan_media_purge
+    from tasks.media.snapshot import take_media_snapshot
+    from tasks.media.verify import verify_media_snapshot
 
     approval = Approval(approver="alice", reason="test", via="saved-plan")
     uri = take_media_snapshot.fn("medusa", str(exports)).uri
@@ -279,7 +276,8 @@ def test_an_image_no_snapshot_can_hold_is_never_deleted(medusa_url: str,
     # The same refusal when the apply compares the file itself (no verify to lean on).
     from safeops.core.models import Approval
     from tasks.common.snapshots import now_utc
-    from tasks.media.medusa_media import apply_media_purge, plan_media_purge, take_media_snapshot
+    from tasks.media.purge import apply_media_purge, plan_media_purge
+    from tasks.media.snapshot import take_media_snapshot
 
     uri = take_media_snapshot.fn("medusa", str(exports)).uri
     with pytest.raises(DriftDetected, match="does not hold"):

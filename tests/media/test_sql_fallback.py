@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import MEDUSA_TABLES
 from tests.pg import execute, scalar, table_checksums
 
-SQL_FILE = Path(__file__).resolve().parent.parent / "sql" / "purge-product-media.sql"
+SQL_FILE = Path(__file__).resolve().parents[2] / "sql" / "purge-product-media.sql"
 PSQL = shutil.which("psql")
 COUNT_COLUMNS = ["images", "variant_links", "product_thumbnails", "variant_thumbnails"]
 CHANGED_COLUMNS = {"variant_links_deleted": "variant_links", "images_deleted": "images",

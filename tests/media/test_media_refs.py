@@ -33,8 +33,8 @@ from safeops.core.image_ref import (
     schema_text,
 )
 from safeops.seeds.medusa import FILE_URL
-from tasks.media import refs
 from tasks.media.objects import key_for_url
+from tasks.media.refs import write as refs_write
 from tests.conftest import MEDUSA_TABLES, answer_approval, approve_as
 from tests.pg import execute, table_checksums
 
@@ -165,7 +165,8 @@ def _check_refs(media: Media) -> dict[str, dict[str, Any]]:
 def test_schema_file_is_generated_from_the_model() -> None:
     Draft202012Validator.check_schema(json_schema())
     assert committed_schema_text() == schema_text(), (
-        "regenerate: uv run python -m safeops.core.image_ref > safeops/schemas/image-ref.schema.json")
+        "regenerate: uv run python -m safeops.core.image_ref"
+        " > safeops/schemas/image-ref.schema.json")
 
 
 def test_dry_run_reports_and_writes_nothing(media: Media) -> None:
@@ -240,7 +241,7 @@ def test_killed_run_is_resumed_without_copying_twice(media: Media,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Copies made, then the ref writing dies part-way (a trigger stands in for the
     crash): the next run reuses the copies, writes the missing refs, copies nothing."""
-    monkeypatch.setattr(media_refs, "WRITE_BATCH", 3)
+    monkeypatch.setattr(refs_write, "WRITE_BATCH", 3)
     last = _rows(media.url, "SELECT max(product_id) FROM image WHERE deleted_at IS NULL")[0][0]
     execute(media.url, f"""
         CREATE FUNCTION crash_on_media() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -370,7 +371,7 @@ def test_merge_keeps_other_refs_replaces_stale_and_never_duplicates() -> None:
     from datetime import UTC, datetime
 
     from safeops.core.image_ref import ImageRef, MediaRefs
-    from tasks.media.refs import merge_refs
+    from tasks.media.refs.write import merge_refs
 
     def ref(n: int, source: str | None, etag: str, rank: int) -> ImageRef:
         key = f"products/prod_1/20260101T00000{n}Z-{uuid.UUID(int=n, version=4)}.jpg"

@@ -1,0 +1,155 @@
+"""Restore product media from a snapshot: the plan people approve, and the apply that inserts it.
+
+Both load the snapshot into temp tables (``loaded``); RESTORE_PLAN_SQL sorts
+every snapshot row into new / already present / owner gone, and the apply
+inserts exactly the new ones under the purge's lock (``lock_media_tables``),
+never clobbering a thumbnail set since. A file edited after the purge that
+wrote it is refused (``verify.refuse_if_edited``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import task
+from sqlalchemy import Connection, text
+
+from safeops.core.db import engine_for, fingerprint, read_snapshot, transaction
+from safeops.core.models import Approval, Plan, plan_hash_of
+from safeops.core.settings import describe_target, get_settings
+from tasks.common.audit import applied_counts, write_audit
+from tasks.common.guards import refuse_if_plan_moved, require_as_planned
+from tasks.common.retry import TRANSIENT_RETRIES
+from tasks.common.run_id import current_flow_run_id
+from tasks.common.snapshots import open_snapshot, refuse_foreign
+from tasks.media.loaded import load_snapshot
+from tasks.media.purge import lock_media_tables
+from tasks.media.snapshot import MEDIA_FORMAT
+from tasks.media.verify import refuse_if_edited
+
+# One pass per loaded table: each snapshot row meets the live row with its id
+# (and, for an image, its product; for a link, its image live or restored) by
+# LEFT JOINs on primary keys, which never repeat a row, and FILTERs sort it into
+# new / present / owner gone. _snap_image ids are distinct (load_snapshot
+# refuses a body that repeats ids), so the links' join to it repeats nothing
+# either.
+RESTORE_PLAN_SQL = text("""
+WITH images AS (
+  SELECT count(*) FILTER (WHERE i.id IS NULL AND p.id IS NOT NULL) AS new,
+         count(i.id) AS present,
+         count(*) FILTER (WHERE i.id IS NULL AND p.id IS NULL) AS owner_gone
+  FROM _snap_image s
+  LEFT JOIN image i ON i.id = s.id
+  LEFT JOIN product p ON p.id = s.product_id
+), links AS (
+  SELECT count(*) FILTER (WHERE l.id IS NULL AND (i.id IS NOT NULL OR sp.id IS NOT NULL)) AS new,
+         count(l.id) AS present
+  FROM _snap_link s
+  LEFT JOIN product_variant_product_image l ON l.id = s.id
+  LEFT JOIN image i ON i.id = s.image_id
+  LEFT JOIN _snap_image si ON si.id = s.image_id
+  LEFT JOIN product sp ON sp.id = si.product_id
+), pthumbs AS (
+  SELECT count(*) FILTER (WHERE p.id IS NOT NULL AND p.thumbnail IS NULL) AS set,
+         count(p.thumbnail) AS kept, count(*) FILTER (WHERE p.id IS NULL) AS owner_gone
+  FROM _snap_product_thumb s LEFT JOIN product p ON p.id = s.id
+), vthumbs AS (
+  SELECT count(*) FILTER (WHERE v.id IS NOT NULL AND v.thumbnail IS NULL) AS set,
+         count(v.thumbnail) AS kept, count(*) FILTER (WHERE v.id IS NULL) AS owner_gone
+  FROM _snap_variant_thumb s LEFT JOIN product_variant v ON v.id = s.id
+)
+SELECT images.new, images.present, images.owner_gone, links.new, links.present,
+       pthumbs.set, pthumbs.kept, vthumbs.set, vthumbs.kept,
+       pthumbs.owner_gone + vthumbs.owner_gone
+FROM images, links, pthumbs, vthumbs
+""")
+
+
+def restore_plan(conn: Connection, target: str, body_sha256: str) -> Plan:
+    (img_new, img_present, img_orphan, link_new, link_present, pt_set, pt_kept, vt_set, vt_kept,
+     thumb_orphan) = (int(v) for v in conn.execute(RESTORE_PLAN_SQL).one())
+    counts = {"images": img_new, "variant_links": link_new, "product_thumbnails": pt_set,
+              "variant_thumbnails": vt_set}
+    skipped = {"images_already_present": img_present, "images_product_gone": img_orphan,
+               "variant_links_already_present": link_present,
+               "product_thumbnails_kept": pt_kept, "variant_thumbnails_kept": vt_kept,
+               "thumbnails_owner_gone": thumb_orphan}
+    notes = [f"{v} {k.replace('_', ' ')}" for k, v in skipped.items() if v]
+    return Plan(kind="restore-product-media", target=target, counts={**counts, **skipped},
+                plan_hash=plan_hash_of({"restore-product-media": {**counts, **skipped},
+                                        "snapshot": body_sha256}),
+                notes=notes)
+
+
+def insert_snapshot_rows(conn: Connection, plan: Plan) -> dict[str, int]:
+    """Same ids, urls, ranks, metadata and timestamps; never clobbers a newer thumbnail.
+
+    Inserts the rows ``plan`` (restore_plan, this transaction, under
+    lock_media_tables: nothing else writes these tables until we commit) counts
+    as new: absent from the table and whose product (for a link: image)
+    exists. No statement here reads the table it grows: an INSERT whose own NOT
+    EXISTS did got planned for the (empty, after a purge) table as a nested
+    loop over a sequential scan, every inserted row lengthening the scan for
+    the next: quadratic, hours at 1M images. When the plan found some rows
+    already present, ON CONFLICT skips them (probing the primary key row by
+    row; the snapshot's own ids are distinct, load_snapshot checked); when it
+    found none, as after a purge, a plain INSERT skips that probe, and a
+    present id would abort the transaction rather than be skipped silently."""
+    images = conn.execute(text(
+        "INSERT INTO image SELECT s.* FROM _snap_image s "
+        "WHERE EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)"
+        + _skip_present(plan, "images_already_present"))).rowcount
+    links = conn.execute(text(
+        "INSERT INTO product_variant_product_image SELECT s.* FROM _snap_link s "
+        "WHERE EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)"
+        + _skip_present(plan, "variant_links_already_present"))).rowcount
+    pthumbs = conn.execute(text(
+        "UPDATE product p SET thumbnail = s.thumbnail, updated_at = now() "
+        "FROM _snap_product_thumb s WHERE p.id = s.id AND p.thumbnail IS NULL")).rowcount
+    vthumbs = conn.execute(text(
+        "UPDATE product_variant v SET thumbnail = s.thumbnail, updated_at = now() "
+        "FROM _snap_variant_thumb s WHERE v.id = s.id AND v.thumbnail IS NULL")).rowcount
+    return {"images": images, "variant_links": links, "product_thumbnails": pthumbs,
+            "variant_thumbnails": vthumbs}
+
+
+def _skip_present(plan: Plan, count: str) -> str:
+    return " ON CONFLICT (id) DO NOTHING" if plan.counts[count] else ""
+
+
+# ---------------------------------------------------------------- tasks
+
+@task(name="plan-media-restore", **TRANSIENT_RETRIES)
+def plan_media_restore(target: str, uri: str, force: bool) -> Plan:
+    with open_snapshot(uri, MEDIA_FORMAT) as reader, \
+            read_snapshot(engine_for(target)) as conn:
+        refuse_foreign(reader, fingerprint(conn), force)
+        load_snapshot(conn, reader)
+        refuse_if_edited(conn, uri, reader.actual_sha256)
+        return restore_plan(conn, describe_target(target), reader.actual_sha256)
+
+
+@task(name="apply-media-restore", **TRANSIENT_RETRIES)
+def apply_media_restore(target: str, uri: str, force: bool, approved_plan_hash: str,
+                        approval: Approval, started_at: datetime) -> dict[str, int]:
+    flow_run_id = current_flow_run_id()
+    settings = get_settings()
+    with open_snapshot(uri, MEDIA_FORMAT) as reader, \
+            transaction(engine_for(target), lock_timeout_s=settings.lock_timeout_s) as conn:
+        done = applied_counts(conn, flow_run_id, "restore-product-media", approved_plan_hash)
+        if done is not None:
+            return done
+        lock_media_tables(conn)
+        refuse_foreign(reader, fingerprint(conn), force)
+        load_snapshot(conn, reader)
+        refuse_if_edited(conn, uri, reader.actual_sha256)
+        plan = restore_plan(conn, describe_target(target), reader.actual_sha256)
+        refuse_if_plan_moved(plan, approved_plan_hash,
+                             "the database changed since the restore was planned")
+        applied = insert_snapshot_rows(conn, plan)
+        require_as_planned(applied, plan, "Restore changed")
+        write_audit(conn, flow_run_id=flow_run_id, flow_name="restore-product-media",
+                    target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
+                    counts={"planned": plan.counts, "applied": applied}, snapshot_uri=uri,
+                    started_at=started_at)
+    return applied
