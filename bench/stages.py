@@ -191,7 +191,7 @@ def op_restore_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_reset_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.site.cms_site import apply_site_reset
+    from tasks.site.reset import apply_site_reset
 
     deleted = apply_site_reset.fn("cms", a["site"], a["uri"], a["plan_hash"], a["file_sha256"],
                                   _approval(), datetime.now(UTC))
@@ -231,8 +231,12 @@ def op_reset_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     """The media snapshot and purge plan every purge applies, and the site's reset plan."""
-    from tasks.site.cms_site import snapshot_site, verify_site_snapshot
-    from tasks.media.medusa_media import plan_media_purge, take_media_snapshot, verify_media_snapshot
+    from tasks.media.medusa_media import (
+        plan_media_purge,
+        take_media_snapshot,
+        verify_media_snapshot,
+    )
+    from tasks.site.snapshot import snapshot_site, verify_site_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
     report = verify_media_snapshot.fn("medusa", ref.uri)  # what the flow hands the apply
@@ -267,8 +271,9 @@ def child_main(spec_path: str) -> None:
         # our modules, and the SQLAlchemy dialect the first engine would load.
         import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-        import tasks.site.cms_site
-        import tasks.media.medusa_media  # noqa: F401
+        import tasks.media.medusa_media
+        import tasks.site.reset
+        import tasks.site.restore  # noqa: F401
     if spec["op"] in PREPARE:
         PREPARE[spec["op"]](spec["args"])
     rss_start = _status_kb("VmRSS")
@@ -351,8 +356,9 @@ class Zygote:
 def zygote_main() -> None:
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
-    import tasks.site.cms_site
-    import tasks.media.medusa_media  # noqa: F401
+    import tasks.media.medusa_media
+    import tasks.site.reset
+    import tasks.site.restore  # noqa: F401
 
     print("ready", flush=True)
     for line in sys.stdin:
@@ -624,8 +630,9 @@ def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
     from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
     from flows.site_reset import reset_site_structure
     from flows.site_restore import restore_site_structure
-    from tasks.site.cms_site import plan_site_restore, snapshot_site
     from tasks.media.medusa_media import plan_media_purge, plan_media_restore
+    from tasks.site.restore import plan_site_restore
+    from tasks.site.snapshot import snapshot_site
 
     harness: Any = nullcontext()
     if not os.environ.get("PREFECT_API_URL"):

@@ -25,17 +25,12 @@ from safeops.core.models import RunResult
 from safeops.core.settings import validate_target
 from tasks.common.approval import check_saved_plan, request_approval
 from tasks.common.artifacts import counts_table, snapshot_link, summary_markdown
-from tasks.site.cms_site import (
-    apply_site_reset,
-    check_site,
-    parse_site_id,
-    snapshot_site,
-    verify_site_reset,
-    verify_site_snapshot,
-)
-from tasks.site.cms_sql import HEADLINE
 from tasks.common.slot import limit_name, one_at_a_time
 from tasks.common.snapshots import now_utc
+from tasks.site.check import check_site, parse_site_id
+from tasks.site.reset import apply_site_reset, verify_site_reset
+from tasks.site.snapshot import snapshot_site, verify_site_snapshot
+from tasks.site.structure import HEADLINE
 
 FLOW = "reset-site-structure"
 

@@ -18,8 +18,8 @@ from safeops.core.models import RunResult
 from safeops.core.settings import validate_target
 from tasks.common.approval import check_saved_plan, request_approval
 from tasks.common.artifacts import counts_table, summary_markdown
-from tasks.site.cms_site import apply_site_restore, plan_site_restore
 from tasks.common.snapshots import now_utc
+from tasks.site.restore import apply_site_restore, plan_site_restore
 
 FLOW = "restore-site-structure"
 WORK = ("content_types", "authors", "categories", "pages", "seo_entries", "term_links",

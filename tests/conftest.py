@@ -28,7 +28,7 @@ os.environ.update({
 })
 os.environ.pop("PREFECT_API_URL", None)
 
-from safeops import events  # noqa: E402
+from safeops.core import events  # noqa: E402
 from safeops.seeds.medusa import load_schema, seed_medusa  # noqa: E402
 from tests.pg import fresh_database, server_url  # noqa: E402
 
@@ -159,8 +159,8 @@ def cms_template(pg_admin: str) -> Iterator[tuple[str, dict[str, str]]]:
     yields (database name, {slug: site id}). Only ever copied, never connected to."""
     from sqlalchemy import create_engine
 
-    from safeops.seeds.cms import seed_cms
     from safeops.core.settings import sqlalchemy_url
+    from safeops.seeds.cms import seed_cms
 
     with fresh_database(pg_admin, prefix="safeops_tmpl") as url:
         engine = create_engine(sqlalchemy_url(url))
