@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,7 @@ def read_artifacts(run_id: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- 1. original acceptance
 
 
-def test_only_sites_without_published_posts_reset_and_a_refusal_deletes_nothing(
+def test_one_published_post_turns_check_and_reset_to_refusals_that_write_nothing(
         cms: Cms, exports: Path) -> None:
     url, sites = cms
     atelier = sites["atelier"]
@@ -299,6 +300,8 @@ def test_reset_keeps_what_it_must_and_reapplying_the_blueprint_is_clean(
 
 
 def test_dry_run_changes_nothing_and_writes_a_readable_snapshot(cms: Cms, exports: Path) -> None:
+    from tests.faults.conftest import read_snapshot_file
+
     url, sites = cms
     before = table_checksums(url, CMS_TABLES)
     result = reset_site_structure(sites["atelier"])  # dry run is the default
@@ -319,6 +322,15 @@ def test_dry_run_changes_nothing_and_writes_a_readable_snapshot(cms: Cms, export
     for line in expected:
         assert line in head, line
     assert any(line.startswith('"bodySha256": "') for line in head)
+    # The body reads back line by line: one JSON document per row, as many of each kind
+    # as the summary says.
+    summary, body_key, docs = read_snapshot_file(result.snapshot_uri)
+    assert body_key == "rows" and summary["totalRows"] == len(docs)
+    bodies = [json.loads(doc) for doc in docs]
+    kinds = Counter(body["kind"] for body in bodies)
+    assert kinds == {k.removeprefix("total_"): v for k, v in summary.items()
+                     if k.startswith("total_") and v}
+    assert all(isinstance(body["row"], dict) and body["row"] for body in bodies)
     assert result.plan.counts["posts_losing_author"] == 3
     assert result.plan.counts["posts_losing_category_links"] == 5
 
