@@ -191,7 +191,7 @@ def op_restore_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_reset_ours(a: dict[str, Any]) -> dict[str, Any]:
-    from tasks.site.cms_site import apply_site_reset
+    from tasks.site.reset import apply_site_reset
 
     deleted = apply_site_reset.fn("cms", a["site"], a["uri"], a["plan_hash"], a["file_sha256"],
                                   _approval(), datetime.now(UTC))
@@ -234,7 +234,7 @@ def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     from tasks.media.purge import plan_media_purge
     from tasks.media.snapshot import take_media_snapshot
     from tasks.media.verify import verify_media_snapshot
-    from tasks.site.cms_site import snapshot_site, verify_site_snapshot
+    from tasks.site.snapshot import snapshot_site, verify_site_snapshot
 
     ref = take_media_snapshot.fn("medusa", a["location"])
     report = verify_media_snapshot.fn("medusa", ref.uri)  # what the flow hands the apply
@@ -332,7 +332,7 @@ class Zygote:
 
     PRELOAD = ("sqlalchemy.dialects.postgresql.psycopg", "tasks.media.purge",
                "tasks.media.restore", "tasks.media.snapshot", "tasks.media.verify",
-               "tasks.site.cms_site", "bench.stages")
+               "tasks.site.reset", "tasks.site.restore", "bench.stages")
 
     def __init__(self, env: dict[str, str]) -> None:
         import multiprocessing
@@ -620,7 +620,8 @@ def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
     from flows.site_restore import restore_site_structure
     from tasks.media.purge import plan_media_purge
     from tasks.media.restore import plan_media_restore
-    from tasks.site.cms_site import plan_site_restore, snapshot_site
+    from tasks.site.restore import plan_site_restore
+    from tasks.site.snapshot import snapshot_site
 
     harness: Any = nullcontext()
     if not os.environ.get("PREFECT_API_URL"):

@@ -24,15 +24,10 @@ from safeops.core.models import RunResult
 from safeops.core.settings import validate_target
 from tasks.common.artifacts import snapshot_link
 from tasks.common.destructive import destructive_run
-from tasks.site.cms_site import (
-    apply_site_reset,
-    check_site,
-    parse_site_id,
-    snapshot_site,
-    verify_site_reset,
-    verify_site_snapshot,
-)
-from tasks.site.cms_sql import HEADLINE
+from tasks.site.check import check_site, parse_site_id
+from tasks.site.reset import apply_site_reset, verify_site_reset
+from tasks.site.snapshot import snapshot_site, verify_site_snapshot
+from tasks.site.structure import HEADLINE
 
 FLOW = "reset-site-structure"
 

@@ -17,8 +17,9 @@ from safeops.core.models import RunResult
 from safeops.core.settings import validate_target
 from tasks.common.destructive import counts_of, destructive_run
 from tasks.common.snapshots import summary_of
-from tasks.site.cms_site import apply_site_restore, parse_site_id, plan_site_restore
-from tasks.site.cms_sql import SITE_FORMAT
+from tasks.site.check import parse_site_id
+from tasks.site.restore import apply_site_restore, plan_site_restore
+from tasks.site.snapshot import SITE_FORMAT
 
 FLOW = "restore-site-structure"
 WORK = ("content_types", "authors", "categories", "pages", "seo_entries", "term_links",

@@ -40,6 +40,39 @@ MEDIA_PURGE_MODEL = [
 ]
 
 
+# An independent model of a site reset (not the product's SQL), written from the README's
+# "CMS schema contract": a reset of :site deletes the SEO meta of its categories, authors
+# and pages, its categories (a term whose parent was one of them is detached, not
+# cascaded away), authors, pages and content types, and resets its blueprint state.
+# Posts (of any site) lose its authors, content types and category links but stay, with
+# their SEO meta; tags, media, users, domains, settings, blueprints, AI jobs and every
+# other site stay. What the schema's ON DELETE actions would do is written out too, so
+# the model does not lean on them.
+SITE_RESET_MODEL = [
+    "DELETE FROM seo_meta s USING terms x WHERE s.entity_type = 'term' "
+    "AND x.id = s.entity_id AND x.site_id = :site AND x.type = 'category'",
+    "DELETE FROM seo_meta s USING authors x WHERE s.entity_type = 'author' "
+    "AND x.id = s.entity_id AND x.site_id = :site",
+    "DELETE FROM seo_meta s USING content x WHERE s.entity_type = 'content' "
+    "AND x.id = s.entity_id AND x.site_id = :site AND x.type = 'page'",
+    "DELETE FROM content_terms l USING terms x "
+    "WHERE x.id = l.term_id AND x.site_id = :site AND x.type = 'category'",
+    "DELETE FROM content_terms l USING content x "
+    "WHERE x.id = l.content_id AND x.site_id = :site AND x.type = 'page'",
+    "UPDATE terms t SET parent_id = NULL FROM terms p "
+    "WHERE p.id = t.parent_id AND p.site_id = :site AND p.type = 'category'",
+    "UPDATE content c SET author_id = NULL FROM authors a "
+    "WHERE a.id = c.author_id AND a.site_id = :site",
+    "UPDATE content c SET content_type_id = NULL FROM content_type x "
+    "WHERE x.id = c.content_type_id AND x.site_id = :site",
+    "DELETE FROM content WHERE site_id = :site AND type = 'page'",
+    "DELETE FROM terms WHERE site_id = :site AND type = 'category'",
+    "DELETE FROM authors WHERE site_id = :site",
+    "DELETE FROM content_type WHERE site_id = :site",
+    "UPDATE sites SET active_blueprint_version = NULL, setup_status = 'draft' WHERE id = :site",
+]
+
+
 def checksums(conn_or_url: psycopg.Connection[Any] | str, tables: list[str],
               ignore: tuple[str, ...] = STAMPS) -> dict[str, str]:
     """count:md5 of every row of each table (as jsonb, minus the ``ignore`` keys)."""
@@ -90,9 +123,10 @@ def purge_model(conn: Any) -> None:
 
 def reset_model(site_id: str) -> Callable[[Any], None]:
     def apply(conn: Any) -> None:
-        from tasks.site import cms_sql
+        from sqlalchemy import text
 
-        cms_sql.delete_structure(conn, site_id)
+        for statement in SITE_RESET_MODEL:
+            conn.execute(text(statement), {"site": site_id})
     return apply
 
 

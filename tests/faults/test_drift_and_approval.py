@@ -3,7 +3,7 @@ approval, and approvals that are refused, at the exit codes DESIGN.md promises.
 
 Covered elsewhere (flows, not repeated): an image added or removed during the pause
 (tests/test_media_safety.py), a post published during the pause or while the apply
-waits on its locks (tests/test_site_reset_safety.py), rejection, wrong confirmation,
+waits on its locks (tests/site/test_site_reset_safety.py), rejection, wrong confirmation,
 timeout and the allowlist for both flows, and `--live` without a terminal (exit 4,
 tests/test_cli.py).
 """

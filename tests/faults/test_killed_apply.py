@@ -240,11 +240,11 @@ def test_purge_whose_commit_ack_is_lost_reports_its_own_audit_counts(
 
 def test_site_reset_whose_commit_ack_is_lost_reports_its_own_audit_counts(
         cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.site.cms_site
+    import tasks.site.reset
 
     url, sites = cms
     states = site_states(url, sites["atelier"])
-    armed = lose_the_first_commit_ack(monkeypatch, tasks.site.cms_site)
+    armed = lose_the_first_commit_ack(monkeypatch, tasks.site.reset)
     with answer_approval(approve_as()) as approvals:
         result = reset_site_structure(sites["atelier"], dry_run=False)
     assert armed == ["armed", "lost"]

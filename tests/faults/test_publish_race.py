@@ -1,8 +1,9 @@
 """Fault 8: the race the original feature could not close, "publish a post" against
 "reset the site", over 200 seeded random interleavings.
 
-Each round runs the apply's own guard and delete (``tasks.cms_sql``: lock the site,
-re-count published posts, delete the structure, commit) in one thread and a publisher
+Each round runs the apply's own guard and delete (``tasks.site.reset`` and
+``tasks.site.check``: lock the site, re-count published posts, delete the structure,
+commit) in one thread and a publisher
 in another (publish a draft, or insert a new published post), with random pauses
 between every step. The invariant: a reset never commits while a published post of
 the site is committed, i.e. if the reset deleted the structure, every publish of the
@@ -44,7 +45,8 @@ class Race:
 
     def round(self, n: int, kind: str, draft: str, new_post: str,
               pause: list[float]) -> dict[str, Any]:
-        from tasks.site import cms_sql
+        from tasks.site.check import published_posts
+        from tasks.site.reset import delete_structure, lock_site_for_reset
 
         start = threading.Barrier(2)
         seen: dict[str, Any] = {}
@@ -56,12 +58,12 @@ class Race:
             with conn.begin():
                 conn.execute(text("SET LOCAL lock_timeout = '10s'"))
                 time.sleep(pause[1])
-                cms_sql.lock_site_for_reset(conn, site)
+                lock_site_for_reset(conn, site)
                 time.sleep(pause[2])
-                seen["published"] = cms_sql.published_posts(conn, site)
+                seen["published"] = published_posts(conn, site)
                 time.sleep(pause[3])
                 if seen["published"] == 0:
-                    seen["deleted"] = cms_sql.delete_structure(conn, site)
+                    seen["deleted"] = delete_structure(conn, site)
                 seen["pre_commit"] = self.tick()  # the reset commits after this
 
         def publish() -> None:

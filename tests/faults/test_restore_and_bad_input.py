@@ -2,13 +2,13 @@
 gives a clear report (exit 2) or a clean no-op, and changes nothing.
 
 Covered elsewhere: restore run twice (tests/test_media_safety.py::
-test_purge_twice_then_restore_twice, tests/test_site_reset_safety.py::
+test_purge_twice_then_restore_twice, tests/site/test_site_reset_safety.py::
 test_restore_twice_restores_nothing_the_second_time), restore of a snapshot whose
 products were since deleted (tests/test_media_safety.py::
 test_restore_keeps_newer_thumbnails_and_skips_deleted_products), conflicting rows
-created after a reset (tests/test_site_reset_safety.py::
+created after a reset (tests/site/test_site_reset_safety.py::
 test_restore_refuses_conflicts_unless_told_to_skip_them), malformed site ids
-(tests/test_site_reset_safety.py::test_malformed_or_unknown_site_id_is_bad_input and
+(tests/site/test_site_reset_safety.py::test_malformed_or_unknown_site_id_is_bad_input and
 test_cli_exit_codes_and_output_lines).
 """
 

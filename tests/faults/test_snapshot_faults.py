@@ -43,7 +43,7 @@ def s3_down(monkeypatch: pytest.MonkeyPatch) -> str:
 
     from tasks.common.retry import TRANSIENT_RETRIES
     from tasks.media.snapshot import take_media_snapshot
-    from tasks.site.cms_site import snapshot_site
+    from tasks.site.snapshot import snapshot_site
     from tests.conftest import free_port
 
     port = free_port()
@@ -224,13 +224,13 @@ def rehash_site(uri: str, *, recompute_plan_hash: bool) -> None:
 def site_plan_hash_of(docs: list[bytes], summary: dict[str, object]) -> str:
     """The plan hash these rows hash to, computed the way verification does."""
     from safeops.core.db import engine_for, read_snapshot
-    from tasks.site import cms_sql
+    from tasks.site.snapshot import load_snapshot, snapshot_plan_hash
 
     engine = engine_for("cms")
     try:
         with read_snapshot(engine) as conn:
-            cms_sql.load_snapshot(conn, iter(docs), "forged")
-            derived, _ = cms_sql.snapshot_plan_hash(conn, str(summary["siteId"]))
+            load_snapshot(conn, iter(docs), "forged")
+            derived, _ = snapshot_plan_hash(conn, str(summary["siteId"]))
             return derived
     finally:
         engine.dispose()
@@ -335,7 +335,8 @@ def test_site_reset_apply_refuses_a_file_edited_after_its_verify(cms: Cms,
 
     from safeops.core.errors import SnapshotInvalid
     from safeops.core.models import Approval
-    from tasks.site.cms_site import apply_site_reset, snapshot_site, verify_site_snapshot
+    from tasks.site.reset import apply_site_reset
+    from tasks.site.snapshot import snapshot_site, verify_site_snapshot
 
     url, sites = cms
     site = sites["atelier"]

@@ -31,7 +31,7 @@ def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
     SAFEOPS_RETRY_DELAY_S=0.1); the unknown database in-process (not retried)."""
     from prefect.types._datetime import now
 
-    from tasks.site.cms_site import check_site
+    from tasks.site.check import check_site
 
     closed = free_port()
     medusa = f"postgresql://shop_admin:{PASSWORD}@127.0.0.1:{closed}/shop"
@@ -100,7 +100,7 @@ def test_no_cms_secret_in_output_parameters_logs_artifacts_snapshots_or_audit(
 
     from flows.site_reset import check_site_reset, reset_site_structure
     from flows.site_restore import restore_site_structure
-    from tasks.site.cms_site import check_site
+    from tasks.site.check import check_site
 
     url, sites = cms_with_password
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)

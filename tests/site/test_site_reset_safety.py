@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,7 @@ def read_artifacts(run_id: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- 1. original acceptance
 
 
-def test_only_sites_without_published_posts_reset_and_a_refusal_deletes_nothing(
+def test_one_published_post_turns_check_and_reset_to_refusals_that_write_nothing(
         cms: Cms, exports: Path) -> None:
     url, sites = cms
     atelier = sites["atelier"]
@@ -299,6 +300,8 @@ def test_reset_keeps_what_it_must_and_reapplying_the_blueprint_is_clean(
 
 
 def test_dry_run_changes_nothing_and_writes_a_readable_snapshot(cms: Cms, exports: Path) -> None:
+    from tests.faults.conftest import read_snapshot_file
+
     url, sites = cms
     before = table_checksums(url, CMS_TABLES)
     result = reset_site_structure(sites["atelier"])  # dry run is the default
@@ -319,6 +322,15 @@ def test_dry_run_changes_nothing_and_writes_a_readable_snapshot(cms: Cms, export
     for line in expected:
         assert line in head, line
     assert any(line.startswith('"bodySha256": "') for line in head)
+    # The body reads back line by line: one JSON document per row, as many of each kind
+    # as the summary says.
+    summary, body_key, docs = read_snapshot_file(result.snapshot_uri)
+    assert body_key == "rows" and summary["totalRows"] == len(docs)
+    bodies = [json.loads(doc) for doc in docs]
+    kinds = Counter(body["kind"] for body in bodies)
+    assert kinds == {k.removeprefix("total_"): v for k, v in summary.items()
+                     if k.startswith("total_") and v}
+    assert all(isinstance(body["row"], dict) and body["row"] for body in bodies)
     assert result.plan.counts["posts_losing_author"] == 3
     assert result.plan.counts["posts_losing_category_links"] == 5
 
@@ -418,7 +430,8 @@ def test_publish_committed_while_the_apply_waits_on_its_lock_refuses(cms: Cms,
 
 def test_publishers_wait_while_the_reset_holds_its_locks(cms: Cms) -> None:
     from safeops.core.db import engine_for, transaction
-    from tasks.site import cms_sql
+    from tasks.site.check import published_posts
+    from tasks.site.reset import delete_structure, lock_site_for_reset
 
     url, sites = cms
     atelier, gazette = sites["atelier"], sites["gazette"]
@@ -434,14 +447,14 @@ def test_publishers_wait_while_the_reset_holds_its_locks(cms: Cms) -> None:
     engine = engine_for("cms")
     try:
         with transaction(engine) as conn:
-            cms_sql.lock_site_for_reset(conn, atelier)
+            lock_site_for_reset(conn, atelier)
             with pytest.raises(pg_errors.LockNotAvailable):
                 attempt(insert, atelier, "late-news")
             with pytest.raises(pg_errors.LockNotAvailable):
                 attempt("UPDATE content SET status = 'published' WHERE id = %s", draft)
             attempt(insert, gazette, "late-news")  # other sites publish freely
-            assert cms_sql.published_posts(conn, atelier) == 0
-            deleted = cms_sql.delete_structure(conn, atelier)
+            assert published_posts(conn, atelier) == 0
+            deleted = delete_structure(conn, atelier)
             assert deleted["categories"] == 4
     finally:
         engine.dispose()
@@ -457,7 +470,7 @@ def test_publishers_wait_while_the_reset_holds_its_locks(cms: Cms) -> None:
 
 def current_plan_hash(site_id: str) -> str:
     from safeops.core.db import engine_for, read_snapshot
-    from tasks.site.cms_sql import reset_plan
+    from tasks.site.structure import reset_plan
 
     engine = engine_for("cms")
     try:
@@ -523,7 +536,8 @@ def test_a_snapshot_written_before_plan_digest_2_still_verifies_and_restores(
     digest (ordered md5, no "planDigest" key) must stay restorable, and a forged
     version number is refused as a format error."""
     from safeops.core.db import engine_for, read_snapshot
-    from tasks.site import cms_sql
+    from tasks.site.snapshot import load_snapshot, snapshot_plan_hash
+    from tasks.site.structure import DIGEST_VERSION
     from tests.faults.conftest import read_snapshot_file, write_snapshot_file
 
     url, sites = cms
@@ -531,12 +545,12 @@ def test_a_snapshot_written_before_plan_digest_2_still_verifies_and_restores(
     reset, _ = reset_live(sites["atelier"])
     uri = str(reset.snapshot_uri)
     summary, key, docs = read_snapshot_file(uri)
-    assert summary["planDigest"] == cms_sql.DIGEST_VERSION == 2
+    assert summary["planDigest"] == DIGEST_VERSION == 2
     engine = engine_for("cms")
     try:
         with read_snapshot(engine) as conn:
-            cms_sql.load_snapshot(conn, iter(docs), uri)
-            old_hash, _ = cms_sql.snapshot_plan_hash(conn, sites["atelier"], version=1)
+            load_snapshot(conn, iter(docs), uri)
+            old_hash, _ = snapshot_plan_hash(conn, sites["atelier"], version=1)
     finally:
         engine.dispose()
     assert old_hash != summary["planHash"]
@@ -818,7 +832,7 @@ def test_without_track_counts_the_kept_rows_checksum_still_guards(
     """With per-table counts switched off, the reset falls back to checksumming the
     site's kept rows (and users) before and after its deletes."""
     from safeops.core.errors import SafeopsError
-    from tasks.site import cms_sql
+    from tasks.site import kept_rows
 
     url, sites = cms
     atelier = sites["atelier"]
@@ -826,13 +840,13 @@ def test_without_track_counts_the_kept_rows_checksum_still_guards(
     execute(url, f'ALTER DATABASE "{database}" SET track_counts = off')
     assert scalar(url, "SHOW track_counts") == "off"
     checksummed: list[str] = []
-    real_kept_checksum = cms_sql.kept_checksum
+    real_kept_checksum = kept_rows.kept_checksum
 
     def kept_checksum(conn: Any, site_id: str) -> str:
         checksummed.append(site_id)
         return real_kept_checksum(conn, site_id)
 
-    monkeypatch.setattr(cms_sql, "kept_checksum", kept_checksum)
+    monkeypatch.setattr(kept_rows, "kept_checksum", kept_checksum)
     add_unplanned_writes(url, "trigger", atelier)
     before = table_checksums(url, CMS_TABLES)
     with answer_approval(approve_as()) as seen, \
