@@ -24,8 +24,7 @@ ENCODED = quote(PASSWORD, safe="")
 def shown(parsed: ParsedDsn) -> str:
     """Everything the parser lets people see."""
     target = parsed.target
-    return "\n".join([target.masked(), target.location(), str(target), repr(target),
-                      repr(parsed)])
+    return "\n".join([target.masked(), target.location(), str(target), repr(target), repr(parsed)])
 
 
 def assert_no_password(parsed: ParsedDsn) -> None:
@@ -34,10 +33,12 @@ def assert_no_password(parsed: ParsedDsn) -> None:
 
 
 def test_keyword_dsn() -> None:
-    parsed = parse_dsn(f"host=127.0.0.1 port=5432 user=rt password='{PASSWORD}' dbname=shop",
-                       environ={})
-    assert parsed.target == DsnTarget(user="rt", hosts=("127.0.0.1",), ports=("5432",),
-                                      database="shop", has_password=True)
+    parsed = parse_dsn(
+        f"host=127.0.0.1 port=5432 user=rt password='{PASSWORD}' dbname=shop", environ={}
+    )
+    assert parsed.target == DsnTarget(
+        user="rt", hosts=("127.0.0.1",), ports=("5432",), database="shop", has_password=True
+    )
     assert parsed.target.masked() == "postgresql://rt:***@127.0.0.1:5432/shop"
     assert parsed.target.location() == "rt@127.0.0.1:5432/shop"
     assert parsed.params["password"] == PASSWORD
@@ -53,8 +54,9 @@ def test_url_with_an_unencoded_at_and_colon_in_the_password() -> None:
 
 
 @pytest.mark.parametrize("password", ["pa/ss@word", "a?b@c", "a@b?c", "1234/ab"])
-def test_url_with_other_unencoded_characters_reads_the_password_as_typed(password: str,
-                                                                        ) -> None:
+def test_url_with_other_unencoded_characters_reads_the_password_as_typed(
+    password: str,
+) -> None:
     parsed = parse_dsn(f"postgresql://rt:{password}@db.internal/shop", environ={})
     assert parsed.params["password"] == password
     assert parsed.target.masked() == "postgresql://rt:***@db.internal/shop"
@@ -69,8 +71,9 @@ def test_url_with_a_percent_encoded_password() -> None:
 
 
 def test_password_in_the_query_string() -> None:
-    parsed = parse_dsn(f"postgresql://rt@127.0.0.1:5432/shop?password={ENCODED}"
-                       "&sslmode=disable", environ={})
+    parsed = parse_dsn(
+        f"postgresql://rt@127.0.0.1:5432/shop?password={ENCODED}&sslmode=disable", environ={}
+    )
     assert parsed.params["password"] == PASSWORD
     assert parsed.params["sslmode"] == "disable"
     assert parsed.target.masked() == "postgresql://rt:***@127.0.0.1:5432/shop"
@@ -78,8 +81,10 @@ def test_password_in_the_query_string() -> None:
 
 
 def test_sslpassword_and_passfile_in_the_query_string() -> None:
-    parsed = parse_dsn(f"postgresql://rt@127.0.0.1:5432/shop?sslpassword={ENCODED}"
-                       "&passfile=/secret/pgpass", environ={})
+    parsed = parse_dsn(
+        f"postgresql://rt@127.0.0.1:5432/shop?sslpassword={ENCODED}&passfile=/secret/pgpass",
+        environ={},
+    )
     assert parsed.params["sslpassword"] == PASSWORD
     # Query options are never part of the description; passfile is scrubbed too.
     assert parsed.target.masked() == "postgresql://rt@127.0.0.1:5432/shop"
@@ -89,8 +94,10 @@ def test_sslpassword_and_passfile_in_the_query_string() -> None:
 
 
 def test_pgpassword_in_the_environment() -> None:
-    parsed = parse_dsn("postgresql://127.0.0.1/shop",
-                       environ={"PGPASSWORD": PASSWORD, "PGUSER": "rt", "PGPORT": "5433"})
+    parsed = parse_dsn(
+        "postgresql://127.0.0.1/shop",
+        environ={"PGPASSWORD": PASSWORD, "PGUSER": "rt", "PGPORT": "5433"},
+    )
     assert "password" not in parsed.params  # libpq reads the variable itself
     assert parsed.target.masked() == "postgresql://rt:***@127.0.0.1:5433/shop"
     assert parsed.scrub(f"failed for {PASSWORD}") == "failed for ***"
@@ -99,8 +106,9 @@ def test_pgpassword_in_the_environment() -> None:
 
 def test_multi_host_url_and_keyword_forms() -> None:
     url = parse_dsn(f"postgresql://rt:{PASSWORD}@h1:5432,h2:5433/shop", environ={})
-    keywords = parse_dsn(f"host=h1,h2 port=5432,5433 user=rt password='{PASSWORD}' dbname=shop",
-                         environ={})
+    keywords = parse_dsn(
+        f"host=h1,h2 port=5432,5433 user=rt password='{PASSWORD}' dbname=shop", environ={}
+    )
     for parsed in (url, keywords):
         assert parsed.target.hosts == ("h1", "h2") and parsed.target.ports == ("5432", "5433")
         assert parsed.target.masked() == "postgresql://rt:***@h1:5432,h2:5433/shop"
@@ -123,18 +131,21 @@ def test_socket_and_ipv6_hosts_are_described() -> None:
     assert ipv6.target.masked() == "postgresql://rt:***@[::1]:5432/shop"
 
 
-@pytest.mark.parametrize("raw", [
-    f"host=127.0.0.1 password={PASSWORD} dbname",          # psycopg: missing "=" after ...
-    f"host=127.0.0.1 password='{PASSWORD} dbname=shop",     # unterminated quote
-    f"host=127.0.0.1 password={PASSWORD} no_such_option=1 dbname=shop",
-    f"postgresql://rt:{PASSWORD}@127.0.0.1/shop?no_such_option={PASSWORD}",
-    f"postgresql://rt:{PASSWORD}@127.0.0.1:port{PASSWORD}/shop",
-    f"postgresql://rt:{PASSWORD}@127.0.0.1:5432",           # no database
-    f"host=h1,h2,h3 port=1,2 password={PASSWORD} dbname=shop",
-    f"dbname='postgresql://rt:{PASSWORD}@h/db'",           # a connection string as dbname
-    f"mysql://rt:{PASSWORD}@127.0.0.1/shop",
-    "   ",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"host=127.0.0.1 password={PASSWORD} dbname",  # psycopg: missing "=" after ...
+        f"host=127.0.0.1 password='{PASSWORD} dbname=shop",  # unterminated quote
+        f"host=127.0.0.1 password={PASSWORD} no_such_option=1 dbname=shop",
+        f"postgresql://rt:{PASSWORD}@127.0.0.1/shop?no_such_option={PASSWORD}",
+        f"postgresql://rt:{PASSWORD}@127.0.0.1:port{PASSWORD}/shop",
+        f"postgresql://rt:{PASSWORD}@127.0.0.1:5432",  # no database
+        f"host=h1,h2,h3 port=1,2 password={PASSWORD} dbname=shop",
+        f"dbname='postgresql://rt:{PASSWORD}@h/db'",  # a connection string as dbname
+        f"mysql://rt:{PASSWORD}@127.0.0.1/shop",
+        "   ",
+    ],
+)
 def test_errors_never_quote_the_string(raw: str) -> None:
     with pytest.raises(InvalidDsn) as caught:
         parse_dsn(raw, environ={})
@@ -152,7 +163,8 @@ def test_error_messages_say_what_is_wrong() -> None:
         return str(caught.value)
 
     assert error(f"postgresql://rt:{PASSWORD}@127.0.0.1:5432") == (
-        "The database URL names no database: postgresql://rt:***@127.0.0.1:5432/")
+        "The database URL names no database: postgresql://rt:***@127.0.0.1:5432/"
+    )
     assert error("mysql://rt@h/db") == "Only PostgreSQL is supported, got a 'mysql' URL."
     assert "3 hosts but 2 ports" in error("host=a,b,c port=1,2 dbname=x")
     assert "not shown" in error(f"host=a password={PASSWORD} dbname")

@@ -39,16 +39,21 @@ def forms(database: str, port: int = 5432) -> dict[str, tuple[str, dict[str, str
     enc = quote(PASSWORD, safe="")
     at = f"127.0.0.1:{port}/{database}"
     return {
-        "keyword DSN": (f"host=127.0.0.1 port={port} user=postgres password='{PASSWORD}' "
-                        f"dbname={database}", {}),
+        "keyword DSN": (
+            f"host=127.0.0.1 port={port} user=postgres password='{PASSWORD}' dbname={database}",
+            {},
+        ),
         "URL, unencoded '@' and ':'": (f"postgresql://postgres:{PASSWORD}@{at}", {}),
         "URL, percent-encoded": (f"postgresql://postgres:{enc}@{at}", {}),
         "query-string password": (f"postgresql://postgres@{at}?password={enc}", {}),
         "query-string sslpassword": (f"postgresql://postgres@{at}?sslpassword={enc}", {}),
         "PGPASSWORD": (f"postgresql://postgres@{at}", {"PGPASSWORD": PASSWORD}),
         "multi-host URL": (f"postgresql://postgres:{PASSWORD}@127.0.0.1:1,{at}", {}),
-        "multi-host keyword DSN": (f"host=127.0.0.1,127.0.0.1 port=1,{port} user=postgres "
-                                   f"password='{PASSWORD}' dbname={database}", {}),
+        "multi-host keyword DSN": (
+            f"host=127.0.0.1,127.0.0.1 port=1,{port} user=postgres "
+            f"password='{PASSWORD}' dbname={database}",
+            {},
+        ),
     }
 
 
@@ -64,7 +69,8 @@ def database(medusa_url: str, pg_admin: str) -> str:
 
 
 def test_every_form_connects_or_fails_masked_and_prefect_never_stores_the_password(
-        database: str, exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    database: str, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In-process (Typer's runner, the flows under the test harness): 8 forms succeed,
     the same 8 fail on an unknown database, one live purge writes an audit row; then
     everything Prefect recorded is read back through its API."""
@@ -118,13 +124,15 @@ def test_every_form_connects_or_fails_masked_and_prefect_never_stores_the_passwo
             lg.setLevel(level)
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            start_time=FlowRunFilterStartTime(after_=since)))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since))
+        )
         ids = [r.id for r in runs]
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))
+        )
     for r in runs:
         texts[f"flow run {r.name}"] = r.model_dump_json()  # parameters, state, its message
     for t in tasks:
@@ -141,9 +149,12 @@ def test_every_form_connects_or_fails_masked_and_prefect_never_stores_the_passwo
     # Not vacuous: every run was recorded, failed ones with their error in the state
     # messages, and the audit row names the multi-host target without its password.
     assert len(runs) >= 17
-    failed = [r for r in runs if r.state is not None and r.state.is_failed()]
-    assert len(failed) == 8
-    assert all("Cannot connect to postgresql://postgres" in str(r.state.message) for r in failed)
+    failed_runs = [r for r in runs if r.state is not None and r.state.is_failed()]
+    assert len(failed_runs) == 8
+    assert all(
+        "Cannot connect to postgresql://postgres" in str(r.state and r.state.message)
+        for r in failed_runs
+    )
     assert sum("Cannot connect to" in str(t.state and t.state.message) for t in tasks) >= 8
     assert len(logs) > 0 and len(artifacts) > 0 and len(audit) == 1
     assert f"postgres@127.0.0.1:1,127.0.0.1:5432/{database}" in texts["audit"]
@@ -151,7 +162,8 @@ def test_every_form_connects_or_fails_masked_and_prefect_never_stores_the_passwo
 
 
 def test_the_real_cli_connects_through_a_keyword_dsn_and_multi_host_and_never_prints_it(
-        database: str, exports: Path, tmp_path: Path) -> None:
+    database: str, exports: Path, tmp_path: Path
+) -> None:
     """The console script in its own processes (PREFECT_HOME a fresh folder), all at once:
     the keyword DSN of the issue and a multi-host URL whose first host is a closed port
     connect; the keyword DSN on an unknown database and the unencoded-'@' URL on a closed
@@ -162,7 +174,9 @@ def test_the_real_cli_connects_through_a_keyword_dsn_and_multi_host_and_never_pr
         "multi-host URL": (forms(database)["multi-host URL"], 0),
         "keyword DSN, unknown database": (forms(UNKNOWN_DATABASE)["keyword DSN"], 1),
         "URL with '@', closed port": (
-            forms(database, port=closed)["URL, unencoded '@' and ':'"], 1),
+            forms(database, port=closed)["URL, unencoded '@' and ':'"],
+            1,
+        ),
     }
     script = Path(sys.executable).with_name("safeops")  # what `uv run safeops` runs
     procs = {}
@@ -170,22 +184,37 @@ def test_the_real_cli_connects_through_a_keyword_dsn_and_multi_host_and_never_pr
         home = tmp_path / f"prefect-home-{i}"
         home.mkdir()
         procs[name] = subprocess.Popen(
-            [str(script), "media", "snapshot"], cwd=ROOT, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=cli_env({**env, "MEDUSA_DATABASE_URL": raw, "PREFECT_HOME": str(home),
-                         "SAFEOPS_SNAPSHOT_URI": str(exports), "SAFEOPS_RETRY_DELAY_S": "0.1"}))
+            [str(script), "media", "snapshot"],
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=cli_env(
+                {
+                    **env,
+                    "MEDUSA_DATABASE_URL": raw,
+                    "PREFECT_HOME": str(home),
+                    "SAFEOPS_SNAPSHOT_URI": str(exports),
+                    "SAFEOPS_RETRY_DELAY_S": "0.1",
+                }
+            ),
+        )
     results = {name: CliResult(*finish(proc)) for name, proc in procs.items()}
 
     for name, (_, code) in runs.items():
         result = results[name]
         assert result.code == code, (name, result)
         if code == 0:
-            assert "snapshot: " in result.stdout and "images=" in result.stdout, (name, result)
+            assert "snapshot: " in result.stdout and "totalImages=" in result.stdout, (name, result)
         else:
-            assert result.error_line.startswith("error: Cannot connect to postgresql://postgres:"
-                                                "***@127.0.0.1:"), (name, result)
-    assert f'database "{UNKNOWN_DATABASE}" does not exist' in results[
-        "keyword DSN, unknown database"].stderr
+            assert result.error_line.startswith(
+                "error: Cannot connect to postgresql://postgres:***@127.0.0.1:"
+            ), (name, result)
+    assert (
+        f'database "{UNKNOWN_DATABASE}" does not exist'
+        in results["keyword DSN, unknown database"].stderr
+    )
     assert f"127.0.0.1:{closed}/{database}: " in results["URL with '@', closed port"].stderr
     assert len(list(exports.glob("*.json"))) == 2
     assert leaks({name: r.stdout + r.stderr for name, r in results.items()}) == []
