@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 
 from safeops.core.dsn import DsnTarget, InvalidDsn, ParsedDsn, parse_dsn
-from safeops.errors import BadInput
+from safeops.core.errors import BadInput
 
 # '@' and ':' as typed: the characters that split URLs wrongly.
 PASSWORD = "S3cr@t:Pa55-q7"
@@ -184,7 +184,7 @@ def test_scrub_removes_raw_and_encoded_forms() -> None:
 
 
 def test_settings_wrappers_use_the_one_parser(monkeypatch: pytest.MonkeyPatch) -> None:
-    from safeops.settings import describe_target, mask_url, sqlalchemy_url
+    from safeops.core.settings import describe_target, mask_url, sqlalchemy_url
 
     raw = f"host=127.0.0.1,127.0.0.1 port=1,5432 user=rt password='{PASSWORD}' dbname=shop"
     assert mask_url(raw) == "postgresql://rt:***@127.0.0.1:1,127.0.0.1:5432/shop"
