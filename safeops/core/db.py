@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import URL, Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from safeops.core.dsn import ParsedDsn, parse_dsn
 from safeops.core.errors import DatabaseUnreachable, LoginRefused
-from safeops.core.settings import database_url, mask_url, sqlalchemy_url
+from safeops.core.settings import database_url
 
 # What PostgreSQL says when it answers but refuses the login (connection errors carry
 # no SQLSTATE in psycopg, only the server's message).
@@ -19,17 +22,37 @@ LOGIN_REFUSALS = ("does not exist", "password authentication failed", "no pg_hba
                   "permission denied for database", "authentication failed for user")
 
 
+# What each engine connects to, for connect()'s messages: the engine's own URL is empty
+# (the keywords travel in connect_args, which no repr or log shows).
+_DSNS: WeakKeyDictionary[Engine, ParsedDsn] = WeakKeyDictionary()
+
+
 def engine_for(target: str) -> Engine:
     """NullPool: every task opens a fresh connection, so a retry after a killed
     backend never picks up a dead pooled socket."""
-    url = sqlalchemy_url(database_url(target))
-    return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10,
-                                                                  "application_name": "safeops"})
+    return engine_for_url(database_url(target))
 
 
 def engine_for_url(raw_url: str) -> Engine:
-    return create_engine(sqlalchemy_url(raw_url), poolclass=NullPool,
-                         connect_args={"connect_timeout": 10, "application_name": "safeops"})
+    """An engine for any connection string libpq accepts (URL, key=value, several hosts).
+
+    libpq's keywords go to psycopg as they are, so multi-host and every option work the
+    way libpq documents them; the password stays out of ``engine.url`` and its repr."""
+    dsn = parse_dsn(raw_url)
+    engine = create_engine(URL.create("postgresql+psycopg"), poolclass=NullPool,
+                           connect_args=dsn.connect_kwargs(connect_timeout=10,
+                                                           application_name="safeops"))
+
+    @event.listens_for(engine, "do_connect")
+    def scrubbed_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+        # The driver's message is not ours: take any secret out before anything sees it.
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.Error as exc:
+            raise type(exc)(dsn.scrub(str(exc))) from None
+
+    _DSNS[engine] = dsn
+    return engine
 
 
 def _prepare(conn: Connection, lock_timeout_s: float | None) -> None:
@@ -43,10 +66,13 @@ def connect(engine: Engine) -> Connection:
     try:
         return engine.connect()
     except OperationalError as exc:
-        detail = str(exc.orig or exc)
+        dsn = _DSNS.get(engine)
+        scrub = dsn.scrub if dsn is not None else (lambda text: text)
+        detail = scrub(str(exc.orig or exc))
         kind = (LoginRefused if any(marker in detail for marker in LOGIN_REFUSALS)
                 else DatabaseUnreachable)
-        raise kind(f"Cannot connect to {mask_url(engine.url)}: {_first_line(exc.orig or exc)}"
+        where = dsn.target.masked() if dsn is not None else "the database"
+        raise kind(scrub(f"Cannot connect to {where}: {_first_line(exc.orig or exc)}")
                    ) from None
 
 

@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
+from safeops.core.dsn import parse_dsn
 from safeops.core.errors import BadInput, SafeopsError
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -109,37 +109,25 @@ def _secret_block(name: str) -> str | None:
 
 
 def sqlalchemy_url(raw: str) -> URL:
-    """Medusa's ``postgresql://user:pass@host:port/db`` (or socket form) for psycopg 3."""
-    try:
-        url = make_url(raw.strip())
-    except ArgumentError as exc:
-        raise BadInput(f"Database URL is not a valid URL: {mask_url(raw)}") from exc
-    if url.get_backend_name() not in ("postgresql", "postgres"):
-        raise BadInput(f"Only PostgreSQL is supported, got {url.get_backend_name()!r}.")
-    if not url.database:
-        raise BadInput(f"Database URL names no database: {mask_url(raw)}")
-    return url.set(drivername="postgresql+psycopg")
+    """Any connection string libpq accepts as a ``postgresql+psycopg`` URL (for tests and
+    tools that build their own engine; safeops' engines come from safeops.core.db)."""
+    return parse_dsn(raw).sqlalchemy_url()
 
 
 def mask_url(raw: str | URL) -> str:
-    """The URL as it may appear in logs, artifacts and audit rows."""
+    """The URL as it may appear in logs, artifacts and audit rows: the one parser's
+    masked form, or a placeholder when it cannot be parsed (never the raw text)."""
+    text = raw.render_as_string(hide_password=False) if isinstance(raw, URL) else str(raw)
     try:
-        url = raw if isinstance(raw, URL) else make_url(str(raw).strip())
-    except Exception:
-        return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", str(raw))
-    query = {k: ("***" if k.lower() in ("password", "passfile") else v)
-             for k, v in url.query.items()}
-    url = url.set(query=query)
-    text = url.render_as_string(hide_password=True)
-    return text.replace("postgresql+psycopg://", "postgresql://")
+        return parse_dsn(text).target.masked()
+    except SafeopsError:
+        return "(database URL not shown: it cannot be parsed and may contain a password)"
 
 
 def describe_target(target: str) -> str:
     """A target as people read it: name plus masked location."""
     try:
-        url = sqlalchemy_url(database_url(target))
+        dsn = parse_dsn(database_url(target))
     except SafeopsError:
         return target
-    host = url.host or url.query.get("host") or "local socket"
-    port = f":{url.port}" if url.port else ""
-    return f"{target} ({url.username or ''}@{host}{port}/{url.database})"
+    return f"{target} ({dsn.target.location()})"

