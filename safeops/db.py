@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from safeops.db_faults import refusing_db_faults
 from safeops.errors import SafeopsError
 from safeops.settings import database_url, mask_url, sqlalchemy_url
 
@@ -63,8 +64,11 @@ def connect(engine: Engine) -> Connection:
 @contextmanager
 def transaction(engine: Engine, *, isolation: str = "READ COMMITTED", read_only: bool = False,
                 lock_timeout_s: float | None = None) -> Iterator[Connection]:
-    """One explicit transaction: commit on success, rollback on any exception."""
-    with connect(engine) as conn:
+    """One explicit transaction: commit on success, rollback on any exception.
+
+    A lock timeout or a missing pipeline table leaves as a named refusal, looked
+    into once the rollback is done (safeops.db_faults)."""
+    with refusing_db_faults(engine, lock_timeout_s), connect(engine) as conn:
         conn.execution_options(isolation_level=isolation)
         with conn.begin():
             if read_only:
@@ -78,7 +82,7 @@ def read_snapshot(engine: Engine) -> Iterator[Connection]:
     """A consistent REPEATABLE READ view that is always rolled back.
 
     Not READ ONLY: verification loads the snapshot into temporary tables."""
-    with connect(engine) as conn:
+    with refusing_db_faults(engine, None), connect(engine) as conn:
         conn.execution_options(isolation_level="REPEATABLE READ")
         trans = conn.begin()
         try:

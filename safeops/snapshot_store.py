@@ -35,6 +35,31 @@ class SnapshotNotFound(BadInput):
     """The URI points at nothing."""
 
 
+class UnwritableLocation(BadInput):
+    """A snapshot folder that cannot be created or written (``/proc/x``, a read-only
+    folder, a path under a regular file): the caller named the wrong place."""
+
+
+def unwritable(folder: str | Path, exc: OSError) -> UnwritableLocation:
+    """The refusal for an OSError met while preparing ``folder``: one line, no Errno."""
+    reason = exc.strerror or type(exc).__name__
+    code = errno.errorcode.get(exc.errno or 0, "")
+    return UnwritableLocation(f"Cannot write snapshots to {folder}: {reason.lower()}"
+                              + (f" ({code})" if code else "") + "; nothing changed.")
+
+
+@contextmanager
+def writing_to(folder: str | Path) -> Iterator[None]:
+    """Turn the OSErrors of creating a folder or a file in it into UnwritableLocation.
+
+    Only around the steps that prepare the place (mkdir, the first file): a disk that
+    fills up later is a fault of its own, not a wrong location."""
+    try:
+        yield
+    except OSError as exc:
+        raise unwritable(folder, exc) from None
+
+
 class StoreUnavailable(SafeopsError):
     """The object store could not be reached; the message names the endpoint."""
 
@@ -145,7 +170,8 @@ def spool_dir(location: Location) -> Path | None:
     if location.scheme != "file":
         return None
     folder = Path(location.root)
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing_to(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -169,7 +195,8 @@ def _publish_to_folder(parts: SnapshotParts, folder: Path, base_name: str) -> st
     os.link refuses an existing name, so no snapshot is ever overwritten, and the
     name only appears once the file is complete and on disk: a crash leaves at
     most a hidden ``.part`` file, which listings and retention ignore."""
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing_to(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     part = _assemble(parts, folder, base_name, durable=True)
     try:
         for name in _free_names(base_name):

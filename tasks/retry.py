@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from safeops.errors import TRANSIENT_MARKERS, is_refusal
+from safeops.errors import TRANSIENT_MARKERS, LockTimeout, is_refusal
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -13,7 +13,9 @@ def _is_transient(exc: BaseException) -> bool:
 
     if is_refusal(exc) or isinstance(exc, LoginRefused):
         return False
-    if isinstance(exc, (DatabaseUnreachable, StoreUnavailable, ConnectionError, TimeoutError)):
+    # LockTimeout by type: a state's exception comes back unpickled, without its chain.
+    if isinstance(exc, (DatabaseUnreachable, StoreUnavailable, LockTimeout, ConnectionError,
+                        TimeoutError)):
         return True
     chain: BaseException | None = exc
     while chain is not None:

@@ -11,7 +11,7 @@ from safeops import events
 from safeops.db import Fingerprint
 from safeops.errors import ForeignSnapshot
 from safeops.snapshot_format import SnapshotReader, SnapshotWriter
-from safeops.snapshot_store import open_chunks, parse_location, publish, spool_dir
+from safeops.snapshot_store import open_chunks, parse_location, publish, spool_dir, writing_to
 
 
 def utc_stamp(moment: datetime) -> str:
@@ -25,7 +25,9 @@ def source_fields(fp: Fingerprint) -> dict[str, str]:
 def new_writer(fmt: str, body_key: str, location: str | None) -> SnapshotWriter:
     """A writer that spools where the snapshot will be published, so the file is
     written once, in place (a bad location is refused before any row is read)."""
-    return SnapshotWriter(fmt, body_key, spool_dir(parse_location(location)))
+    folder = spool_dir(parse_location(location))
+    with writing_to(folder or "the temporary folder"):  # the spool is its first file
+        return SnapshotWriter(fmt, body_key, folder)
 
 
 def finish_and_publish(writer: SnapshotWriter, *, name_prefix: str, created_at: datetime,
