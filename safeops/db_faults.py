@@ -116,14 +116,14 @@ ORDER BY a.xact_start NULLS LAST, a.pid
 """)
 
 
-def lock_holders(engine: Engine, tables: list[str]) -> list[str]:
+def lock_holders(engine: Engine, tables: list[str]) -> list[str] | None:
     """Each session holding a lock that can block ours, as ``pid 123 'app' (state
-    since …)``; empty when there is none any more, or the lookup failed."""
+    since …, on tables)``; empty when none does any more, None when the lookup failed."""
     try:
         with _short_connection(engine) as conn:
             rows = conn.execute(HOLDERS_SQL, {"tables": tables}).all()
     except Exception:  # the explanation is optional, the refusal is not
-        return []
+        return None
     return [_holder_text(*row) for row in rows]
 
 
@@ -134,8 +134,8 @@ def _printable(value: object, limit: int = 64) -> str:
 
 
 def _holder_text(pid: object, app: object, state: object, since: object, relations: object) -> str:
-    parts = [f"pid {pid}"]
-    parts.append(f"'{_printable(app)}'" if app else "(no application_name)")
+    """``pid 123 'app', idle in transaction since …Z, on image``."""
+    name = f"'{_printable(app)}'" if app else "(no application_name)"
     when = (
         since.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         if isinstance(since, datetime)
@@ -144,8 +144,7 @@ def _holder_text(pid: object, app: object, state: object, since: object, relatio
     activity = " ".join(
         p for p in (_printable(state) if state else "", f"since {when}" if when else "") if p
     )
-    detail = f"{activity}, on {relations}" if activity else f"on {relations}"
-    return " ".join(parts) + f" ({detail})"
+    return ", ".join(p for p in (f"pid {pid} {name}", activity, f"on {relations}") if p)
 
 
 def _lock_timeout(engine: Engine, exc: BaseException, lock_timeout_s: float | None) -> LockTimeout:
@@ -153,12 +152,18 @@ def _lock_timeout(engine: Engine, exc: BaseException, lock_timeout_s: float | No
         t for tables in PIPELINE_TABLES.values() for t in tables
     ]
     holders = lock_holders(engine, tables)
-    shown = "; ".join(holders[:MAX_HOLDERS_SHOWN])
-    if len(holders) > MAX_HOLDERS_SHOWN:
+    shown = "; ".join((holders or [])[:MAX_HOLDERS_SHOWN])
+    if holders and len(holders) > MAX_HOLDERS_SHOWN:
         shown += f"; and {len(holders) - MAX_HOLDERS_SHOWN} more"
     within = f" within {lock_timeout_s:g} s" if lock_timeout_s is not None else ""
     what = ", ".join(_named_tables(_statement(exc))) or "its tables"
-    held = f"held by {shown}" if shown else "the holder has since let go"
+    held = (
+        f"held by {shown}"
+        if shown
+        else "holder unknown"
+        if holders is None
+        else "the holder has let go since"
+    )
     return LockTimeout(f"Refused: could not lock {what}{within} ({held}); nothing changed.")
 
 
