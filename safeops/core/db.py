@@ -6,13 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from safeops.core.dsn import ParsedDsn, parse_dsn
+from safeops.core.db_faults import refusing_db_faults
+from safeops.core.dsn import parse_dsn, parsed_for, remember
 from safeops.core.errors import DatabaseUnreachable, LoginRefused
 from safeops.core.settings import database_url
 
@@ -20,11 +20,6 @@ from safeops.core.settings import database_url
 # no SQLSTATE in psycopg, only the server's message).
 LOGIN_REFUSALS = ("does not exist", "password authentication failed", "no pg_hba.conf entry",
                   "permission denied for database", "authentication failed for user")
-
-
-# What each engine connects to, for connect()'s messages: the engine's own URL is empty
-# (the keywords travel in connect_args, which no repr or log shows).
-_DSNS: WeakKeyDictionary[Engine, ParsedDsn] = WeakKeyDictionary()
 
 
 def engine_for(target: str) -> Engine:
@@ -51,7 +46,7 @@ def engine_for_url(raw_url: str) -> Engine:
         except dialect.loaded_dbapi.Error as exc:
             raise type(exc)(dsn.scrub(str(exc))) from None
 
-    _DSNS[engine] = dsn
+    remember(engine, dsn)
     return engine
 
 
@@ -66,7 +61,7 @@ def connect(engine: Engine) -> Connection:
     try:
         return engine.connect()
     except OperationalError as exc:
-        dsn = _DSNS.get(engine)
+        dsn = parsed_for(engine)
         scrub = dsn.scrub if dsn is not None else (lambda text: text)
         detail = scrub(str(exc.orig or exc))
         kind = (LoginRefused if any(marker in detail for marker in LOGIN_REFUSALS)
@@ -79,8 +74,11 @@ def connect(engine: Engine) -> Connection:
 @contextmanager
 def transaction(engine: Engine, *, isolation: str = "READ COMMITTED", read_only: bool = False,
                 lock_timeout_s: float | None = None) -> Iterator[Connection]:
-    """One explicit transaction: commit on success, rollback on any exception."""
-    with connect(engine) as conn:
+    """One explicit transaction: commit on success, rollback on any exception.
+
+    A lock timeout or a missing pipeline table leaves as a named refusal, looked
+    into once the rollback is done (safeops.db_faults)."""
+    with refusing_db_faults(engine, lock_timeout_s), connect(engine) as conn:
         conn.execution_options(isolation_level=isolation)
         with conn.begin():
             if read_only:
@@ -94,7 +92,7 @@ def read_snapshot(engine: Engine) -> Iterator[Connection]:
     """A consistent REPEATABLE READ view that is always rolled back.
 
     Not READ ONLY: verification loads the snapshot into temporary tables."""
-    with connect(engine) as conn:
+    with refusing_db_faults(engine, None), connect(engine) as conn:
         conn.execution_options(isolation_level="REPEATABLE READ")
         trans = conn.begin()
         try:

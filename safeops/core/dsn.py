@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn
 from urllib.parse import quote, unquote
+from weakref import WeakKeyDictionary
 
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -261,3 +262,18 @@ def _secrets(params: Mapping[str, str], env: Mapping[str, str]) -> tuple[str, ..
     found = [params.get(key, "") for key in SECRET_KEYWORDS] + [env.get("PGPASSWORD", "")]
     # Longest first, so a secret containing another is starred whole.
     return tuple(sorted({s for s in found if s}, key=len, reverse=True))
+
+
+# What each engine connects to: engines are built with an empty URL (the keywords travel
+# in connect_args, which no repr or log shows), so messages about an engine's database
+# look up its parsed, password-free description here.
+_BY_ENGINE: WeakKeyDictionary[Any, ParsedDsn] = WeakKeyDictionary()
+
+
+def remember(engine: Any, dsn: ParsedDsn) -> None:
+    _BY_ENGINE[engine] = dsn
+
+
+def parsed_for(engine: Any) -> ParsedDsn | None:
+    return _BY_ENGINE.get(engine)
+

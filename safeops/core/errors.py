@@ -53,6 +53,24 @@ class RestoreConflict(Refused):
     """Restoring would collide with rows created since the snapshot."""
 
 
+class LockTimeout(Refused):
+    """An apply could not take its locks within lock_timeout; it rolled back, nothing changed.
+
+    Exit 3, not 1: the outcome is certain (the transaction rolled back) and a guard
+    decided it, the lock_timeout that keeps the live application from queueing
+    behind our locks. Unlike the other refusals time alone may lift it, so tasks
+    retry it as transient (see is_refusal); it reaches the CLI only once the
+    retries are spent, naming who held the lock."""
+
+
+class TargetSchemaMissing(BadInput):
+    """The target database lacks the tables the job works on: the wrong --target or URL."""
+
+
+class UnwritableLocation(BadInput):
+    """The snapshot location cannot be written (a missing or read-only folder, /proc)."""
+
+
 class ApprovalDenied(SafeopsError):
     """The approval was rejected, mistyped, unauthorised or timed out."""
 
@@ -93,7 +111,10 @@ class ObjectMismatch(SafeopsError):
 
 
 def is_refusal(exc: BaseException) -> bool:
-    """Refusals are decisions, never retried."""
+    """Refusals are decisions, never retried; a lock timeout is the one refusal that
+    waiting can lift, so it is retried like the transient faults."""
+    if isinstance(exc, LockTimeout):
+        return False
     return isinstance(exc, (Refused, BadInput, ApprovalDenied))
 
 

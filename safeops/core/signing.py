@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
-from safeops.errors import ApprovalDenied, BadInput
+from safeops.core.errors import ApprovalDenied, BadInput
 
 # --- exceptions (to be moved into safeops/errors.py) ------------------------
 

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safeops.core.errors import NotASnapshot, SnapshotInvalid
+from safeops.core.errors import NotASnapshot, Refused, SnapshotInvalid
+from safeops.core.hash_text import tell_apart
+from safeops.core.snapshot_summary import summary_problem
 
 FORMAT_VERSION = 1
 
@@ -131,6 +133,10 @@ class SnapshotWriter:
         data = document.encode() if isinstance(document, str) else document
         if b"\n" in data:
             raise ValueError("a body document must be one line of JSON")
+        if len(data) > MAX_LINE_BYTES:
+            # A file no reader would accept must not become anyone's undo point.
+            raise Refused(f"Refused: a body document of {len(data)} bytes is longer than "
+                          f"the {MAX_LINE_BYTES} a snapshot reader accepts; nothing changed.")
         self._batch.append(data)
         self._batch_bytes += len(data)
         self.count += 1
@@ -174,20 +180,77 @@ class SnapshotWriter:
         self._spool_path.unlink(missing_ok=True)
 
 
-def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Lines (each with its newline; the last maybe without) of a stream of chunks."""
-    pending = b""
+# The longest line a reader accepts (newline excluded). A reader holds one line at
+# a time, so this bounds its memory whatever the file: a file without newlines is
+# refused after this many bytes instead of being read whole. A body document is one
+# product or row with everything under it; 16 MiB is tens of thousands of images
+# for a single product, and the writer refuses to write a longer one.
+MAX_LINE_BYTES = 16 << 20
+# Summary lines are one short field each; parsing is what costs memory (a line of
+# ``[0,0,…]`` becomes a list eight times its size), so they get a far lower bound.
+MAX_SUMMARY_LINE_BYTES = 64 << 10
+
+
+class LineTooLong(ValueError):
+    """A line ran past the reader's bound; ``line_number`` counts from 1."""
+
+    def __init__(self, line_number: int, limit: int) -> None:
+        super().__init__(f"line {line_number} is longer than {limit} bytes")
+        self.line_number = line_number
+        self.limit = limit
+
+
+def split_lines(chunks: Iterator[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[bytes]:
+    """Lines (each with its newline; the last maybe without) of a stream of chunks.
+
+    A line that spans chunks is held as a list of its pieces and joined once, so
+    the work stays linear in its length (joining as it grew made a 100 MB line
+    cost 21 s), and it raises LineTooLong once a line passes ``max_line`` bytes."""
+    held: list[bytes] = []
+    held_len = 0
+    number = 0
     for chunk in chunks:
         if not chunk:
             continue
-        data = pending + chunk if pending else chunk
         start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            yield data[start:end + 1]
+        end = chunk.find(b"\n")
+        if end < 0:
+            held.append(chunk)
+            held_len += len(chunk)
+            if held_len > max_line:
+                raise LineTooLong(number + 1, max_line)
+            continue
+        if held:
+            if held_len + end > max_line:
+                raise LineTooLong(number + 1, max_line)
+            held.append(chunk[:end + 1])
+            number += 1
+            yield b"".join(held)
+            held, held_len, start = [], 0, end + 1
+            end = chunk.find(b"\n", start)
+        check = len(chunk) > max_line  # only a chunk longer than the bound can hold one
+        while end >= 0:
+            number += 1
+            if check and end - start > max_line:
+                raise LineTooLong(number, max_line)
+            yield chunk[start:end + 1]
             start = end + 1
-        pending = data[start:]
-    if pending:
-        yield pending
+            end = chunk.find(b"\n", start)
+        if start < len(chunk):
+            held, held_len = [chunk[start:]], len(chunk) - start
+            if held_len > max_line:
+                raise LineTooLong(number + 1, max_line)
+    if held:
+        yield b"".join(held)
+
+
+def loads_bounded(line: bytes) -> Any:
+    """json.loads that fails as ValueError on nesting too deep for the parser (a
+    "JSON bomb" raises RecursionError, which is not a ValueError)."""
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 class SnapshotReader:
@@ -226,7 +289,9 @@ class SnapshotReader:
         return cls(split_lines(hashed()), expected_format, uri, file_sha=file_sha)
 
     def _hashed(self, lines: Iterator[bytes]) -> Iterator[bytes]:
-        for line in lines:
+        for number, line in enumerate(lines, 1):
+            if len(line) > MAX_LINE_BYTES + 1:  # the caller already holds it: the rule only
+                raise LineTooLong(number, MAX_LINE_BYTES)
             self._file_sha.update(line)
             yield line
 
@@ -242,59 +307,84 @@ class SnapshotReader:
         return SnapshotInvalid(f"Snapshot {self.uri} failed the {check} check: {detail}")
 
     def _read_summary(self, expected_format: str) -> None:
-        first = next(self._lines, b"")
+        try:
+            first = next(self._lines, b"")
+        except LineTooLong:
+            first = b"?"  # a first line that long is no "{": not a snapshot
         if not first.strip():
             raise self._fail("truncation", "the file is empty")
         if first.strip() != b"{":
             # Not a damaged snapshot but some other file: the caller named the wrong thing.
             raise NotASnapshot(f"{self.uri} is not a safeops snapshot: it does not start with "
                                "a safeops summary ('{' line)")
-        for raw in self._lines:
-            line = raw.rstrip(b"\r\n")
-            if line.endswith(b": ["):
-                try:
-                    self.body_key = json.loads(line[:-3])
-                except ValueError:
-                    raise self._fail("format", "unreadable body key") from None
-                break
-            try:
-                item = json.loads(b"{" + line.rstrip(b",") + b"}")
-            except ValueError:
-                raise self._fail("format", f"unreadable summary line {line[:80]!r}") from None
-            self.summary.update(item)
-        else:
-            raise self._fail("truncation", "the file ends inside its summary")
+        try:
+            self._read_summary_lines()
+        except LineTooLong as exc:
+            raise self._fail("format", f"{exc}, which no summary line is") from None
         if self.summary.get("format") != expected_format:
             raise self._fail("format", f"format is {self.summary.get('format')!r}, "
                                        f"expected {expected_format!r}")
         if self.summary.get("formatVersion") != FORMAT_VERSION:
             raise self._fail("format", f"formatVersion {self.summary.get('formatVersion')!r} "
                                        f"is not supported (expected {FORMAT_VERSION})")
-        if not isinstance(self.summary.get("bodySha256"), str):
-            raise self._fail("format", "the summary has no bodySha256")
+        problem = summary_problem(self.summary)
+        if problem:
+            raise self._fail("format", problem)
+
+    def _read_summary_lines(self) -> None:
+        for number, raw in enumerate(self._lines, 2):
+            line = raw.rstrip(b"\r\n")
+            if len(line) > MAX_SUMMARY_LINE_BYTES:
+                raise LineTooLong(number, MAX_SUMMARY_LINE_BYTES)
+            if line.endswith(b": ["):
+                try:
+                    body_key = loads_bounded(line[:-3])
+                except ValueError:
+                    raise self._fail("format", "unreadable body key") from None
+                if not isinstance(body_key, str):
+                    raise self._fail("format", f"the body key is {body_key!r}, not text")
+                self.body_key = body_key
+                return
+            try:
+                item = loads_bounded(b"{" + line.rstrip(b",") + b"}")
+            except ValueError:
+                raise self._fail("format", f"unreadable summary line {line[:80]!r}") from None
+            self.summary.update(item)
+        raise self._fail("truncation", "the file ends inside its summary")
 
     def documents(self) -> Iterator[bytes]:
         sha = hashlib.sha256()
         closed = False
-        for raw in self._lines:
-            line = raw.rstrip(b"\r\n")
-            if line == b"]":
-                closed = True
-                break
-            doc = line[:-1] if line.endswith(b",") else line
-            if not raw.endswith(b"\n"):
-                raise self._fail("truncation", f"the file ends mid-document after "
-                                               f"{self.documents_read} documents")
-            sha.update(doc + b"\n")
-            self.documents_read += 1
-            yield doc
-        if not closed:
-            raise self._fail("truncation", f"the body stops after {self.documents_read} "
-                                           "documents without its closing ']'")
-        tail = b"".join(self._lines).strip()
+        lines = self._lines
+        try:
+            for raw in lines:
+                line = raw.rstrip(b"\r\n")
+                if line == b"]":
+                    closed = True
+                    break
+                doc = line[:-1] if line.endswith(b",") else line
+                if not raw.endswith(b"\n"):
+                    raise self._fail("truncation", f"the file ends mid-document after "
+                                                   f"{self.documents_read} documents")
+                sha.update(doc + b"\n")
+                self.documents_read += 1
+                yield doc
+            if not closed:
+                raise self._fail("truncation", f"the body stops after {self.documents_read} "
+                                               "documents without its closing ']'")
+            tail = b""
+            for raw in lines:  # only "}" may follow, so never hold more than a few bytes
+                tail += raw.strip()
+                if len(tail) > 1:
+                    break
+        except LineTooLong as exc:
+            raise self._fail("format", f"{exc} after {self.documents_read} documents (a "
+                                       f"document may hold at most {MAX_LINE_BYTES} bytes)"
+                             ) from None
         if tail != b"}":
             raise self._fail("format", "unexpected content after the body")
         self.actual_sha256 = sha.hexdigest()
         if self.actual_sha256 != self.summary["bodySha256"]:
-            raise self._fail("checksum", f"body sha256 is {self.actual_sha256[:16]}…, "
-                                         f"the summary records {self.summary['bodySha256'][:16]}…")
+            actual, recorded = tell_apart(self.actual_sha256, self.summary["bodySha256"])
+            raise self._fail("checksum", f"body sha256 is {actual}, the summary records "
+                                         f"{recorded}")

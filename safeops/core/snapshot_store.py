@@ -23,12 +23,38 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from safeops.core.errors import BadInput, SafeopsError, SnapshotNotFound, StoreUnavailable
+from safeops.core.errors import (
+    BadInput,
+    SafeopsError,
+    SnapshotNotFound,
+    StoreUnavailable,
+    UnwritableLocation,
+)
 from safeops.core.settings import get_settings
 from safeops.core.snapshot_format import PART_SUFFIX, SnapshotParts, copy_file
 
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json$")
 CHUNK = 1 << 20
+
+
+def unwritable(folder: str | Path, exc: OSError) -> UnwritableLocation:
+    """The refusal for an OSError met while preparing ``folder``: one line, no Errno."""
+    reason = exc.strerror or type(exc).__name__
+    code = errno.errorcode.get(exc.errno or 0, "")
+    return UnwritableLocation(f"Cannot write snapshots to {folder}: {reason.lower()}"
+                              + (f" ({code})" if code else "") + "; nothing changed.")
+
+
+@contextmanager
+def writing_to(folder: str | Path) -> Iterator[None]:
+    """Turn the OSErrors of creating a folder or a file in it into UnwritableLocation.
+
+    Only around the steps that prepare the place (mkdir, the first file): a disk that
+    fills up later is a fault of its own, not a wrong location."""
+    try:
+        yield
+    except OSError as exc:
+        raise unwritable(folder, exc) from None
 
 
 @dataclass(frozen=True)
@@ -137,7 +163,8 @@ def spool_dir(location: Location) -> Path | None:
     if location.scheme != "file":
         return None
     folder = Path(location.root)
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing_to(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -161,7 +188,8 @@ def _publish_to_folder(parts: SnapshotParts, folder: Path, base_name: str) -> st
     os.link refuses an existing name, so no snapshot is ever overwritten, and the
     name only appears once the file is complete and on disk: a crash leaves at
     most a hidden ``.part`` file, which listings and retention ignore."""
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing_to(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     part = _assemble(parts, folder, base_name, durable=True)
     try:
         for name in _free_names(base_name):

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from safeops.core import events
 from safeops.core.errors import ApprovalDenied, ApprovalTimedOut, PlanMismatch
+from safeops.core.hash_text import printable
 from safeops.core.models import Approval, Plan
 from safeops.core.settings import get_settings
 
@@ -39,10 +40,15 @@ class ApprovalForm(RunInput):
 
 
 def check_saved_plan(plan: Plan, approved_plan_hash: str | None) -> None:
+    """A saved plan must be the whole current hash; the refusal shows the typed value
+    (up to 64 characters) and the whole current hash, so a prefix or a typo is visible."""
     if approved_plan_hash is not None and approved_plan_hash.strip() != plan.plan_hash:
+        given = approved_plan_hash.strip()
+        advice = (f"it is only its first {len(given)} characters: pass the whole hash"
+                  if given and plan.plan_hash.startswith(given) else "run a dry run again")
         raise PlanMismatch(
-            f"Refused: the approved plan {approved_plan_hash.strip()[:16]}… does not match the "
-            f"current plan {plan.plan_hash[:16]}… ({_counts_text(plan)}); run a dry run again.")
+            f"Refused: the approved plan {printable(given) or '(empty)'} does not match the "
+            f"current plan {plan.plan_hash} ({_counts_text(plan)}); {advice}.")
 
 
 def _counts_text(plan: Plan) -> str:

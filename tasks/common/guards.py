@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from safeops.core.errors import DriftDetected, SafeopsError, SnapshotInvalid
+from safeops.core.hash_text import tell_apart
 from safeops.core.models import Plan
 from safeops.core.snapshot_store import file_sha256
 
@@ -13,8 +14,9 @@ def refuse_if_plan_moved(plan: Plan, approved_plan_hash: str, since: str) -> Non
     """The plan re-derived under lock must be the one that was approved."""
     if plan.plan_hash != approved_plan_hash:
         now = ", ".join(f"{k}={v}" for k, v in plan.counts.items() if v)
-        raise DriftDetected(f"Refused: {since} ({approved_plan_hash[:16]}… → "
-                            f"{plan.plan_hash[:16]}…; now {now or 'nothing'}); nothing changed.")
+        approved, current = tell_apart(approved_plan_hash, plan.plan_hash)
+        raise DriftDetected(f"Refused: {since} ({approved} → {current}; now "
+                            f"{now or 'nothing'}); nothing changed.")
 
 
 def require_as_planned(changed: dict[str, int], plan: Plan, verb: str) -> None:
@@ -47,10 +49,11 @@ class FileCheck:
         finally:
             self._pool.shutdown(wait=False)
         if actual != self.verified_sha256:
+            now, verified = tell_apart(actual, self.verified_sha256)
             raise SnapshotInvalid(
                 f"Snapshot {self.uri} failed the checksum check: the file hashes to "
-                f"{actual[:16]}…, the verified file to {self.verified_sha256[:16]}… (changed "
-                "since it was verified); nothing changed.")
+                f"{now}, the verified file to {verified} (changed since it was verified); "
+                "nothing changed.")
 
     def cancel(self) -> None:
         self._future.cancel()

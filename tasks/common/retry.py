@@ -6,6 +6,7 @@ from typing import Any
 
 from safeops.core.errors import (
     DatabaseUnreachable,
+    LockTimeout,
     LoginRefused,
     StoreUnavailable,
     is_refusal,
@@ -17,7 +18,9 @@ from safeops.core.settings import get_settings
 def _is_transient(exc: BaseException) -> bool:
     if is_refusal(exc) or isinstance(exc, LoginRefused):
         return False
-    return isinstance(exc, (DatabaseUnreachable, StoreUnavailable)) or is_transient(exc)
+    # LockTimeout by type: a state's exception comes back unpickled, without its chain.
+    return (isinstance(exc, (DatabaseUnreachable, StoreUnavailable, LockTimeout))
+            or is_transient(exc))
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 from safeops.core.db import Fingerprint
 from safeops.core.errors import ForeignSnapshot
 from safeops.core.snapshot_format import SnapshotReader, SnapshotWriter
-from safeops.core.snapshot_store import open_chunks, parse_location, publish, spool_dir
+from safeops.core.snapshot_store import open_chunks, parse_location, publish, spool_dir, writing_to
 
 
 def utc_stamp(moment: datetime) -> str:
@@ -24,7 +24,9 @@ def source_fields(fp: Fingerprint) -> dict[str, str]:
 def new_writer(fmt: str, body_key: str, location: str | None) -> SnapshotWriter:
     """A writer that spools where the snapshot will be published, so the file is
     written once, in place (a bad location is refused before any row is read)."""
-    return SnapshotWriter(fmt, body_key, spool_dir(parse_location(location)))
+    folder = spool_dir(parse_location(location))
+    with writing_to(folder or "the temporary folder"):  # the spool is its first file
+        return SnapshotWriter(fmt, body_key, folder)
 
 
 def finish_and_publish(writer: SnapshotWriter, *, name_prefix: str, created_at: datetime,

@@ -113,7 +113,9 @@ def _copy_documents(conn: Connection, reader: SnapshotReader) -> None:
             except SnapshotInvalid as exc:
                 refused = exc  # ending the COPY may raise the server's error instead
                 raise
-    except psycopg.DataError as exc:  # not JSON, not UTF-8: the server refused a document
+    # Not JSON, not UTF-8, or nested past the server's stack (StatementTooComplex, an
+    # OperationalError that would otherwise be retried): the server refused a document.
+    except (psycopg.DataError, psycopg.errors.StatementTooComplex) as exc:
         if refused is not None:
             raise refused from None
         for _ in documents:  # the rest of the body, for its checksum
