@@ -9,9 +9,14 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
-def plan_hash_of(parts: dict[str, Any]) -> str:
-    """Stable over equal database states: only sorted ids and counts go in."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+def plan_hash_of(parts: dict[str, Any], *, database: str) -> str:
+    """Stable over equal states of one database: only digests and counts go in, plus the
+    database's identity (its fingerprint), so a plan reviewed on staging never approves
+    the same-looking change on production. ``database=""`` only for site snapshots
+    written before plans were bound (digest versions 1 and 2), whose recorded hashes
+    must keep verifying."""
+    bound = {**parts, "database": database} if database else parts
+    return hashlib.sha256(json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
                           ).hexdigest()
 
 

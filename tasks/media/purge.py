@@ -75,7 +75,8 @@ def purge_plan(conn: Connection, target: str, *, count_products: bool = True) ->
     if count_products:
         counts = {"products": count_products_in_scope(conn), **counts}
     return Plan(kind="purge-product-media", target=target, counts=counts,
-                plan_hash=plan_hash_of({"purge-product-media": parts}))
+                plan_hash=plan_hash_of({"purge-product-media": parts},
+                                       database=str(fingerprint(conn))))
 
 
 def require_snapshot_holds(plan: Plan, summary: dict[str, object], uri: str) -> None:

@@ -77,7 +77,8 @@ def restore_plan(conn: Connection, target: str, body_sha256: str) -> Plan:
     notes = [f"{v} {k.replace('_', ' ')}" for k, v in skipped.items() if v]
     return Plan(kind="restore-product-media", target=target, counts={**counts, **skipped},
                 plan_hash=plan_hash_of({"restore-product-media": {**counts, **skipped},
-                                        "snapshot": body_sha256}),
+                                        "snapshot": body_sha256},
+                                       database=str(fingerprint(conn))),
                 notes=notes)
 
 

@@ -170,7 +170,8 @@ def _reset_locked(conn: Connection, site_id: str, target: str, file_check: FileC
     changed, effects = lock_changed_rows(conn, site_id)
     file_check.require_unchanged()
     deleted = delete_digested(conn, site_id)
-    plan = plan_of_parts(site_id, {**changed, **deleted}, effects, describe_target(target))
+    plan = plan_of_parts(site_id, {**changed, **deleted}, effects, describe_target(target),
+                         str(fingerprint(conn)))
     refuse_if_plan_moved(plan, approved_plan_hash,
                          "the site's structure changed since it was approved")
     kept.require_only(expected_writes(plan.counts))

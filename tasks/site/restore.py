@@ -194,7 +194,8 @@ def _restore_plan(conn: Connection, target: str, reader: Any, uri: str,
     return site_id, Plan(kind="restore-site-structure", target=describe_target(target),
                          counts=counts, notes=notes,
                          plan_hash=plan_hash_of({"restore-site-structure": counts,
-                                                 "snapshot": reader.actual_sha256}))
+                                                 "snapshot": reader.actual_sha256},
+                                                database=str(fingerprint(conn))))
 
 
 @task(name="plan-site-restore", **TRANSIENT_RETRIES)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
+from safeops.core.db import fingerprint
 from safeops.core.errors import SnapshotInvalid
 from safeops.core.models import Plan, plan_hash_of
 
@@ -103,8 +104,10 @@ _NATIVE_ORDER = {"t.id::text": "t.id",
 # two 64-bit hashes collide (2^-64 per change): a guard against a site that moved,
 # not against someone who can write to it anyway. 1: one md5 over the rows' text in
 # key order; snapshots written before version 2 record no "planDigest" and keep
-# verifying (and restoring) with it.
-DIGEST_VERSION = 2
+# verifying (and restoring) with it. 3: version 2's digest, and the plan hash covers
+# the database's fingerprint too (a plan reviewed on one database never approves
+# another); the row digests of versions 2 and 3 are the same sums.
+DIGEST_VERSION = 3
 
 
 def row_hash(kind: Kind) -> str:
@@ -119,7 +122,7 @@ def digest_sql(kind: Kind, source: str, where: str, extra: str = "",
         order = _NATIVE_ORDER.get(kind.key, kind.key)
         digest = (f"md5(COALESCE(string_agg(({kind.row_expr()})::text, ',' ORDER BY {order}), "
                   "''))")
-    elif version == 2:
+    elif version in (2, 3):
         digest = f"COALESCE(sum({row_hash(kind)}), 0)::text"
     else:
         raise SnapshotInvalid(f"Unknown plan digest version {version!r}.")
@@ -138,7 +141,7 @@ CATEGORY_LINKS_OF_POSTS = text(f"""
 
 
 def plan_of_parts(site_id: str, parts: Parts, effects: dict[str, int], target: str,
-                  version: int = DIGEST_VERSION) -> Plan:
+                  database: str, version: int = DIGEST_VERSION) -> Plan:
     """The one place a reset plan and its hash are assembled, whether its parts were
     read from live rows, from a loaded snapshot, or from the rows an apply deleted:
     a hash computed any other way could disagree with saved plans and old snapshots."""
@@ -148,7 +151,7 @@ def plan_of_parts(site_id: str, parts: Parts, effects: dict[str, int], target: s
     if version != 1:  # version 1 hashes stay exactly what they were
         hashed["digest"] = version
     return Plan(kind="reset-site-structure", target=target, counts=counts,
-                plan_hash=plan_hash_of(hashed))
+                plan_hash=plan_hash_of(hashed, database=database if version >= 3 else ""))
 
 
 def post_effects(conn: Connection, site_id: str) -> dict[str, int]:
@@ -178,7 +181,7 @@ def plan_from(conn: Connection, site_id: str, source_of: dict[str, tuple[str, st
                                  {"site": site_id}).one()
         parts[kind.name] = [int(n), str(digest)]
     effects = post_effects(conn, site_id) if source_of is LIVE else {}
-    return plan_of_parts(site_id, parts, effects, target, version)
+    return plan_of_parts(site_id, parts, effects, target, str(fingerprint(conn)), version)
 
 
 LIVE: dict[str, tuple[str, str]] = {k.name: (k.table, k.where) for k in KINDS}

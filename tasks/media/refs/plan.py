@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 from prefect import task
 from sqlalchemy import Connection, text
 
-from safeops.core.db import engine_for, read_snapshot
+from safeops.core.db import engine_for, fingerprint, read_snapshot
 from safeops.core.image_ref import ImageRef, MediaRefs
 from safeops.core.models import Plan, plan_hash_of
 from safeops.core.settings import describe_target
@@ -133,7 +133,7 @@ def _pool_map(fn: Callable[[T], R], values: Iterable[T], workers: int) -> list[R
 
 
 def _read_sources(target: str, snapshot_uri: str | None
-                  ) -> tuple[list[SourceImage], dict[str, ProductState]]:
+                  ) -> tuple[list[SourceImage], dict[str, ProductState], str]:
     with ExitStack() as stack:
         conn: Connection = stack.enter_context(read_snapshot(engine_for(target)))
         table: SourceTable = "image"
@@ -141,13 +141,13 @@ def _read_sources(target: str, snapshot_uri: str | None
             reader = stack.enter_context(open_snapshot(snapshot_uri, MEDIA_FORMAT))
             load_snapshot(conn, reader)
             table = "_snap_image"
-        return source_images(conn, table), product_states(conn, table)
+        return source_images(conn, table), product_states(conn, table), str(fingerprint(conn))
 
 
 def derive(target: str, snapshot_uri: str | None) -> Derived:
     """Classify every source image; read-only everywhere (DB and bucket)."""
     store = media_store()
-    images, products = _read_sources(target, snapshot_uri)
+    images, products, database = _read_sources(target, snapshot_uri)
     current: dict[str, MediaRefs] = {}
     unusable: set[str] = set()
     for pid, product in products.items():
@@ -216,7 +216,8 @@ def derive(target: str, snapshot_uri: str | None) -> Derived:
 
         _find_reusable(migrate, current, store, head, client)
 
-    return Derived(items=items, plan=_plan(items, store, target, snapshot_uri), store=store)
+    return Derived(items=items, plan=_plan(items, store, target, snapshot_uri, database),
+                   store=store)
 
 
 def _find_reusable(migrate: list[Item], current: dict[str, MediaRefs], store: MediaStore,
@@ -256,7 +257,8 @@ def _first_few(items: list[Item]) -> str:
     return ", ".join(shown) + (", …" if len(items) > FIRST_FEW else "")
 
 
-def _plan(items: list[Item], store: MediaStore, target: str, snapshot_uri: str | None) -> Plan:
+def _plan(items: list[Item], store: MediaStore, target: str, snapshot_uri: str | None,
+          database: str) -> Plan:
     outcomes = Counter(item.outcome for item in items)
     skipped: dict[str, list[Item]] = defaultdict(list)
     for item in items:
@@ -275,7 +277,8 @@ def _plan(items: list[Item], store: MediaStore, target: str, snapshot_uri: str |
     return Plan(kind=FLOW, target=describe_target(target), counts=counts, notes=notes,
                 plan_hash=plan_hash_of({FLOW: {"bucket": store.bucket, "fileUrl": store.file_url,
                                                "source": "snapshot" if snapshot_uri else "live",
-                                               "counts": hashed, "images": body}}))
+                                               "counts": hashed, "images": body}},
+                                         database=database))
 
 
 @task(name="plan-media-refs", **TRANSIENT_RETRIES)

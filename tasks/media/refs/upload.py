@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from safeops.core.db import engine_for, transaction
+from safeops.core.db import engine_for, fingerprint, transaction
 from safeops.core.errors import BadInput, Refused
 from safeops.core.image_ref import MEDIA_VERSION, ImageRef, MediaRefs, public_url
 from safeops.core.models import Approval, plan_hash_of
@@ -88,7 +88,8 @@ def upload_media(target: str, product_id: str, paths: list[Path],
         set_media(conn, {product_id: merged.document()})
         write_audit(conn, flow_run_id=None, flow_name=UPLOAD_FLOW,
                     target=describe_target(target),
-                    plan_hash=plan_hash_of({UPLOAD_FLOW: {product_id: [r.key for r in uploaded]}}),
+                    plan_hash=plan_hash_of({UPLOAD_FLOW: {product_id: [r.key for r in uploaded]}},
+                                           database=str(fingerprint(conn))),
                     approval=Approval(approver=approver, reason=f"upload of {len(uploaded)} "
                                       "file(s)", via="cli"),
                     counts={"products": 1, "refs": len(uploaded)}, snapshot_uri=None,
