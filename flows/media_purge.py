@@ -19,7 +19,7 @@ from safeops.models import RunResult
 from safeops.settings import validate_target
 from tasks.approval import check_saved_plan, request_approval
 from tasks.artifacts import counts_table, snapshot_link, summary_markdown
-from tasks.concurrency import limit_name, one_at_a_time
+from tasks.concurrency import one_at_a_time
 from tasks.medusa_media import (
     apply_media_purge,
     plan_media_purge,
@@ -53,7 +53,7 @@ def purge_product_media(target: str = "medusa", dry_run: bool = True,
     log = get_run_logger()
     started = now_utc()
 
-    with one_at_a_time(limit_name(target), enabled=not dry_run):
+    with one_at_a_time(target, enabled=not dry_run):
         snapshot = take_media_snapshot(target, snapshot_location)
         snapshot_link(snapshot.uri, key="media-purge-snapshot")
         report = verify_media_snapshot(target, snapshot.uri)

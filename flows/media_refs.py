@@ -25,7 +25,7 @@ from safeops.models import RunResult
 from safeops.settings import validate_target
 from tasks.approval import check_saved_plan, request_approval
 from tasks.artifacts import rows_table, snapshot_link, summary_markdown, verify_table
-from tasks.concurrency import limit_name, one_at_a_time
+from tasks.concurrency import one_at_a_time
 from tasks.media_refs import (
     FLOW,
     copy_media_objects,
@@ -73,7 +73,7 @@ def migrate_product_media_refs(target: str = "medusa", snapshot_uri: str | None 
                         f"check(s): {report.failures()}; nothing changed.")
         snapshot_link(snapshot_uri, key="media-refs-snapshot")
 
-    with one_at_a_time(limit_name(target), enabled=not dry_run):
+    with one_at_a_time(target, enabled=not dry_run):
         plan = plan_media_refs(target, snapshot_uri)
         events.emit("plan", plan=plan)
         check_saved_plan(plan, approved_plan_hash)

@@ -18,7 +18,7 @@ from safeops.models import RunResult
 from safeops.settings import validate_target
 from tasks.approval import check_saved_plan, request_approval
 from tasks.artifacts import counts_table, summary_markdown
-from tasks.concurrency import limit_name, one_at_a_time
+from tasks.concurrency import one_at_a_time
 from tasks.medusa_media import apply_media_restore, plan_media_restore, verify_media_snapshot
 from tasks.snapshots import now_utc
 
@@ -44,7 +44,7 @@ def restore_product_media(snapshot_uri: str, target: str = "medusa", dry_run: bo
     validate_target(target)
     started = now_utc()
 
-    with one_at_a_time(limit_name(target), enabled=not dry_run):
+    with one_at_a_time(target, enabled=not dry_run):
         report = verify_media_snapshot(target, snapshot_uri, require_live_match=False)
         plan = plan_media_restore(target, snapshot_uri, force)
         events.emit("plan", plan=plan)

@@ -34,7 +34,7 @@ from tasks.cms_site import (
     verify_site_snapshot,
 )
 from tasks.cms_sql import HEADLINE
-from tasks.concurrency import limit_name, one_at_a_time
+from tasks.concurrency import one_at_a_time
 from tasks.snapshots import now_utc
 
 FLOW = "reset-site-structure"
@@ -79,7 +79,7 @@ def reset_site_structure(site_id: str, dry_run: bool = True,
     site = parse_site_id(site_id)
     started = now_utc()
 
-    with one_at_a_time(limit_name(target, site), enabled=not dry_run):
+    with one_at_a_time(target, "site", site, enabled=not dry_run):
         verdict = check_site(target, site)
         if not verdict["canReset"]:
             raise ResetNotAllowed(verdict["reason"])
