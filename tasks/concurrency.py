@@ -116,13 +116,15 @@ def one_at_a_time(target: str, *scope: str, enabled: bool = True) -> Iterator[Sl
     validate_target(target)
     engine = engine_for(target)
     conn = connect(engine).execution_options(isolation_level="AUTOCOMMIT")
+    held = False
     try:
         url = engine.url
         slot = Slot(f"{url.database}@{url.host or 'localhost'}:{url.port or 5432}", tuple(scope))
         _acquire(conn, slot)
+        held = True
         yield slot
     finally:
-        _release(conn)
+        _release(conn, held)
         engine.dispose()
 
 
@@ -133,6 +135,9 @@ def _acquire(conn: Connection, slot: Slot) -> None:
         text("SELECT set_config('application_name', :name, false)"),
         {"name": (APP_PREFIX + (run_id or "-"))[:63]},
     )
+    if conn.connection.driver_connection.info.server_version >= 140000:  # type: ignore[union-attr]
+        # A server-wide idle_session_timeout would end the slot during a long approval pause.
+        conn.execute(text("SELECT set_config('idle_session_timeout', '0', false)"))
     # The comment stays visible as this session's last query while it holds the slot.
     tag = _safe(
         f"safeops slot flow={flow or '-'} run={run_id or '-'} "
@@ -150,17 +155,19 @@ def _acquire(conn: Connection, slot: Slot) -> None:
         time.sleep(POLL_S)
 
 
-def _release(conn: Connection) -> None:
-    """Unlock and close; closing alone would release it, unlocking says so in the log."""
+def _release(conn: Connection, held: bool) -> None:
+    """Unlock and close (closing alone would release it; unlocking first tells us whether
+    the connection, and so the slot, survived the run)."""
     try:
         try:
             conn.execute(text("SELECT pg_advisory_unlock_all()"))
         except Exception as exc:  # the connection died under us: the lock died with it
-            _log.warning(
-                "the slot's connection was lost while held (%s); the database "
-                "locks of the apply remained the guard",
-                type(exc).__name__,
-            )
+            if held:  # else whatever stopped the wait is the error to see
+                _log.warning(
+                    "the slot's connection was lost while held (%s); the database "
+                    "locks of the apply remained the guard",
+                    type(exc).__name__,
+                )
     finally:
         conn.close()
 
