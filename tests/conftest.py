@@ -41,8 +41,9 @@ def prefect_harness() -> Iterator[None]:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
+    # 300 s: a loaded 2-core machine has been seen taking over 120 s to start it.
     # No heartbeat thread: joining it costs ~1 s per flow run and tests run ~100 flows.
-    with prefect_test_harness(server_startup_timeout=120), \
+    with prefect_test_harness(server_startup_timeout=300), \
             temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 

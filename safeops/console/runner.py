@@ -135,6 +135,8 @@ def run_flow(flow_fn: Callable[..., Any], params: dict[str, Any], decider: Decid
             print(f"plan: {data['plan'].plan_hash}", flush=True)
         elif kind == "approval":
             inbox.put((kind, data))
+        elif kind == "slot-wait":
+            print(data["line"], flush=True)
 
     def body() -> None:
         try:

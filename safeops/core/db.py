@@ -50,9 +50,33 @@ def engine_for_url(raw_url: str) -> Engine:
     return engine
 
 
+# A client that dies (SIGKILL, a closed laptop) must not keep its backend, and so its
+# locks, alive: the server polls the socket every second while a statement runs (a lock
+# wait or pg_sleep included; PostgreSQL >= 14), and TCP keepalives notice a vanished host
+# within 10 + 4 * 5 = 30 s even when the backend sits idle waiting for the next command.
+CLIENT_CHECK_MS = 1000
+KEEPALIVES = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5, "tcp_keepalives_count": 4}
+
+
+def guard_against_dead_client(conn: Connection, *, local: bool) -> None:
+    """Make the server drop this session soon after its client is gone.
+
+    ``local``: for this transaction only (SET LOCAL); else for the whole session."""
+    settings: dict[str, int] = dict(KEEPALIVES)
+    if conn.connection.driver_connection.info.server_version >= 140000:  # type: ignore[union-attr]
+        settings["client_connection_check_interval"] = CLIENT_CHECK_MS
+    # One round trip; names and values are our constants.
+    conn.execute(text("SELECT " + ", ".join(
+        f"set_config('{name}', '{value}', {str(local).lower()})"
+        for name, value in settings.items())))
+
+
 def _prepare(conn: Connection, lock_timeout_s: float | None) -> None:
     # UTC keeps timestamps in snapshots byte-identical whatever the server's zone.
     conn.execute(text("SET LOCAL TimeZone = 'UTC'"))
+    # A killed run's apply, blocked on a table lock or mid-statement, must not keep its
+    # locks (and its place in the lock queue) until the statement ends.
+    guard_against_dead_client(conn, local=True)
     if lock_timeout_s is not None:
         conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'"))
 

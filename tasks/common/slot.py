@@ -1,179 +1,232 @@
-"""One destructive run per target at a time, queued by Prefect.
+"""One live run per target database (or per CMS site) at a time, in a slot that dies
+with its holder.
 
-A global concurrency limit of 1 per database (media) or per site (CMS),
-created on first use and taken with ``strict=True`` so a missing limit can
-never silently mean "no limit". The database lock inside the apply stays the
-real guard; this makes a second run wait its turn instead of failing on it.
+The slot is a session-level PostgreSQL advisory lock taken on a dedicated connection
+to the target database and held for the whole live run, approval pause included:
 
-A holder that dies without releasing its slot (SIGKILL, a closed terminal, a
-crashed worker) must not block its target for ever. The slot is taken with a
-lease that a background thread renews while the run lives (a server's
-repossessor frees expired leases; an ephemeral API has none), and the holder
-is recorded in a Prefect Variable ``<limit>-holder`` (host, pid, flow run,
-lease). A waiting run that finds the recorded holder dead (same host and its
-process gone, or its flow run finished) releases the dead lease, as the holder
-would have, and takes its turn.
+- **Per database by construction.** Advisory locks belong to the database they are
+  taken in, so two target names pointing at one database share a slot and two
+  databases never block each other, whatever the names. A CMS reset scopes it further
+  to its site (a second key).
+- **It cannot leak.** The lock lives exactly as long as the connection. A holder that
+  dies at any moment (SIGKILL, a closed terminal, a crashed worker) closes its socket;
+  the backend sees that at once when idle (the usual case: holding the slot while the
+  run pauses for approval), within a second while a statement runs
+  (``client_connection_check_interval``), and within 30 s if the host vanished (TCP
+  keepalives): see :func:`safeops.db.guard_against_dead_client`. Apply connections get
+  the same guard, so a killed run's apply does not keep its table locks either.
+- **A waiter can name the holder.** The slot connection's ``application_name`` is
+  ``safeops slot run <flow run id>`` (PostgreSQL keeps 63 bytes, too few for the flow
+  name as well), and the statement that took the lock, still shown as its last query
+  in ``pg_stat_activity``, carries the flow, run, host and pid in a comment; its
+  ``query_start`` says since when. A waiting run prints one line saying so.
+
+Why not Prefect's global concurrency limit (what this module used before issue 15): a
+killed holder's slot stayed taken (``active_slots 1`` for good when its holder record
+was never written, e.g. killed while waiting), the wait printed dozens of Prefect's
+internal ``ConcurrencySlotAcquisitionWithLeaseService ... TimeoutError`` errors and no
+word of what it waited for, the limit was named after the target *name*, and keeping
+it alive took Prefect's private ``_leases``/``_sync`` modules. The database lock
+inside each apply stays the real guard; this slot makes a second live run wait its
+turn instead of failing on it. Queueing *deployment* runs is Prefect's job (a
+deployment's ``concurrency_limit``), not this module's.
+
+Key space: the two-int4 form ``pg_advisory_lock(SLOT_CLASS, key)`` (``objsubid = 2`` in
+``pg_locks``) cannot collide with the single-bigint locks elsewhere in safeops
+(``tasks/audit.py``'s ``pg_advisory_xact_lock(hashtext(...))``, ``objsubid = 1``).
+Two scopes whose keys collide (1 in 2**31) would merely take turns.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
+import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
-from prefect import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from sqlalchemy import Connection, text
 
-LEASE_S = 300.0  # Prefect's default; renewed every ~225 s while the run lives
-POLL_S = 2.0  # how often a waiting run looks for a dead holder
+from safeops.core import events
+from safeops.core.db import connect, engine_for, guard_against_dead_client
+from safeops.core.settings import validate_target
+
+SLOT_CLASS = 0x5AFE5107  # first advisory key of every safeops slot (a positive int4)
+POLL_S = 1.0  # a waiting run tries again every second; its connection idles in between
+APP_PREFIX = "safeops slot run "
+
+_log = logging.getLogger("safeops.slot")
 
 
-def limit_name(*parts: str) -> str:
-    return "safeops-" + "-".join(re.sub(r"[^a-z0-9-]+", "-", p.lower()) for p in parts)
+@dataclass(frozen=True)
+class Slot:
+    """Which slot: the target database (host:port/name, no credentials) and scope."""
+
+    database: str
+    scope: tuple[str, ...]
+
+    @property
+    def key(self) -> int:
+        """Second advisory key: a stable 31-bit digest of the scope (0 = whole database)."""
+        if not self.scope:
+            return 0
+        digest = hashlib.blake2b("\x1f".join(self.scope).encode(), digest_size=4).digest()
+        return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+    @property
+    def name(self) -> str:
+        return f"safeops-slot {self.database}" + "".join(f" {s}" for s in self.scope)
 
 
-def ensure_limit(name: str) -> None:
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=1, active=True))
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a slot, as PostgreSQL sees it (fields are None when hidden from us)."""
+
+    backend_pid: int
+    flow_run: str | None
+    flow: str | None
+    host: str | None
+    pid: str | None
+    since: datetime | None
+
+    def describe(self) -> str:
+        who = (
+            f"flow run {self.flow_run}" + (f" {self.flow}" if self.flow else "")
+            if self.flow_run
+            else f"pid {self.pid or '?'} on {self.host or '?'}"
+        )
+        since = f" since {self.since.astimezone(UTC):%H:%M:%S}Z" if self.since else ""
+        return f"held by {who}{since}, backend pid {self.backend_pid}"
 
 
 @contextmanager
-def one_at_a_time(target: str, *scope: str, enabled: bool = True) -> Iterator[None]:
-    """Hold the target's single slot for the whole live run (approval included)."""
-    name = limit_name(target, *scope)
-    from prefect.concurrency._leases import maintain_concurrency_lease
-    from prefect.concurrency._sync import release_concurrency_slots_with_lease
-
+def one_at_a_time(target: str, *scope: str, enabled: bool = True) -> Iterator[Slot | None]:
+    """Hold the target database's slot (narrowed by ``scope``, e.g. a site id) for the
+    whole block; wait for it, saying once who holds it. ``enabled=False`` (dry runs)
+    takes nothing: reading needs no turn."""
     if not enabled:
-        yield
+        yield None
         return
-    ensure_limit(name)
-    lease_id = _acquire(name)
+    validate_target(target)
+    engine = engine_for(target)
+    conn = connect(engine).execution_options(isolation_level="AUTOCOMMIT")
+    held = False
     try:
-        with contextlib.suppress(Exception):  # best effort: without it, no stale detection
-            _record_holder(name, lease_id)
-        with maintain_concurrency_lease(lease_id, LEASE_S, raise_on_lease_renewal_failure=True):
-            yield
+        url = engine.url
+        slot = Slot(f"{url.database}@{url.host or 'localhost'}:{url.port or 5432}", tuple(scope))
+        _acquire(conn, slot)
+        held = True
+        yield slot
     finally:
-        _forget_holder(name, str(lease_id))
-        release_concurrency_slots_with_lease(lease_id)
+        _release(conn, held)
+        engine.dispose()
 
 
-def _acquire(name: str) -> UUID:
-    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
+def _acquire(conn: Connection, slot: Slot) -> None:
+    run_id, flow = _whoami()
+    guard_against_dead_client(conn, local=False)
+    conn.execute(
+        text("SELECT set_config('application_name', :name, false)"),
+        {"name": (APP_PREFIX + (run_id or "-"))[:63]},
+    )
+    if conn.connection.driver_connection.info.server_version >= 140000:  # type: ignore[union-attr]
+        # A server-wide idle_session_timeout would end the slot during a long approval pause.
+        conn.execute(text("SELECT set_config('idle_session_timeout', '0', false)"))
+    # The comment stays visible as this session's last query while it holds the slot.
+    tag = _safe(
+        f"safeops slot flow={flow or '-'} run={run_id or '-'} "
+        f"host={socket.gethostname()} pid={os.getpid()}"
+    )
+    take = text(f"SELECT pg_try_advisory_lock(:cls, :key) /* {tag} */")
+    announced = False
+    while not conn.execute(take, {"cls": SLOT_CLASS, "key": slot.key}).scalar_one():
+        if not announced:
+            holder = holder_of(conn, slot)
+            if holder is None:
+                continue  # released between the two statements: try again at once
+            _announce(slot, holder)
+            announced = True
+        time.sleep(POLL_S)
 
-    dead_seen: dict[str, int] = {}
-    while True:
+
+def _release(conn: Connection, held: bool) -> None:
+    """Unlock and close (closing alone would release it; unlocking first tells us whether
+    the connection, and so the slot, survived the run)."""
+    try:
         try:
-            return acquire_concurrency_slots_with_lease(
-                [name], 1, timeout_seconds=POLL_S, lease_duration=LEASE_S, strict=True).lease_id
-        except TimeoutError:
-            _reclaim_if_dead(name, dead_seen)
+            conn.execute(text("SELECT pg_advisory_unlock_all()"))
+        except Exception as exc:  # the connection died under us: the lock died with it
+            if held:  # else whatever stopped the wait is the error to see
+                _log.warning(
+                    "the slot's connection was lost while held (%s); the database "
+                    "locks of the apply remained the guard",
+                    type(exc).__name__,
+                )
+    finally:
+        conn.close()
 
 
-# ---------------------------------------------------------------- the recorded holder
+HOLDER_SQL = text("""
+    SELECT a.pid, a.application_name, a.query, a.query_start
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid = CAST(:cls AS bigint)::oid AND l.objid = CAST(:key AS bigint)::oid""")
 
 
-def _holder_variable(name: str) -> str:
-    return f"{name}-holder"
+def holder_of(conn: Connection, slot: Slot) -> Holder | None:
+    """The session holding ``slot`` in the database ``conn`` is connected to, if any."""
+    row = conn.execute(HOLDER_SQL, {"cls": SLOT_CLASS, "key": slot.key}).first()
+    if row is None:
+        return None
+    pid, app, query, query_start = row
+    tags = dict(re.findall(r"(\w+)=(\S+)", query or "")) if "safeops slot" in (query or "") else {}
+    run = tags.get("run") or (
+        app[len(APP_PREFIX) :] if (app or "").startswith(APP_PREFIX) else None
+    )
+    return Holder(
+        backend_pid=int(pid),
+        flow_run=None if run in (None, "-") else run,
+        flow=None if tags.get("flow") in (None, "-") else tags["flow"],
+        host=tags.get("host"),
+        pid=tags.get("pid"),
+        since=query_start if tags else None,
+    )
 
 
-def _record_holder(name: str, lease_id: UUID) -> None:
+def _announce(slot: Slot, holder: Holder) -> None:
+    """One line, to the run's log (the UI) and to whoever started the run (the CLI)."""
+    line = f"waiting for slot {slot.name} ({holder.describe()})"
+    _run_logger().info(line)
+    events.emit("slot-wait", line=line, slot=slot.name, holder=holder)
+
+
+def _run_logger() -> Any:
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return _log
+
+
+def _whoami() -> tuple[str | None, str | None]:
+    """(flow run id, flow name) of the calling run; (None, None) outside a flow run."""
     from prefect.context import FlowRunContext
-    from prefect.variables import Variable
 
     ctx = FlowRunContext.get()
-    Variable.set(_holder_variable(name), {
-        "lease": str(lease_id), "host": socket.gethostname(), "pid": os.getpid(),
-        "start": _start_time(os.getpid()),
-        "flowRun": str(ctx.flow_run.id) if ctx and ctx.flow_run else None,
-    }, overwrite=True)
+    if ctx is None or ctx.flow_run is None:
+        return None, None
+    return str(ctx.flow_run.id), (ctx.flow.name if ctx.flow else None)
 
 
-def _read_holder(name: str) -> dict[str, Any] | None:
-    from prefect.variables import Variable
-
-    value = Variable.get(_holder_variable(name), default=None)
-    return value if isinstance(value, dict) else None
-
-
-def _forget_holder(name: str, lease: str) -> None:
-    """Remove the record if it is still this lease's (best effort)."""
-    from prefect.variables import Variable
-
-    with contextlib.suppress(Exception):
-        holder = _read_holder(name)
-        if holder is not None and holder.get("lease") == lease:
-            Variable.unset(_holder_variable(name))
-
-
-def _reclaim_if_dead(name: str, dead_seen: dict[str, int]) -> None:
-    """Release the slot of a recorded holder that is provably dead."""
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-    from prefect.concurrency._sync import release_concurrency_slots_with_lease
-    from prefect.logging.loggers import get_logger
-
-    holder = _read_holder(name)
-    if holder is None or not _is_dead(holder):
-        return
-    lease = str(holder.get("lease"))
-    dead_seen[lease] = dead_seen.get(lease, 0) + 1
-    get_logger("safeops").warning(
-        "%s: the run holding it (flow run %s, pid %s on %s) is gone; releasing its slot",
-        name, holder.get("flowRun"), holder.get("pid"), holder.get("host"))
-    # Exactly what the holder would have done; a no-op if the server never knew the lease.
-    release_concurrency_slots_with_lease(UUID(lease))
-    with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(name)
-        if limit.active_slots >= limit.limit and dead_seen[lease] >= 2 \
-                and _read_holder(name) == holder:
-            # The lease lived in an API process that is gone (an ephemeral server): its slot
-            # is still counted and nobody else can free it.
-            client.update_global_concurrency_limit(
-                name, GlobalConcurrencyLimitUpdate(active_slots=limit.active_slots - 1))
-    _forget_holder(name, lease)
-
-
-def _is_dead(holder: dict[str, Any]) -> bool:
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
-            and not _alive(holder["pid"], holder.get("start")):
-        return True
-    run_id = holder.get("flowRun")
-    if run_id:
-        with contextlib.suppress(Exception), get_client(sync_client=True) as client:
-            state = client.read_flow_run(UUID(run_id)).state
-            return bool(state is not None and state.is_final())
-    return False
-
-
-def _alive(pid: int, start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    now = _start_time(pid)
-    return not (start is not None and now != start)
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time (Linux), so a reused pid is not mistaken for the holder;
-    None for a zombie (it is dead) or where /proc is missing."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
+def _safe(comment: str) -> str:
+    """Only characters that cannot end a SQL comment or start a new statement."""
+    return re.sub(r"[^A-Za-z0-9 ._:=@-]+", "_", comment)
