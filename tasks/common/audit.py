@@ -11,12 +11,12 @@ from uuid import UUID
 from sqlalchemy import Connection, text
 
 from safeops.core.models import Approval
-from safeops.core.settings import mask_url
+from safeops.core.dsn import parsed_for
 
 AUDIT_DDL = files("safeops.schemas").joinpath("audit.sql").read_text()
 
 
-# Databases (masked URL) this process has seen with the audit table already committed.
+# Databases (masked connection description) this process has seen with the audit table already committed.
 _HAS_AUDIT_TABLE: set[str] = set()
 # Set on a connection whose transaction ran the CREATE: it sees its own table before it
 # commits, so what it sees is not remembered (the apply may still roll back).
@@ -33,11 +33,12 @@ def ensure_audit_table(conn: Connection) -> None:
     is never remembered; a table dropped later by hand fails the next write in
     this process (rolled back with it, nothing half done) rather than being
     checked on every write."""
-    database = mask_url(conn.engine.url)
-    if database in _HAS_AUDIT_TABLE:
+    dsn = parsed_for(conn.engine)
+    database = dsn.target.masked() if dsn is not None else None  # unknown: never remembered
+    if database is not None and database in _HAS_AUDIT_TABLE:
         return
     if _audit_table_exists(conn):
-        if not conn.info.get(_CREATED_HERE):
+        if database is not None and not conn.info.get(_CREATED_HERE):
             _HAS_AUDIT_TABLE.add(database)
         return
     # The advisory lock stops two first runs racing on CREATE.
