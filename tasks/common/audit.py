@@ -10,8 +10,8 @@ from uuid import UUID
 
 from sqlalchemy import Connection, text
 
-from safeops.core.models import Approval
 from safeops.core.dsn import parsed_for
+from safeops.core.models import Approval
 
 AUDIT_DDL = files("safeops.schemas").joinpath("audit.sql").read_text()
 
