@@ -16,7 +16,8 @@ from safeops.core.models import Approval
 AUDIT_DDL = files("safeops.schemas").joinpath("audit.sql").read_text()
 
 
-# Databases (masked connection description) this process has seen with the audit table already committed.
+# Databases (masked connection description) this process has seen with the audit table
+# already committed.
 _HAS_AUDIT_TABLE: set[str] = set()
 # Set on a connection whose transaction ran the CREATE: it sees its own table before it
 # commits, so what it sees is not remembered (the apply may still roll back).
