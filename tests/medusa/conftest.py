@@ -97,8 +97,10 @@ def _registry_reachable() -> str | None:
     except subprocess.TimeoutExpired:
         return "npm registry did not answer `npm ping` within 30 s"
     if ping.returncode != 0:
+        said = [line for line in (ping.stderr + ping.stdout).splitlines()
+                if line.startswith("npm error") and "complete log" not in line]
         return f"npm registry unreachable (`npm ping` exited {ping.returncode}: " \
-               f"{(ping.stderr or ping.stdout).strip().splitlines()[-1:]})"
+               f"{said[0].strip() if said else 'no output'})"
     return None
 
 

@@ -29,7 +29,8 @@ from tests.medusa.conftest import FILE_URL, MedusaTemplate, medusa_exec, read_ca
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def safeops(*args: str, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def safeops(*args: str, env: dict[str, str],
+            timeout: int = 600) -> subprocess.CompletedProcess[str]:
     """``uv run safeops ARGS`` in its own process, on the test harness's Prefect API."""
     from prefect.settings import PREFECT_API_URL
 
@@ -38,7 +39,8 @@ def safeops(*args: str, env: dict[str, str], timeout: int = 600) -> subprocess.C
     run = subprocess.run(["uv", "run", "--frozen", "safeops", *args], cwd=ROOT, env=full_env,
                          capture_output=True, text=True, timeout=timeout)
     timed(f"safeops {' '.join(a for a in args if not a.startswith('/'))}", started)
-    assert run.returncode == 0, f"safeops {args} exited {run.returncode}\n{run.stdout}\n{run.stderr}"
+    assert run.returncode == 0, \
+        f"safeops {args} exited {run.returncode}\n{run.stdout}\n{run.stderr}"
     return run
 
 
@@ -58,7 +60,7 @@ def env(medusa_db: str, tmp_path: Path) -> dict[str, str]:
 
 def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql).fetchall()
 
 
 def _strip_media(catalog: dict[str, Any]) -> dict[str, Any]:
