@@ -27,6 +27,7 @@ import pytest
 from tests.medusa.conftest import FILE_URL, MedusaTemplate, medusa_exec, read_catalog, timed
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.medusa
 
 
 def safeops(*args: str, env: dict[str, str],
