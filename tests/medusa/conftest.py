@@ -43,11 +43,6 @@ def timed(label: str, started: float) -> float:
     return elapsed
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "medusa: needs a real Medusa backend from npm (slow; "
-                            "deselect with -m 'not medusa')")
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if TIMINGS:
         terminalreporter.section("real Medusa timings")
