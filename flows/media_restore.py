@@ -25,7 +25,7 @@ TODO = ("images", "variant_links", "product_thumbnails", "variant_thumbnails")
 def restore_product_media(snapshot_uri: str, target: str = "medusa", dry_run: bool = True,
                           approved_plan_hash: str | None = None,
                           approved_by: str | None = None, approval_timeout_s: int = 3600,
-                          force: bool = False) -> RunResult:
+                          force: bool = False, allow_untraced: bool = False) -> RunResult:
     """Put back image rows, variant links and empty thumbnails from a snapshot.
 
     Args:
@@ -36,12 +36,14 @@ def restore_product_media(snapshot_uri: str, target: str = "medusa", dry_run: bo
         approved_by: Who reviewed that saved plan (recorded in the audit row).
         approval_timeout_s: How long the approval pause waits (nothing changes on timeout).
         force: Restore a snapshot taken from another database (fingerprint differs).
+        allow_untraced: Restore a snapshot that is not in this database's snapshot register
+            (not written by safeops from it); the approval and the audit row say so.
     """
     with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
                          approved_by=approved_by, approval_timeout_s=approval_timeout_s,
                          artifacts="media-restore") as run:
         report = verify_media_snapshot(target, snapshot_uri, require_live_match=False)
-        plan = plan_media_restore(target, snapshot_uri, force)
+        plan = plan_media_restore(target, snapshot_uri, force, allow_untraced)
         todo = counts_of(plan, TODO)
         if run.planned(plan, snapshot_uri, nothing_to_do=not any(todo.values()),
                        nothing_message="Nothing to restore: every row of the snapshot is "
@@ -53,13 +55,13 @@ def restore_product_media(snapshot_uri: str, target: str = "medusa", dry_run: bo
                           f"insert {todo['variant_links']} variant-image link(s)",
                           f"set {todo['product_thumbnails']} product and "
                           f"{todo['variant_thumbnails']} variant thumbnail(s) that are empty now",
-                          *(f"skip {note}" for note in plan.notes)])
+                          *(f"skip {note}" for note in plan.notes), *plan.details])
         run.applied(apply_media_restore(target, snapshot_uri, force, plan.plan_hash,
-                                        run.approval, run.started))
+                                        run.approval, run.started, allow_untraced))
         get_run_logger().info("restore committed: %s (snapshot had %s)",
                               run.require_result().applied, report.totals)
 
-        left = counts_of(plan_media_restore(target, snapshot_uri, force), TODO)
+        left = counts_of(plan_media_restore(target, snapshot_uri, force, allow_untraced), TODO)
         run.require_result().after_totals = {f"left_{k}": v for k, v in left.items()}
         return run.finish(problem=(f"Restore committed but rows are still missing afterwards: "
                                    f"{left}.") if any(left.values()) else None)

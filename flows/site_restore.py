@@ -30,7 +30,8 @@ WORK = ("content_types", "authors", "categories", "pages", "seo_entries", "term_
 def restore_site_structure(snapshot_uri: str, target: str = "cms", dry_run: bool = True,
                            approved_plan_hash: str | None = None,
                            approved_by: str | None = None, approval_timeout_s: int = 3600,
-                           skip_conflicts: bool = False) -> RunResult:
+                           skip_conflicts: bool = False,
+                           allow_untraced: bool = False) -> RunResult:
     """Put back exactly what a reset removed and changed.
 
     Args:
@@ -41,6 +42,8 @@ def restore_site_structure(snapshot_uri: str, target: str = "cms", dry_run: bool
         approved_by: Who reviewed that saved plan (recorded in the audit row).
         approval_timeout_s: How long the approval pause waits (nothing changes on timeout).
         skip_conflicts: Restore around rows created since the reset instead of refusing.
+        allow_untraced: Restore a snapshot that is not in this database's snapshot register
+            (not written by safeops from it); the approval and the audit row say so.
     """
     validate_target(target)
     # The site's slot, like its reset's: a restore and a reset of one site never interleave.
@@ -48,7 +51,7 @@ def restore_site_structure(snapshot_uri: str, target: str = "cms", dry_run: bool
     with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
                          approved_by=approved_by, approval_timeout_s=approval_timeout_s,
                          artifacts="site-restore", scope=(site,)) as run:
-        _, slug, plan = plan_site_restore(target, snapshot_uri, skip_conflicts)
+        _, slug, plan = plan_site_restore(target, snapshot_uri, skip_conflicts, allow_untraced)
         todo = counts_of(plan, WORK)
         if run.planned(plan, snapshot_uri, nothing_to_do=not any(todo.values()),
                        nothing_message=f"Nothing to restore: site {slug} already holds the "
@@ -57,11 +60,11 @@ def restore_site_structure(snapshot_uri: str, target: str = "cms", dry_run: bool
 
         run.approve(confirmation=slug,
                     what=[f"{todo[k]} {k.replace('_', ' ')}" for k in WORK if todo[k]]
-                    + plan.notes)
+                    + plan.notes + plan.details)
         run.applied(apply_site_restore(target, snapshot_uri, skip_conflicts, plan.plan_hash,
-                                       run.approval, run.started))
+                                       run.approval, run.started, allow_untraced))
 
-        _, _, after = plan_site_restore(target, snapshot_uri, True)
+        _, _, after = plan_site_restore(target, snapshot_uri, True, allow_untraced)
         run.require_result().after_totals = {f"left_{k}": after.counts[k] for k in WORK
                                              if after.counts[k]}
         return run.finish()

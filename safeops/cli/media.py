@@ -13,6 +13,7 @@ from safeops.cli.options import (
     SavedPlan,
     SnapshotUri,
     Timeout,
+    Untraced,
     handle_errors,
 )
 from safeops.cli.options import Yes as YesFlag
@@ -71,7 +72,7 @@ def media_restore(uri: SnapshotUri, live: LiveFlag = False, yes: YesFlag = False
                   timeout: Timeout = 3600,
                   force: Annotated[bool, typer.Option(
                       "--force", help="Restore a snapshot taken from another database.")] = False,
-                  ) -> None:
+                  untraced: Untraced = False) -> None:
     """Put back what a snapshot holds (ids, urls, ranks, timestamps). Dry run unless --live."""
     from flows.media_restore import restore_product_media
     from safeops.console.runner import report_run, run_command
@@ -79,5 +80,6 @@ def media_restore(uri: SnapshotUri, live: LiveFlag = False, yes: YesFlag = False
     print(f"snapshot: {uri}", flush=True)
     report_run(run_command(restore_product_media,
                            {"snapshot_uri": uri, "target": target, "dry_run": not live,
-                            "force": force, "approval_timeout_s": timeout},
+                            "force": force, "allow_untraced": untraced,
+                            "approval_timeout_s": timeout},
                            live=live, yes=yes, plan=plan, reason=reason))

@@ -34,6 +34,9 @@ Reason = Annotated[str | None, typer.Option("--reason", help="Reason recorded wi
                                             "approval (ticket, context).")]
 Timeout = Annotated[int, typer.Option("--timeout", help="Seconds the approval may wait; "
                                       "nothing changes when it runs out.")]
+Untraced = Annotated[bool, typer.Option(
+    "--untraced", help="Restore a snapshot that is not in the target's snapshot register "
+    "(not written by safeops from this database); the approval and audit row say so.")]
 SnapshotUri = Annotated[str, typer.Argument(help="A snapshot: a path or s3://bucket/key.")]
 SiteId = Annotated[str, typer.Argument(help="The site's UUID.")]
 

@@ -13,6 +13,7 @@ from safeops.cli.options import (
     SiteId,
     SnapshotUri,
     Timeout,
+    Untraced,
     handle_errors,
 )
 from safeops.cli.options import Live as LiveFlag
@@ -57,7 +58,8 @@ def site_restore(uri: SnapshotUri, live: LiveFlag = False, yes: YesFlag = False,
                  timeout: Timeout = 3600,
                  skip_conflicts: Annotated[bool, typer.Option(
                      "--skip-conflicts", help="Restore around rows created since the reset "
-                     "instead of refusing.")] = False) -> None:
+                     "instead of refusing.")] = False,
+                 untraced: Untraced = False) -> None:
     """Undo a reset from its snapshot: rows, post links and blueprint state."""
     from flows.site_restore import restore_site_structure
     from safeops.console.runner import report_run, run_command
@@ -65,5 +67,6 @@ def site_restore(uri: SnapshotUri, live: LiveFlag = False, yes: YesFlag = False,
     print(f"snapshot: {uri}", flush=True)
     report_run(run_command(restore_site_structure,
                            {"snapshot_uri": uri, "target": target, "dry_run": not live,
-                            "skip_conflicts": skip_conflicts, "approval_timeout_s": timeout},
+                            "skip_conflicts": skip_conflicts, "allow_untraced": untraced,
+                            "approval_timeout_s": timeout},
                            live=live, yes=yes, plan=plan, reason=reason))

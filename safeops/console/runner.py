@@ -137,6 +137,8 @@ def run_flow(flow_fn: Callable[..., Any], params: dict[str, Any], decider: Decid
             inbox.put((kind, data))
         elif kind == "slot-wait":
             print(data["line"], flush=True)
+        elif kind == "notice":
+            print(f"note: {data['text']}", flush=True)
 
     def body() -> None:
         try:

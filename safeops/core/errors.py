@@ -53,6 +53,10 @@ class RestoreConflict(Refused):
     """Restoring would collide with rows created since the snapshot."""
 
 
+class SnapshotUntraced(Refused):
+    """The snapshot is intact but not in the target's snapshot register: not one of ours."""
+
+
 class LockTimeout(Refused):
     """An apply could not take its locks within lock_timeout; it rolled back, nothing changed.
 

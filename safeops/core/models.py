@@ -92,6 +92,9 @@ class Plan(BaseModel):
     counts: dict[str, int]
     plan_hash: str
     notes: list[str] = Field(default_factory=list)
+    # What the approver should see besides the counts (e.g. where restored images will
+    # point), shown in the approval request as it is.
+    details: list[str] = Field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

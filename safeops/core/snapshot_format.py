@@ -128,6 +128,7 @@ class SnapshotWriter:
         self._batch_bytes = 0
         self._flushed = 0
         self.count = 0
+        self.summary_sha256 = ""  # of the header (summary lines), once finish() wrote it
 
     def add(self, document: str | bytes) -> None:
         data = document.encode() if isinstance(document, str) else document
@@ -171,7 +172,9 @@ class SnapshotWriter:
                   for key, value in header.items()]
         lines.append(f"{json.dumps(self.body_key)}: [\n".encode())
         trailer = b"\n]\n}\n" if self.count else b"]\n}\n"
-        return SnapshotParts(b"".join(lines), self._spool_path, trailer)
+        header_bytes = b"".join(lines)
+        self.summary_sha256 = hashlib.sha256(header_bytes).hexdigest()
+        return SnapshotParts(header_bytes, self._spool_path, trailer)
 
     def discard(self) -> None:
         """Close and delete the spool; safe to call more than once."""
@@ -272,6 +275,9 @@ class SnapshotReader:
         self.body_key = ""
         self.documents_read = 0
         self.actual_sha256 = ""
+        # The summary's lines, as read: with the body checksum it proves, they identify the
+        # whole file, which is how the snapshot register (safeops_snapshots) knows it.
+        self._summary_sha = hashlib.sha256()
         self._read_summary(expected_format)
 
     @classmethod
@@ -296,6 +302,11 @@ class SnapshotReader:
             yield line
 
     @property
+    def summary_sha256(self) -> str:
+        """sha256 of the summary lines (the file's head, up to the body's opening line)."""
+        return self._summary_sha.hexdigest()
+
+    @property
     def file_sha256(self) -> str:
         """sha256 of every byte read so far: of the whole file once documents() has ended.
 
@@ -313,6 +324,7 @@ class SnapshotReader:
             first = b"?"  # a first line that long is no "{": not a snapshot
         if not first.strip():
             raise self._fail("truncation", "the file is empty")
+        self._summary_sha.update(first)
         if first.strip() != b"{":
             # Not a damaged snapshot but some other file: the caller named the wrong thing.
             raise NotASnapshot(f"{self.uri} is not a safeops snapshot: it does not start with "
@@ -333,6 +345,7 @@ class SnapshotReader:
 
     def _read_summary_lines(self) -> None:
         for number, raw in enumerate(self._lines, 2):
+            self._summary_sha.update(raw)
             line = raw.rstrip(b"\r\n")
             if len(line) > MAX_SUMMARY_LINE_BYTES:
                 raise LineTooLong(number, MAX_SUMMARY_LINE_BYTES)

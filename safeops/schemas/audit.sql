@@ -16,3 +16,21 @@ CREATE TABLE IF NOT EXISTS safeops.safeops_audit (
 );
 CREATE INDEX IF NOT EXISTS safeops_audit_flow_run_idx ON safeops.safeops_audit (flow_run_id);
 CREATE INDEX IF NOT EXISTS safeops_audit_snapshot_idx ON safeops.safeops_audit (snapshot_uri);
+
+-- The snapshot register: every snapshot safeops wrote from this database, by the sha256
+-- of its summary (which records the body's sha256, and no reader accepts a body that
+-- does not hash to it, so the summary's digest names the whole file). A restore trusts
+-- only a file whose summary digest is registered here (or an explicit --untraced).
+CREATE TABLE IF NOT EXISTS safeops.safeops_snapshots (
+    id              bigserial PRIMARY KEY,
+    kind            text NOT NULL,
+    uri             text NOT NULL,
+    summary_sha256  text NOT NULL,
+    body_sha256     text NOT NULL,
+    totals          jsonb NOT NULL,
+    flow_run_id     uuid NULL,
+    created_at      timestamptz NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS safeops_snapshots_summary_idx
+    ON safeops.safeops_snapshots (summary_sha256);

@@ -51,6 +51,7 @@ def summary_markdown(result: RunResult, key: str) -> None:
         lines.append("- after: " + ", ".join(f"{k}={v}" for k, v in result.after_totals.items()))
     if result.plan.notes:
         lines.append("- notes: " + "; ".join(result.plan.notes))
+    lines += [f"- {detail}" for detail in result.plan.details]
     if result.message:
         lines += ["", result.message]
     lines += ["", "| what | planned | applied |", "|---|---:|---:|"]

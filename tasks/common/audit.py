@@ -50,8 +50,11 @@ def ensure_audit_table(conn: Connection) -> None:
 
 
 def _audit_table_exists(conn: Connection) -> bool:
-    return bool(conn.execute(text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")
-                             ).scalar_one())
+    """Both of safeops' own tables (audit rows, snapshot register): the DDL creates each
+    one idempotently, so a database that has only the older one gets the newer."""
+    return bool(conn.execute(text(
+        "SELECT to_regclass('safeops.safeops_audit') IS NOT NULL "
+        "AND to_regclass('safeops.safeops_snapshots') IS NOT NULL")).scalar_one())
 
 
 def write_audit(conn: Connection, *, flow_run_id: UUID | None, flow_name: str, target: str,

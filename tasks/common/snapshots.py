@@ -17,8 +17,14 @@ def utc_stamp(moment: datetime) -> str:
     return moment.strftime("%Y%m%dT%H%M%SZ")
 
 
-def source_fields(fp: Fingerprint) -> dict[str, str]:
-    return {"sourceSystemIdentifier": fp.system_identifier, "sourceDatabase": fp.database}
+def source_fields(fp: Fingerprint, read_only: bool = False) -> dict[str, Any]:
+    """Where the snapshot came from; ``sourceReadOnly`` only when it is true (a standby):
+    such a snapshot could not be entered in its database's register (README)."""
+    fields: dict[str, Any] = {"sourceSystemIdentifier": fp.system_identifier,
+                              "sourceDatabase": fp.database}
+    if read_only:
+        fields["sourceReadOnly"] = True
+    return fields
 
 
 def new_writer(fmt: str, body_key: str, location: str | None) -> SnapshotWriter:

@@ -17,8 +17,10 @@ from sqlalchemy import Connection, text
 from safeops.core.db import engine_for, fingerprint, read_snapshot, transaction
 from safeops.core.models import Approval, Plan, plan_hash_of
 from safeops.core.settings import describe_target, get_settings
+from safeops.core.snapshot_format import SnapshotReader
 from tasks.common.audit import applied_counts, write_audit
 from tasks.common.guards import refuse_if_plan_moved, require_as_planned
+from tasks.common.register import trace_of
 from tasks.common.retry import TRANSIENT_RETRIES
 from tasks.common.run_id import current_flow_run_id
 from tasks.common.snapshots import open_snapshot, refuse_foreign
@@ -121,18 +123,51 @@ def _skip_present(plan: Plan, count: str) -> str:
 # ---------------------------------------------------------------- tasks
 
 @task(name="plan-media-restore", **TRANSIENT_RETRIES)
-def plan_media_restore(target: str, uri: str, force: bool) -> Plan:
+def plan_media_restore(target: str, uri: str, force: bool, allow_untraced: bool = False) -> Plan:
     with open_snapshot(uri, MEDIA_FORMAT) as reader, \
             read_snapshot(engine_for(target)) as conn:
-        refuse_foreign(reader, fingerprint(conn), force)
-        load_snapshot(conn, reader)
-        refuse_if_edited(conn, uri, reader.actual_sha256)
-        return restore_plan(conn, describe_target(target), reader.actual_sha256)
+        return _traced_plan(conn, target, uri, reader, force, allow_untraced)
+
+
+def _traced_plan(conn: Connection, target: str, uri: str, reader: SnapshotReader, force: bool,
+                 allow_untraced: bool) -> Plan:
+    """The plan of a snapshot proven ours: same database (unless forced), intact, not
+    edited since its purge recorded it, and in the snapshot register (unless the operator
+    vouches for it: --untraced; a forced, foreign snapshot cannot be in this register)."""
+    fp = fingerprint(conn)
+    refuse_foreign(reader, fp, force)
+    load_snapshot(conn, reader)
+    refuse_if_edited(conn, uri, reader.actual_sha256)
+    trace = trace_of(conn, reader, uri, allow_untraced=allow_untraced or force)
+    plan = restore_plan(conn, describe_target(target), reader.actual_sha256)
+    plan.details.extend(image_hosts(conn))
+    return trace.mark(plan, str(fp))
+
+
+# Where the restored rows will point: the approver judges the URLs' hosts (an edited
+# snapshot pointing images at another host shows up here), not just the counts.
+IMAGE_HOSTS_SQL = text("""
+SELECT COALESCE(substring(s.url FROM '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]+)'), '(no host)') AS host,
+       count(*)
+FROM _snap_image s LEFT JOIN image i ON i.id = s.id
+WHERE i.id IS NULL
+GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :shown""")
+HOSTS_SHOWN = 8
+
+
+def image_hosts(conn: Connection) -> list[str]:
+    rows = conn.execute(IMAGE_HOSTS_SQL, {"shown": HOSTS_SHOWN + 1}).all()
+    if not rows:
+        return []
+    shown = ", ".join(f"{host} ({n})" for host, n in rows[:HOSTS_SHOWN])
+    more = " and other hosts" if len(rows) > HOSTS_SHOWN else ""
+    return [f"restored images point at: {shown}{more}"]
 
 
 @task(name="apply-media-restore", **TRANSIENT_RETRIES)
 def apply_media_restore(target: str, uri: str, force: bool, approved_plan_hash: str,
-                        approval: Approval, started_at: datetime) -> dict[str, int]:
+                        approval: Approval, started_at: datetime,
+                        allow_untraced: bool = False) -> dict[str, int]:
     flow_run_id = current_flow_run_id()
     settings = get_settings()
     with open_snapshot(uri, MEDIA_FORMAT) as reader, \
@@ -141,10 +176,7 @@ def apply_media_restore(target: str, uri: str, force: bool, approved_plan_hash: 
         if done is not None:
             return done
         lock_media_tables(conn)
-        refuse_foreign(reader, fingerprint(conn), force)
-        load_snapshot(conn, reader)
-        refuse_if_edited(conn, uri, reader.actual_sha256)
-        plan = restore_plan(conn, describe_target(target), reader.actual_sha256)
+        plan = _traced_plan(conn, target, uri, reader, force, allow_untraced)
         refuse_if_plan_moved(plan, approved_plan_hash,
                              "the database changed since the restore was planned")
         applied = insert_snapshot_rows(conn, plan)

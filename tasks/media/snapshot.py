@@ -18,6 +18,7 @@ from safeops.core.db import engine_for, fingerprint, read_snapshot
 from safeops.core.models import SnapshotRef
 from safeops.core.snapshot_format import SnapshotWriter
 from tasks.common.artifacts import Progress
+from tasks.common.register import record_snapshot, target_is_read_only
 from tasks.common.retry import TRANSIENT_RETRIES
 from tasks.common.snapshots import finish_and_publish, new_writer, now_utc, source_fields
 
@@ -171,9 +172,12 @@ def take_media_snapshot(target: str, snapshot_location: str | None = None) -> Sn
                                 "products written to the snapshot")
             totals = stream_snapshot(conn, writer, progress.update)
             progress.finish(totals["totalProducts"])
+            read_only = target_is_read_only(conn)
         uri = finish_and_publish(writer, name_prefix=SNAPSHOT_PREFIX, created_at=created,
-                                 summary={**totals, **source_fields(fp)},
+                                 summary={**totals, **source_fields(fp, read_only)},
                                  location=snapshot_location)
+        record_snapshot(engine_for(target), kind=MEDIA_FORMAT, uri=uri, writer=writer,
+                        totals=totals, created_at=created, read_only=read_only)
     except BaseException:
         writer.discard()
         raise

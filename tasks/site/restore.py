@@ -16,6 +16,7 @@ from safeops.core.models import Approval, Plan, plan_hash_of
 from safeops.core.settings import describe_target, get_settings
 from tasks.common.audit import applied_counts, write_audit
 from tasks.common.guards import refuse_if_plan_moved
+from tasks.common.register import trace_of
 from tasks.common.retry import TRANSIENT_RETRIES
 from tasks.common.run_id import current_flow_run_id
 from tasks.common.snapshots import open_snapshot, refuse_foreign
@@ -176,8 +177,9 @@ def restore_todo(conn: Connection) -> dict[str, int]:
 
 
 def _restore_plan(conn: Connection, target: str, reader: Any, uri: str,
-                  skip_conflicts: bool) -> tuple[str, Plan]:
+                  skip_conflicts: bool, allow_untraced: bool) -> tuple[str, Plan]:
     site_id, _ = load_verified(conn, uri, reader)
+    trace = trace_of(conn, reader, uri, allow_untraced=allow_untraced)
     require_site(conn, site_id)
     todo = restore_todo(conn)
     conflicts = restore_conflicts(conn)
@@ -191,25 +193,29 @@ def _restore_plan(conn: Connection, target: str, reader: Any, uri: str,
     counts = {**todo, **{f"{k}_already_present": v for k, v in present.items()},
               **{f"{k}_conflicting": v for k, v in conflicts.items()}}
     notes = [f"{v} {k} skipped (conflict)" for k, v in conflicts.items() if v]
-    return site_id, Plan(kind="restore-site-structure", target=describe_target(target),
+    plan = Plan(kind="restore-site-structure", target=describe_target(target),
                          counts=counts, notes=notes,
                          plan_hash=plan_hash_of({"restore-site-structure": counts,
                                                  "snapshot": reader.actual_sha256},
                                                 database=str(fingerprint(conn))))
+    return site_id, trace.mark(plan, str(fingerprint(conn)))
 
 
 @task(name="plan-site-restore", **TRANSIENT_RETRIES)
-def plan_site_restore(target: str, uri: str, skip_conflicts: bool) -> tuple[str, str, Plan]:
+def plan_site_restore(target: str, uri: str, skip_conflicts: bool,
+                      allow_untraced: bool = False) -> tuple[str, str, Plan]:
     with open_snapshot(uri, SITE_FORMAT) as reader, \
             read_snapshot(engine_for(target)) as conn:
         refuse_foreign(reader, fingerprint(conn), force=False)
-        site_id, plan = _restore_plan(conn, target, reader, uri, skip_conflicts)
+        site_id, plan = _restore_plan(conn, target, reader, uri, skip_conflicts,
+                                      allow_untraced)
         return site_id, str(reader.summary.get("siteSlug")), plan
 
 
 @task(name="apply-site-restore", **TRANSIENT_RETRIES)
 def apply_site_restore(target: str, uri: str, skip_conflicts: bool, approved_plan_hash: str,
-                       approval: Approval, started_at: datetime) -> dict[str, int]:
+                       approval: Approval, started_at: datetime,
+                       allow_untraced: bool = False) -> dict[str, int]:
     flow_run_id = current_flow_run_id()
     with open_snapshot(uri, SITE_FORMAT) as reader, \
             transaction(engine_for(target), lock_timeout_s=get_settings().lock_timeout_s) as conn:
@@ -219,7 +225,7 @@ def apply_site_restore(target: str, uri: str, skip_conflicts: bool, approved_pla
         refuse_foreign(reader, fingerprint(conn), force=False)
         site_id = str(reader.summary.get("siteId"))
         require_site(conn, parse_site_id(site_id), lock=True)
-        _, plan = _restore_plan(conn, target, reader, uri, skip_conflicts)
+        _, plan = _restore_plan(conn, target, reader, uri, skip_conflicts, allow_untraced)
         refuse_if_plan_moved(plan, approved_plan_hash,
                              "the site changed since the restore was planned")
         restored = insert_structure(conn, site_id)

@@ -15,6 +15,7 @@ from safeops.core.errors import ResetNotAllowed, SnapshotInvalid
 from safeops.core.models import Check, Plan, SnapshotRef, VerifyReport
 from safeops.core.settings import describe_target
 from tasks.common.audit import recorded_for_snapshot
+from tasks.common.register import record_snapshot, target_is_read_only
 from tasks.common.retry import TRANSIENT_RETRIES
 from tasks.common.snapshots import (
     finish_and_publish,
@@ -120,14 +121,17 @@ def snapshot_site(target: str, site_id: str,
                 writer.add(doc)
                 totals[kind] = totals.get(kind, 0) + 1
             fp = fingerprint(conn)
+            read_only = target_is_read_only(conn)
         summary = {"siteId": site_id, "siteSlug": slug, "siteName": name,
                    "planHash": plan.plan_hash, "planDigest": DIGEST_VERSION,
                    "totalRows": writer.count,
                    **{f"total_{k.name}": totals.get(k.name, 0) for k in KINDS},
-                   **source_fields(fp)}
+                   **source_fields(fp, read_only)}
         uri = finish_and_publish(writer, name_prefix=f"{SNAPSHOT_PREFIX}-{slug[:40]}",
                                  created_at=created, summary=summary,
                                  location=snapshot_location)
+        record_snapshot(engine_for(target), kind=SITE_FORMAT, uri=uri, writer=writer,
+                        totals=totals, created_at=created, read_only=read_only)
     except BaseException:
         writer.discard()
         raise
