@@ -70,3 +70,19 @@ def scalar(url: str, sql: str, *params: object) -> object:
 def execute(url: str, sql: str, *params: object) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql, params)
+
+
+def audit_rows(url: str, flow_name: str | None = None) -> list[tuple[object, ...]]:
+    """(flow run id, flow, plan hash, counts) of every audit row, oldest first; none when
+    safeops never wrote one there (the table is created with the first)."""
+    if scalar(url, "SELECT to_regclass('safeops.safeops_audit')") is None:
+        return []
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT flow_run_id, flow_name, plan_hash, counts "
+                            "FROM safeops.safeops_audit ORDER BY id").fetchall()
+    return [tuple(r) for r in rows if flow_name is None or r[1] == flow_name]
+
+
+def audit_count(url: str) -> int:
+    return len(audit_rows(url))
+

@@ -161,15 +161,6 @@ def site_states(url: str, site_id: str) -> States:
     return States(url, CMS_TABLES, reset_model(site_id))
 
 
-def audit_rows(url: str, flow_name: str | None = None) -> list[tuple[Any, ...]]:
-    if scalar(url, "SELECT to_regclass('safeops.safeops_audit')") is None:
-        return []
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT flow_run_id, flow_name, plan_hash, counts "
-                            "FROM safeops.safeops_audit ORDER BY id").fetchall()
-    return [r for r in rows if flow_name is None or r[1] == flow_name]
-
-
 # ---------------------------------------------------------------- stalling an apply
 
 

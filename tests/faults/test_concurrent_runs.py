@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.faults.conftest import States, audit_rows, finish, site_states, start_cli
+from tests.faults.conftest import States, finish, site_states, start_cli
+from tests.pg import audit_rows
 
 
 def test_two_purges_and_two_resets_at_once(medusa_url: str, cms: tuple[str, dict[str, str]],

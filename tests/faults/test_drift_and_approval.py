@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES
-from tests.faults.conftest import audit_rows, checksums, cli, on_event
-from tests.pg import execute, scalar
+from tests.faults.conftest import checksums, cli, on_event
+from tests.pg import audit_rows, execute, scalar
 
 Cms = tuple[str, dict[str, str]]
 

@@ -21,8 +21,8 @@ import psycopg
 import pytest
 
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES, answer_approval, approve_as
-from tests.faults.conftest import States, audit_rows, checksums, cli
-from tests.pg import execute, scalar
+from tests.faults.conftest import States, checksums, cli
+from tests.pg import audit_rows, execute, scalar
 
 Cms = tuple[str, dict[str, str]]
 

@@ -34,7 +34,8 @@ from flows.media_purge import purge_product_media
 from safeops.core import events
 from tasks.common.slot import SLOT_CLASS, one_at_a_time
 from tests.conftest import answer_approval, approve_as
-from tests.faults.conftest import ROOT, States, audit_rows, cli_env, install_stall, wait_for_stall
+from tests.faults.conftest import ROOT, States, cli_env, install_stall, wait_for_stall
+from tests.pg import audit_rows
 
 PRIVATE_NOISE = "ConcurrencySlotAcquisitionWithLeaseService"
 RELEASE_BOUND_S = 60.0  # the "about a minute"; measured values are in each test

@@ -24,7 +24,7 @@ from safeops.core import events
 from safeops.core.errors import ApprovalDenied, ApprovalTimedOut, DriftDetected
 from safeops.core.models import RunResult
 from tests.conftest import MEDUSA_TABLES, answer_approval, approve_as
-from tests.pg import LOCAL, execute, scalar, table_checksums
+from tests.pg import LOCAL, audit_count, execute, scalar, table_checksums
 
 MEDIA_TABLES = ["image", "product_variant_product_image"]
 COPY_TABLES = ["cart_line_item", "order_line_item", "inventory_item"]
@@ -47,12 +47,6 @@ def real_counts(url: str) -> dict[str, int]:
 
 def count(url: str, sql: str, *params: object) -> int:
     return int(scalar(url, sql, *params))  # type: ignore[call-overload]
-
-
-def audit_rows(url: str) -> int:
-    if scalar(url, "SELECT to_regclass('safeops.safeops_audit')") is None:
-        return 0
-    return count(url, "SELECT count(*) FROM safeops.safeops_audit")
 
 
 def purge_live(approver: str = "alice") -> RunResult:
@@ -155,7 +149,7 @@ def test_refused_approval_changes_nothing(medusa_url: str, exports: Path,
         assert "PURGE 1 IMAGES" in str(refused.value)
         assert seen[0]["expected_confirmation"] in str(refused.value)
     assert table_checksums(medusa_url, MEDUSA_TABLES) == before
-    assert audit_rows(medusa_url) == 0
+    assert audit_count(medusa_url) == 0
 
 
 def test_approval_timeout_fails_the_run_and_changes_nothing(medusa_url: str,
@@ -222,7 +216,7 @@ def test_image_edited_during_the_pause_is_refused_as_drift(medusa_url: str,
         medusa_url, "UPDATE image SET url = url || '?v=2' WHERE id = %s", victim)
     assert f"1 changed since the snapshot ({victim})" in message
     assert table_checksums(medusa_url, MEDUSA_TABLES) == during
-    assert audit_rows(medusa_url) == 0
+    assert audit_count(medusa_url) == 0
 
 
 def test_apply_without_a_verify_compares_the_file_and_a_wrong_file_hash_is_refused(
@@ -247,7 +241,7 @@ def test_apply_without_a_verify_compares_the_file_and_a_wrong_file_hash_is_refus
     with pytest.raises(SnapshotInvalid, match="changed since it was verified"):
         apply_media_purge.fn("medusa", uri, plan.plan_hash, approval, now_utc(),
                              verified_sha256="0" * 64, verified_plan_hash=report.plan_hash)
-    assert table_checksums(medusa_url, MEDUSA_TABLES) == before and audit_rows(medusa_url) == 0
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == before and audit_count(medusa_url) == 0
 
     applied = apply_media_purge.fn("medusa", uri, plan.plan_hash, approval, now_utc())
     assert applied["images"] == plan.counts["images"] > 100
@@ -271,7 +265,7 @@ def test_an_image_no_snapshot_can_hold_is_never_deleted(medusa_url: str,
         purge_product_media(dry_run=False)
     assert "images: " in str(refused.value) and "does not hold" in str(refused.value)
     assert table_checksums(medusa_url, MEDUSA_TABLES) == before
-    assert audit_rows(medusa_url) == 0
+    assert audit_count(medusa_url) == 0
 
     # The same refusal when the apply compares the file itself (no verify to lean on).
     from safeops.core.models import Approval
@@ -305,7 +299,7 @@ def test_fault_mid_apply_leaves_nothing_half_done_and_a_rerun_succeeds(medusa_ur
     assert "injected fault" in str(state.message) + repr(state.result(raise_on_failure=False))
     # The images were deleted before the thumbnail update failed: all of it rolled back.
     assert table_checksums(medusa_url, MEDUSA_TABLES) == before
-    assert audit_rows(medusa_url) == 0
+    assert audit_count(medusa_url) == 0
 
     execute(medusa_url, "DROP TRIGGER safeops_test_fault ON product")
     result = purge_live()

@@ -35,7 +35,7 @@ from safeops.core.errors import (
 )
 from safeops.core.models import RunResult
 from tests.conftest import CMS_TABLES, answer_approval, approve_as
-from tests.pg import execute, scalar, table_checksums
+from tests.pg import audit_count, execute, scalar, table_checksums
 
 Cms = tuple[str, dict[str, str]]
 
@@ -161,12 +161,6 @@ def publish(url: str, post_id: str) -> None:
                  "WHERE id = %s", post_id)
 
 
-def audit_rows(url: str) -> int:
-    if scalar(url, "SELECT to_regclass('safeops.safeops_audit')") is None:
-        return 0
-    return count(url, "SELECT count(*) FROM safeops.safeops_audit")
-
-
 def reset_live(site_id: str, approver: str = "alice") -> tuple[RunResult, dict[str, Any]]:
     with answer_approval(approve_as(approver)) as seen:
         result = reset_site_structure(site_id, dry_run=False)
@@ -236,7 +230,7 @@ def test_one_published_post_turns_check_and_reset_to_refusals_that_write_nothing
     with pytest.raises(ResetNotAllowed, match="1 published post"):
         reset_site_structure(atelier, dry_run=False)
     assert table_checksums(url, CMS_TABLES) == before
-    assert audit_rows(url) == 0
+    assert audit_count(url) == 0
     assert not exports.exists() or not list(exports.iterdir())  # refused before the snapshot
 
 
@@ -307,7 +301,7 @@ def test_dry_run_changes_nothing_and_writes_a_readable_snapshot(cms: Cms, export
     result = reset_site_structure(sites["atelier"])  # dry run is the default
     assert result.dry_run and not result.applied
     assert table_checksums(url, CMS_TABLES) == before
-    assert audit_rows(url) == 0
+    assert audit_count(url) == 0
 
     assert result.snapshot_uri and Path(result.snapshot_uri).is_file()
     head = Path(result.snapshot_uri).read_text().splitlines()[:24]
@@ -360,7 +354,7 @@ def test_rejection_wrong_slug_and_timeout_change_nothing(cms: Cms, exports: Path
     with pytest.raises(ApprovalTimedOut, match="timed out after 2 s"):
         reset_site_structure(atelier, dry_run=False, approval_timeout_s=2)
     assert table_checksums(url, CMS_TABLES) == before
-    assert audit_rows(url) == 0
+    assert audit_count(url) == 0
 
 
 # ---------------------------------------------------------------- 4. the race
@@ -383,7 +377,7 @@ def test_post_published_during_the_pause_makes_the_reset_refuse(cms: Cms,
     assert len(seen) == 1 and during
     assert table_checksums(url, CMS_TABLES) == during
     assert structure_counts(url, atelier)["categories"] == 4
-    assert audit_rows(url) == 0
+    assert audit_count(url) == 0
 
 
 def test_publish_committed_while_the_apply_waits_on_its_lock_refuses(cms: Cms,
@@ -422,7 +416,7 @@ def test_publish_committed_while_the_apply_waits_on_its_lock_refuses(cms: Cms,
         assert isinstance(error, ResetNotAllowed), (name, outcome)
         assert "1 published post" in str(error) and "published since the check" in str(error)
         assert structure_counts(url, atelier)["categories"] == 4, name
-        assert audit_rows(url) == 0, name
+        assert audit_count(url) == 0, name
         # Take the publish back out: every table is exactly as before, nothing was deleted.
         execute(url, undo_sql, undo_id)
         assert table_checksums(url, CMS_TABLES) == before, name
@@ -494,7 +488,7 @@ def test_stale_plan_hash_is_refused_and_content_edits_change_the_hash(cms: Cms,
         reset_site_structure(atelier, dry_run=False, approved_plan_hash=first,
                              approved_by="alice")
     assert table_checksums(url, CMS_TABLES) == before
-    assert audit_rows(url) == 0
+    assert audit_count(url) == 0
 
     execute(url, "DELETE FROM terms WHERE site_id = %s AND slug = 'late'", atelier)
     assert current_plan_hash(atelier) == first
@@ -507,7 +501,7 @@ def test_stale_plan_hash_is_refused_and_content_edits_change_the_hash(cms: Cms,
         reset_site_structure(atelier, dry_run=False, approved_plan_hash=first,
                              approved_by="alice")
     assert table_checksums(url, CMS_TABLES) == before
-    assert audit_rows(url) == 0
+    assert audit_count(url) == 0
 
 
 # ---------------------------------------------------------------- 6. restore rules
@@ -584,7 +578,7 @@ def test_resetting_a_reset_site_asks_nothing_and_changes_nothing(cms: Cms,
     assert again.message.startswith("Nothing to reset") and again.plan.is_empty
     assert reset_site_structure(sites["atelier"]).message.startswith("Nothing to reset")
     assert table_checksums(url, CMS_TABLES) == after_first
-    assert audit_rows(url) == 1
+    assert audit_count(url) == 1
 
     execute(url, "UPDATE sites SET active_blueprint_version = 7, setup_status = 'ready' "
                  "WHERE id = %s", sites["atelier"])
@@ -710,7 +704,7 @@ def test_allowlist_rejects_alice_then_bobs_reset_reports_real_counts(
             pytest.raises(ApprovalDenied, match="'alice' is not in SAFEOPS_APPROVERS"):
         reset_site_structure(atelier, dry_run=False)
     assert table_checksums(url, CMS_TABLES) == before
-    assert audit_rows(url) == 0
+    assert audit_count(url) == 0
 
     with answer_approval(approve_as("bob", "ticket OPS-9")) as seen:
         result = reset_site_structure(atelier, dry_run=False)
@@ -761,7 +755,7 @@ def test_fault_at_the_last_statement_rolls_everything_back(cms: Cms, exports: Pa
     # SEO rows, pages, categories, authors, content types were deleted before the failing
     # UPDATE: every one of them is back.
     assert table_checksums(url, CMS_TABLES) == before
-    assert audit_rows(url) == 0
+    assert audit_count(url) == 0
 
     execute(url, "DROP TRIGGER safeops_test_fault ON sites")
     result = reset_site_structure(atelier, dry_run=False,
@@ -769,7 +763,7 @@ def test_fault_at_the_last_statement_rolls_everything_back(cms: Cms, exports: Pa
                                   approved_by="alice")
     assert result.applied["categories"] == 4
     assert structure_counts(url, atelier) == dict.fromkeys(STRUCTURE, 0)
-    assert audit_rows(url) == 1
+    assert audit_count(url) == 1
 
 
 # ---------------------------------------------------------------- 12. writes beyond the plan
@@ -824,7 +818,7 @@ def test_writes_beyond_the_plan_roll_the_reset_back(cms: Cms, exports: Path,
     assert f"{table} inserted/updated/deleted" in str(refused.value)
     assert "nothing changed" in str(refused.value)
     assert table_checksums(url, tables) == before
-    assert audit_rows(url) == 0
+    assert audit_count(url) == 0
 
 
 def test_without_track_counts_the_kept_rows_checksum_still_guards(
@@ -854,7 +848,7 @@ def test_without_track_counts_the_kept_rows_checksum_still_guards(
         reset_site_structure(atelier, dry_run=False)
     assert checksummed == [atelier, atelier]
     assert table_checksums(url, CMS_TABLES) == before
-    assert audit_rows(url) == 0
+    assert audit_count(url) == 0
 
     execute(url, "DROP TRIGGER safeops_test_touch ON authors")
     result = reset_site_structure(atelier, dry_run=False,
@@ -862,4 +856,4 @@ def test_without_track_counts_the_kept_rows_checksum_still_guards(
                                   approved_by="alice")
     assert result.applied["authors"] == 2
     assert structure_counts(url, atelier) == dict.fromkeys(STRUCTURE, 0)
-    assert audit_rows(url) == 1
+    assert audit_count(url) == 1
