@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from safeops.core import signing
+from safeops.core.errors import ApprovalDenied, BadInput
 from safeops.core.signing import (
     SAVED_PLAN_RUN_ID,
     AllowedSigners,
@@ -41,7 +42,6 @@ from safeops.core.signing import (
     verify,
     verify_approval,
 )
-from safeops.errors import ApprovalDenied, BadInput
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH")
 
