@@ -114,6 +114,10 @@ class StatementMismatch(SignatureRefused):
         self.field = field
 
 
+class TargetUnidentified(SignatureRefused):
+    """The target database's identity cannot be read, so no signature can be bound to it."""
+
+
 class NotASnapshot(BadInput):
     """The file is not a safeops snapshot at all (exit 2), as opposed to a damaged one."""
 
