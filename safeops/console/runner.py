@@ -8,6 +8,7 @@ same path the UI's form takes.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import queue
@@ -209,7 +210,11 @@ def _resume_when_paused(run_id: Any, answer: dict[str, Any], resume: Callable[..
             if state is not None and state.is_final():
                 return
             time.sleep(0.1)
-    resume(run_id, run_input=answer)
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError
+
+    # The run may have stopped waiting (timed out) meanwhile: its own outcome is reported.
+    with contextlib.suppress(NotPausedError, FlowPauseTimeout):
+        resume(run_id, run_input=answer)
 
 
 def refuse_unattended(live: bool, yes: bool, has_plan: bool) -> None:
