@@ -28,7 +28,8 @@ FLOW = "purge-product-media"
 def purge_product_media(target: str = "medusa", dry_run: bool = True,
                         approved_plan_hash: str | None = None, approved_by: str | None = None,
                         approval_timeout_s: int = 3600,
-                        snapshot_location: str | None = None) -> RunResult:
+                        snapshot_location: str | None = None,
+                        approved_plan_signature: str | None = None) -> RunResult:
     """Remove every image reference (images, variant links, thumbnails); files stay in MinIO.
 
     Args:
@@ -38,12 +39,15 @@ def purge_product_media(target: str = "medusa", dry_run: bool = True,
         approved_plan_hash: The plan hash of a reviewed dry run; it replaces the approval
             pause when it equals this run's plan, and a different hash is refused.
         approved_by: Who reviewed that saved plan (recorded in the audit row).
+        approved_plan_signature: The signed saved plan (``safeops sign-plan``): needed with
+            approved_plan_hash when SAFEOPS_ALLOWED_SIGNERS is set.
         approval_timeout_s: How long the approval pause waits before giving up (nothing
             changes on timeout).
         snapshot_location: Folder or s3://bucket/prefix; SAFEOPS_SNAPSHOT_URI when empty.
     """
     with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
                          approved_by=approved_by, approval_timeout_s=approval_timeout_s,
+                         approved_plan_signature=approved_plan_signature,
                          artifacts="media-purge") as run:
         snapshot = take_media_snapshot(target, snapshot_location)
         snapshot_link(snapshot.uri, key="media-purge-snapshot", announce="snapshot")

@@ -53,7 +53,8 @@ def check_site_reset(site_id: str, target: str = "cms") -> dict[str, Any]:
 def reset_site_structure(site_id: str, target: str = "cms", dry_run: bool = True,
                          approved_plan_hash: str | None = None, approved_by: str | None = None,
                          approval_timeout_s: int = 3600,
-                         snapshot_location: str | None = None) -> RunResult:
+                         snapshot_location: str | None = None,
+                         approved_plan_signature: str | None = None) -> RunResult:
     """Delete a site's categories, authors, pages, content types and their SEO meta.
 
     Args:
@@ -64,6 +65,8 @@ def reset_site_structure(site_id: str, target: str = "cms", dry_run: bool = True
         approved_plan_hash: Plan hash of a reviewed dry run; replaces the approval pause when
             it equals this run's plan, and a different hash is refused.
         approved_by: Who reviewed that saved plan (recorded in the audit row).
+        approved_plan_signature: The signed saved plan (``safeops sign-plan``): needed with
+            approved_plan_hash when SAFEOPS_ALLOWED_SIGNERS is set.
         approval_timeout_s: How long the approval pause waits (nothing changes on timeout).
         snapshot_location: Folder or s3://bucket/prefix; SAFEOPS_SNAPSHOT_URI when empty.
     """
@@ -71,6 +74,7 @@ def reset_site_structure(site_id: str, target: str = "cms", dry_run: bool = True
     site = parse_site_id(site_id)
     with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
                          approved_by=approved_by, approval_timeout_s=approval_timeout_s,
+                         approved_plan_signature=approved_plan_signature,
                          artifacts="site-reset", scope=(site,)) as run:
         verdict = check_site(target, site)
         if not verdict["canReset"]:

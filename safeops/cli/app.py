@@ -32,6 +32,15 @@ assert refs.group is media.group  # migrate-refs and upload live in the media gr
 RunId = Annotated[str, typer.Argument(help="The paused flow run's id (safeops approvals).")]
 
 
+Key = Annotated[str | None, typer.Option(
+    "--key", help="Private key file to sign with (or a .pub whose private half is in the "
+    "ssh-agent); default SAFEOPS_SIGNING_KEY, then the agent's first key. Used only when "
+    "the run's worker has allowed signers.")]
+Approver = Annotated[str | None, typer.Option(
+    "--approver", help="Your name, for runs without allowed signers (default: the current "
+    "user). Signed runs ignore it: the signature says who you are.")]
+
+
 @app.command("approvals")
 @handle_errors
 def approvals() -> None:
@@ -46,46 +55,103 @@ def approvals() -> None:
         console.print("No run is waiting for approval.")
         return
     table = Table("run id", "flow", "target", "counts", "plan hash", "type to confirm",
-                  "waiting since", "deadline")
+                  "approved", "waiting since", "deadline")
     for r in rows:
         counts = ", ".join(f"{k}={v}" for k, v in r.get("counts", {}).items() if v)
         table.add_row(r["run_id"], r.get("flow", ""), r.get("target", ""), counts,
                       str(r.get("planHash", ""))[:16], r.get("expectedConfirmation", ""),
-                      str(r.get("waitingSince", "")), str(r.get("deadline", "")))
+                      _votes(r), str(r.get("waitingSince", "")), str(r.get("deadline", "")))
     console.print(table)
     for r in rows:
-        print(f"waiting: {r['run_id']} {r.get('flow', '')} plan={r.get('planHash', '')}",
+        print(f"waiting: {r['run_id']} {r.get('flow', '')} plan={r.get('planHash', '')} "
+              f"{_votes(r)} identity={'signed' if r.get('signed') else 'unverified'}",
               flush=True)
+
+
+def _votes(r: dict[str, object]) -> str:
+    """``approved=1/2 (alice@example.com) needs=1``"""
+    names = r.get("approvedBy") or []
+    done = len(names) if isinstance(names, list) else 0
+    required = int(str(r.get("requiredApprovals") or 1))
+    who = f" ({', '.join(map(str, names))})" if done and isinstance(names, list) else ""
+    return f"approved={done}/{required}{who} needs={max(required - done, 0)}"
 
 
 @app.command("approve")
 @handle_errors
 def approve(run_id: RunId,
-            approver: Annotated[str, typer.Option("--approver", help="Your name (audit row).")],
             confirm: Annotated[str, typer.Option(
                 "--confirm", help="The confirmation text the run asks for, e.g. "
                 "'PURGE 200 IMAGES' or the site slug.")],
-            reason: Annotated[str, typer.Option("--reason")] = "approved from the CLI") -> None:
-    """Approve a paused run; a wrong confirmation ends it with nothing changed."""
-    from safeops.cli.approvals import answer
+            reason: Annotated[str, typer.Option("--reason")] = "approved from the CLI",
+            approver: Approver = None, key: Key = None) -> None:
+    """Approve a paused run (signed when the run asks for signatures); a wrong
+    confirmation or a refused signature ends it with nothing changed."""
+    from safeops.cli.approvals import answer, answer_for
 
-    answer(run_id, {"approver": approver, "reason": reason, "confirmation": confirm,
-                    "decision": "approve"})
+    answer(run_id, answer_for(run_id, decision="approve", reason=reason, confirmation=confirm,
+                              approver=approver, key=key))
     print(f"approved: {run_id}", flush=True)
 
 
 @app.command("reject")
 @handle_errors
 def reject(run_id: RunId,
-           approver: Annotated[str, typer.Option("--approver", help="Your name (audit trail).")],
            reason: Annotated[str, typer.Option("--reason", help="Why the change is rejected.")],
-           ) -> None:
+           approver: Approver = None, key: Key = None) -> None:
     """Reject a paused run: it ends with nothing changed."""
-    from safeops.cli.approvals import answer
+    from safeops.cli.approvals import answer, answer_for
 
-    answer(run_id, {"approver": approver, "reason": reason, "confirmation": "",
-                    "decision": "reject"})
+    answer(run_id, answer_for(run_id, decision="reject", reason=reason, confirmation="",
+                              approver=approver, key=key))
     print(f"rejected: {run_id}", flush=True)
+
+
+@app.command("sign-plan")
+@handle_errors
+def sign_plan_command(
+        plan_hash: Annotated[str, typer.Argument(help="The plan hash a dry run printed.")],
+        flow: Annotated[str, typer.Option("--flow", help="The flow that will apply it, e.g. "
+                                          "purge-product-media or reset-site-structure.")],
+        target: Annotated[str, typer.Option("--target", help="The target name (its "
+                                            "database's fingerprint is signed).")],
+        reason: Annotated[str, typer.Option("--reason", help="Why (one line).")],
+        key: Key = None,
+        out: Annotated[str | None, typer.Option("--out", help="File to write (default: "
+                                                "stdout).")] = None) -> None:
+    """Sign a saved plan: hand the file to --plan-signature (valid for
+    SAFEOPS_SAVED_PLAN_MAX_AGE_S, default 7 days)."""
+    from pathlib import Path
+
+    from safeops.cli.approvals import sign_plan
+
+    signed = sign_plan(plan_hash, flow=flow, target=target, reason=reason, key=key)
+    if out is None:
+        print(signed, end="", flush=True)
+    else:
+        Path(out).write_text(signed, encoding="utf-8")
+        print(f"signed plan: {out}", flush=True)
+
+
+audit = typer.Typer(no_args_is_help=True, help="The audit rows applies wrote.")
+app.add_typer(audit, name="audit")
+
+
+@audit.command("verify")
+@handle_errors
+def audit_verify(target: Annotated[str, typer.Option("--target", help="The target name.")]
+                 ) -> None:
+    """Re-check every signed audit row of a target against SAFEOPS_ALLOWED_SIGNERS, one
+    line per row; exit 3 when any signed row no longer verifies."""
+    from safeops.cli.approvals import verify_audit
+
+    lines, ok = verify_audit(target)
+    for line in lines:
+        print(line, flush=True)
+    if not lines:
+        print(f"no audit row in {target}", flush=True)
+    if not ok:
+        raise typer.Exit(3)
 
 
 @app.command("demo")

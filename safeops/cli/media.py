@@ -9,8 +9,10 @@ import typer
 from safeops.cli.options import Live as LiveFlag
 from safeops.cli.options import (
     MediaTarget,
+    PlanSignature,
     Reason,
     SavedPlan,
+    SigningKey,
     SnapshotUri,
     Timeout,
     Untraced,
@@ -55,14 +57,16 @@ def media_verify(uri: SnapshotUri, target: MediaTarget = "medusa",
 @handle_errors
 def media_purge(live: LiveFlag = False, yes: YesFlag = False, plan: SavedPlan = None,
                 target: MediaTarget = "medusa", reason: Reason = None,
-                timeout: Timeout = 3600) -> None:
+                timeout: Timeout = 3600, plan_signature: PlanSignature = None,
+                key: SigningKey = None) -> None:
     """Remove every image reference; MinIO files stay. Dry run unless --live."""
     from flows.media_purge import purge_product_media
     from safeops.console.runner import report_run, run_command
 
     report_run(run_command(purge_product_media,
                            {"target": target, "dry_run": not live, "approval_timeout_s": timeout},
-                           live=live, yes=yes, plan=plan, reason=reason))
+                           live=live, yes=yes, plan=plan, reason=reason,
+                           plan_signature=plan_signature, key=key))
 
 
 @group.command("restore")

@@ -30,6 +30,12 @@ Yes = Annotated[bool, typer.Option("--yes", help="Approve as the current user wi
 SavedPlan = Annotated[str | None, typer.Option(
     "--plan", help="Plan hash of a reviewed dry run: only that exact plan is applied, and "
     "a plan that changed since is refused.")]
+PlanSignature = Annotated[str | None, typer.Option(
+    "--plan-signature", help="File written by `safeops sign-plan`: the signed saved plan, "
+    "required with --plan when the workers have allowed signers.")]
+SigningKey = Annotated[str | None, typer.Option(
+    "--key", help="Key to sign the approval with (default SAFEOPS_SIGNING_KEY, then the "
+    "ssh-agent); used when allowed signers are configured.")]
 Reason = Annotated[str | None, typer.Option("--reason", help="Reason recorded with the "
                                             "approval (ticket, context).")]
 Timeout = Annotated[int, typer.Option("--timeout", help="Seconds the approval may wait; "

@@ -8,8 +8,10 @@ import typer
 
 from safeops.cli.options import (
     CmsTarget,
+    PlanSignature,
     Reason,
     SavedPlan,
+    SigningKey,
     SiteId,
     SnapshotUri,
     Timeout,
@@ -40,7 +42,8 @@ def site_check(site_id: SiteId, target: CmsTarget = "cms") -> None:
 @handle_errors
 def site_reset(site_id: SiteId, live: LiveFlag = False, yes: YesFlag = False,
                plan: SavedPlan = None, target: CmsTarget = "cms", reason: Reason = None,
-               timeout: Timeout = 3600) -> None:
+               timeout: Timeout = 3600, plan_signature: PlanSignature = None,
+               key: SigningKey = None) -> None:
     """Delete the site's categories, authors, pages, content types and their SEO meta."""
     from flows.site_reset import reset_site_structure
     from safeops.console.runner import report_run, run_command
@@ -48,7 +51,8 @@ def site_reset(site_id: SiteId, live: LiveFlag = False, yes: YesFlag = False,
     report_run(run_command(reset_site_structure,
                            {"site_id": site_id, "target": target, "dry_run": not live,
                             "approval_timeout_s": timeout},
-                           live=live, yes=yes, plan=plan, reason=reason))
+                           live=live, yes=yes, plan=plan, reason=reason,
+                           plan_signature=plan_signature, key=key))
 
 
 @group.command("restore")

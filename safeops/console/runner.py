@@ -8,6 +8,7 @@ same path the UI's form takes.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import queue
@@ -22,8 +23,11 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from safeops.core import events
-from safeops.core.errors import ApprovalDenied
+from safeops.core.errors import ApprovalDenied, BadInput, SafeopsError
 from safeops.core.models import Plan
+from safeops.core.signing import key_fingerprint
+from tasks.common.approval import register_starter, signed_answer
+from tasks.common.notify import approve_command
 
 console = Console(highlight=False)
 
@@ -81,13 +85,40 @@ class ProgressBars:
 
 
 class Decider:
-    """How a live run's approval is answered from the CLI."""
+    """How a live run's approval is answered from the CLI.
 
-    def __init__(self, yes: bool, reason: str | None) -> None:
+    Signed runs (the worker has allowed signers): the answer is signed with ``key``
+    (else SAFEOPS_SIGNING_KEY, else the ssh-agent) at the current time, and that key is
+    registered as the run's starter (with SAFEOPS_FORBID_SELF_APPROVAL it never counts
+    toward the quorum). The CLI answers only a run's first pause; the pauses of a quorum
+    that still need others print the command they run. A signing failure becomes an
+    unsigned rejection: the run ends with nothing changed rather than waiting."""
+
+    def __init__(self, yes: bool, reason: str | None, key: str | None = None) -> None:
         self.yes = yes
         self.reason = reason
+        self.key = key
 
-    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        info = request.get("request") or {}
+        if int(request.get("round", 1)) > 1:
+            print(f"waiting: {request.get('needed', 1)} more approval(s) of "
+                  f"{info.get('requiredApprovals', '?')} for run {info.get('flowRunId')}: "
+                  f"{approve_command(info)}", flush=True)
+            return None
+        plain = self._plain(request)
+        if not info.get("signed"):
+            return plain
+        try:
+            signed = signed_answer(info, decision=plain["decision"], reason=plain["reason"],
+                                   confirmation=plain["confirmation"], key=self.key)
+        except SafeopsError as exc:
+            return {**plain, "decision": "reject", "signed_at": info.get("signedAt", ""),
+                    "reason": f"could not sign the approval: {exc}"}
+        register_starter(info.get("flowRunId"), key_fingerprint(signed["signature"]))
+        return signed
+
+    def _plain(self, request: dict[str, Any]) -> dict[str, Any]:
         expected = request["expected_confirmation"]
         if self.yes:
             user = current_user()
@@ -155,12 +186,14 @@ def run_flow(flow_fn: Callable[..., Any], params: dict[str, Any], decider: Decid
             kind, data = inbox.get()
             if kind == "done":
                 break
+            answer: dict[str, Any] | None
             if decider is None:
                 answer = {"approver": current_user(), "reason": "no approver at the CLI",
                           "confirmation": "", "decision": "reject"}
             else:
                 answer = decider.answer(data)
-            _resume_when_paused(data["flow_run_id"], answer, resume_flow_run)
+            if answer is not None:  # None: a later pause of a quorum, for others to answer
+                _resume_when_paused(data["flow_run_id"], answer, resume_flow_run)
         worker.join()
     bars.close()
     if "error" in outcome:
@@ -181,7 +214,11 @@ def _resume_when_paused(run_id: Any, answer: dict[str, Any], resume: Callable[..
             if state is not None and state.is_final():
                 return
             time.sleep(0.1)
-    resume(run_id, run_input=answer)
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError
+
+    # The run may have stopped waiting (timed out) meanwhile: its own outcome is reported.
+    with contextlib.suppress(NotPausedError, FlowPauseTimeout):
+        resume(run_id, run_input=answer)
 
 
 def refuse_unattended(live: bool, yes: bool, has_plan: bool) -> None:
@@ -191,13 +228,33 @@ def refuse_unattended(live: bool, yes: bool, has_plan: bool) -> None:
 
 
 def run_command(flow_fn: Callable[..., Any], params: dict[str, Any], *, live: bool = False,
-                yes: bool = False, plan: str | None = None, reason: str | None = None) -> Any:
+                yes: bool = False, plan: str | None = None, reason: str | None = None,
+                plan_signature: str | None = None, key: str | None = None) -> Any:
     """What every flow-running command does: refuse an unattended live run, turn a saved
-    plan into the flow's parameters, answer the approval as the flags say."""
+    plan (and its signature file, ``safeops sign-plan``) into the flow's parameters,
+    answer the approval as the flags say."""
     refuse_unattended(live, yes, plan is not None)
     if plan is not None:
         params = {**params, "approved_plan_hash": plan, "approved_by": current_user()}
-    return run_flow(flow_fn, params, Decider(yes, reason) if live else None)
+    if plan_signature is not None:
+        params = {**params, "approved_plan_signature": read_plan_signature(flow_fn,
+                                                                           plan_signature)}
+    return run_flow(flow_fn, params, Decider(yes, reason, key) if live else None)
+
+
+def read_plan_signature(flow_fn: Callable[..., Any], path: str) -> str:
+    """The signed plan file's text, for a flow that takes ``approved_plan_signature``."""
+    import inspect
+    from pathlib import Path
+
+    target = getattr(flow_fn, "fn", flow_fn)
+    if "approved_plan_signature" not in inspect.signature(target).parameters:
+        raise BadInput("This command does not take --plan-signature.")
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"--plan-signature {path!r} cannot be read ({type(exc).__name__}).") \
+            from None
 
 
 def report_run(result: Any) -> None:

@@ -85,6 +85,61 @@ class ApprovalTimedOut(ApprovalDenied):
     """Nobody answered the approval before its deadline."""
 
 
+# --- signed approvals (safeops.core.signing) ---------------------------------
+
+class SigningUnavailable(BadInput):
+    """No usable signing key: nothing was signed (no key, no agent, locked key)."""
+
+
+class StatementInvalid(BadInput):
+    """A statement cannot be built from these values (e.g. a reason with a newline)."""
+
+
+class AllowedSignersInvalid(BadInput):
+    """SAFEOPS_ALLOWED_SIGNERS is set but unusable; approvals must not fall back to unverified."""
+
+
+class SignatureRefused(ApprovalDenied):
+    """A signed approval was refused; every subclass names one reason."""
+
+
+class SignatureMissing(SignatureRefused):
+    """Allowed signers are configured but the answer carries no signature."""
+
+
+class SignatureMalformed(SignatureRefused):
+    """The text pasted as a signature is not an armored SSH signature."""
+
+
+class StatementMalformed(SignatureRefused):
+    """The signed text is not a canonical safeops statement."""
+
+
+class WrongNamespace(SignatureRefused):
+    """The signature was made for another purpose (e.g. ``git``), not ``safeops``."""
+
+
+class SignerNotAllowed(SignatureRefused):
+    """The signing key is not listed (or not allowed for safeops) in allowed_signers."""
+
+
+class BadSignature(SignatureRefused):
+    """The signature does not match the statement: the statement was altered."""
+
+
+class StatementMismatch(SignatureRefused):
+    """A valid signature over a statement for another run, flow, target, plan or time."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        # Only the message goes into args (pickling); ``field`` travels in __dict__.
+        super().__init__(message)
+        self.field = field
+
+
+class TargetUnidentified(SignatureRefused):
+    """The target database's identity cannot be read, so no signature can be bound to it."""
+
+
 class NotASnapshot(BadInput):
     """The file is not a safeops snapshot at all (exit 2), as opposed to a damaged one."""
 

@@ -101,10 +101,24 @@ class Plan(BaseModel):
         return not any(self.counts.values())
 
 
+class SignedVote(BaseModel):
+    """One verified signature: who (from allowed_signers), which key, what, the proof.
+
+    Everything here is public (a signature proves, it grants nothing), so it may be
+    stored in audit rows and artifacts and re-verified later by anyone."""
+
+    principal: str
+    fingerprint: str  # SHA256:… of the signing key
+    statement: str  # the exact canonical text that was signed
+    signature: str  # armored SSHSIG
+
+
 class Approval(BaseModel):
-    approver: str
+    approver: str  # the principal(s) when verified, else the typed name
     reason: str
     via: str  # "pause" or "saved-plan"
+    identity: str = "unverified"  # "verified": every vote below checked against allowed signers
+    signatures: list[SignedVote] = Field(default_factory=list)
 
 
 class RunResult(BaseModel):

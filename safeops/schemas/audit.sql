@@ -12,8 +12,16 @@ CREATE TABLE IF NOT EXISTS safeops.safeops_audit (
     counts        jsonb NOT NULL,
     snapshot_uri  text NULL,
     started_at    timestamptz NULL,
-    applied_at    timestamptz NOT NULL DEFAULT now()
+    applied_at    timestamptz NOT NULL DEFAULT now(),
+    identity      text NOT NULL DEFAULT 'unverified',
+    signatures    jsonb NOT NULL DEFAULT '[]'
 );
+-- Tables created before signed approvals: add the columns (idempotent). ``identity`` is
+-- 'verified' when every approval was an SSH signature checked against allowed signers;
+-- ``signatures`` holds [{principal, fingerprint, statement, signature}] to re-verify later.
+ALTER TABLE safeops.safeops_audit
+    ADD COLUMN IF NOT EXISTS identity   text  NOT NULL DEFAULT 'unverified',
+    ADD COLUMN IF NOT EXISTS signatures jsonb NOT NULL DEFAULT '[]';
 CREATE INDEX IF NOT EXISTS safeops_audit_flow_run_idx ON safeops.safeops_audit (flow_run_id);
 CREATE INDEX IF NOT EXISTS safeops_audit_snapshot_idx ON safeops.safeops_audit (snapshot_uri);
 

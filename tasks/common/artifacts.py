@@ -45,6 +45,9 @@ def summary_markdown(result: RunResult, key: str) -> None:
     if result.approval:
         lines.append(f"- approved by **{result.approval.approver}** via {result.approval.via}: "
                      f"{result.approval.reason}")
+        lines.append(f"- identity: {result.approval.identity}")
+        for vote in result.approval.signatures:
+            lines.append(f"  - signed by {vote.principal} with {vote.fingerprint}")
     if result.after_snapshot_uri:
         lines.append(f"- snapshot after: `{result.after_snapshot_uri}`")
     if result.after_totals:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from typing import Any
@@ -50,11 +51,14 @@ def ensure_audit_table(conn: Connection) -> None:
 
 
 def _audit_table_exists(conn: Connection) -> bool:
-    """Both of safeops' own tables (audit rows, snapshot register): the DDL creates each
-    one idempotently, so a database that has only the older one gets the newer."""
-    return bool(conn.execute(text(
-        "SELECT to_regclass('safeops.safeops_audit') IS NOT NULL "
-        "AND to_regclass('safeops.safeops_snapshots') IS NOT NULL")).scalar_one())
+    """Both of safeops' own tables (audit rows, snapshot register), the audit table with
+    its latest column (``signatures``): the DDL creates each idempotently and brings an
+    older audit table up to date with its ALTER, under the same lock."""
+    return bool(conn.execute(text("""
+        SELECT to_regclass('safeops.safeops_snapshots') IS NOT NULL
+           AND EXISTS (SELECT 1 FROM pg_attribute
+                       WHERE attrelid = to_regclass('safeops.safeops_audit')
+                         AND attname = 'signatures' AND NOT attisdropped)""")).scalar_one())
 
 
 def write_audit(conn: Connection, *, flow_run_id: UUID | None, flow_name: str, target: str,
@@ -64,14 +68,43 @@ def write_audit(conn: Connection, *, flow_run_id: UUID | None, flow_name: str, t
     return int(conn.execute(text("""
         INSERT INTO safeops.safeops_audit
             (flow_run_id, flow_name, target, plan_hash, approver, reason, approved_via,
-             counts, snapshot_uri, started_at)
+             counts, snapshot_uri, started_at, identity, signatures)
         VALUES (:run, :flow, :target, :hash, :approver, :reason, :via,
-                CAST(:counts AS jsonb), :uri, :started)
+                CAST(:counts AS jsonb), :uri, :started, :identity, CAST(:signatures AS jsonb))
         RETURNING id"""), {
         "run": flow_run_id, "flow": flow_name, "target": target, "hash": plan_hash,
         "approver": approval.approver, "reason": approval.reason, "via": approval.via,
         "counts": json.dumps(counts), "uri": snapshot_uri, "started": started_at,
+        "identity": approval.identity,
+        "signatures": json.dumps([v.model_dump() for v in approval.signatures]),
     }).scalar_one())
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    flow_run_id: str | None
+    flow_name: str
+    plan_hash: str
+    approver: str
+    approved_via: str
+    identity: str
+    signatures: list[dict[str, Any]]
+    applied_at: datetime
+
+
+def audit_rows(conn: Connection) -> list[AuditRow]:
+    """Every audit row of this database, oldest first (none when there is no table)."""
+    if conn.execute(text("SELECT to_regclass('safeops.safeops_audit')")).scalar_one() is None:
+        return []
+    has_signatures = _audit_table_exists(conn)
+    extra = "identity, signatures" if has_signatures else "'unverified', '[]'::jsonb"
+    rows = conn.execute(text(f"""
+        SELECT id, flow_run_id, flow_name, plan_hash, approver, approved_via, {extra},
+               applied_at
+        FROM safeops.safeops_audit ORDER BY id""")).all()
+    return [AuditRow(int(r[0]), str(r[1]) if r[1] else None, str(r[2]), str(r[3]), str(r[4]),
+                     str(r[5]), str(r[6]), list(r[7] or []), r[8]) for r in rows]
 
 
 def applied_counts(conn: Connection, flow_run_id: UUID | None, flow_name: str,

@@ -13,20 +13,29 @@ calls.
 
 Every destructive flow takes the same run options, with the same names and
 order after its subject (site id or snapshot URI): ``target``, ``dry_run``,
-``approved_plan_hash``, ``approved_by``, ``approval_timeout_s``.
+``approved_plan_hash``, ``approved_by``, ``approval_timeout_s`` (and, where a flow
+takes it, ``approved_plan_signature``: the signed statement of a saved plan,
+required when allowed signers are configured).
+
+The target database's fingerprint (system identifier + database name) is read
+once per live run, when the run reaches its approval, and carried in the
+approval request: a signed statement binds to it, so a signature for staging
+can never approve production.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from safeops.core import events
+from safeops.core.db import engine_for, fingerprint, transaction
 from safeops.core.errors import SafeopsError
 from safeops.core.models import Approval, Plan, RunResult
-from safeops.core.settings import validate_target
+from safeops.core.settings import describe_target, validate_target
 from tasks.common.approval import check_saved_plan, request_approval
 from tasks.common.artifacts import counts_table, summary_markdown
 from tasks.common.slot import one_at_a_time
@@ -49,6 +58,8 @@ class DestructiveRun:
     started: datetime = field(default_factory=now_utc)
     result: RunResult | None = None
     report_counts: Reporter | None = None
+    approved_plan_signature: str | None = None
+    target_fingerprint: str | None = None
 
     def planned(self, plan: Plan, snapshot_uri: str | None, *, nothing_to_do: bool,
                 nothing_message: str) -> bool:
@@ -71,8 +82,29 @@ class DestructiveRun:
         result.approval = request_approval(
             result.plan, expected_confirmation=confirmation, what=what,
             snapshot_uri=result.snapshot_uri, timeout_s=self.approval_timeout_s,
-            approved_plan_hash=self.approved_plan_hash, approved_by=self.approved_by)
+            approved_plan_hash=self.approved_plan_hash, approved_by=self.approved_by,
+            approved_plan_signature=self.approved_plan_signature, flow=self.flow,
+            target_fingerprint=self.fingerprint(), target_description=describe_target(
+                self.target))
         return result.approval
+
+    def fingerprint(self) -> str | None:
+        """``<system identifier>/<database>`` of the target, read once per run.
+
+        Signed approvals need it (a failure to read it propagates from there); an
+        unsigned run only shows it, so a failure leaves it None."""
+        if self.target_fingerprint is None:
+            try:
+                engine = engine_for(self.target)
+                try:
+                    with transaction(engine, read_only=True) as conn:
+                        self.target_fingerprint = str(fingerprint(conn))
+                finally:
+                    engine.dispose()
+            except SafeopsError:
+                if os.environ.get("SAFEOPS_ALLOWED_SIGNERS") is not None:
+                    raise
+        return self.target_fingerprint
 
     @property
     def approval(self) -> Approval:
@@ -113,13 +145,15 @@ class DestructiveRun:
 def destructive_run(flow: str, target: str, *, dry_run: bool, approved_plan_hash: str | None,
                     approved_by: str | None, approval_timeout_s: int, artifacts: str,
                     scope: tuple[str, ...] = (), report_counts: Reporter | None = None,
+                    approved_plan_signature: str | None = None,
                     ) -> Iterator[DestructiveRun]:
     """Validate the target, hold its slot for a live run (approval included), yield the run."""
     validate_target(target)
     run = DestructiveRun(flow=flow, target=target, dry_run=dry_run,
                          approved_plan_hash=approved_plan_hash, approved_by=approved_by,
                          approval_timeout_s=approval_timeout_s, artifacts=artifacts,
-                         report_counts=report_counts)
+                         report_counts=report_counts,
+                         approved_plan_signature=approved_plan_signature)
     with one_at_a_time(target, *scope, enabled=not dry_run):
         yield run
 

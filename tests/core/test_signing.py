@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from safeops.errors import ApprovalDenied, BadInput
 
 from safeops.core import signing
+from safeops.core.errors import ApprovalDenied, BadInput
 from safeops.core.signing import (
     SAVED_PLAN_RUN_ID,
     AllowedSigners,

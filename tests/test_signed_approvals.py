@@ -1,0 +1,439 @@
+"""Issue 12: signed approvals, two people when it matters, approvers told.
+
+Real parts only: ed25519 keys made by ssh-keygen in a temporary folder, an OpenSSH
+allowed_signers file, real PostgreSQL, Prefect's pause/resume, and a loopback HTTP
+receiver behind a CustomWebhookNotificationBlock. Every refusal checks the database
+is unchanged and no audit row was written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from flows.media_purge import purge_product_media
+from safeops.core import signing
+from safeops.core.errors import (
+    ApprovalDenied,
+    ApprovalTimedOut,
+    BadSignature,
+    SignatureMissing,
+    SignerNotAllowed,
+    StatementMismatch,
+    exit_code_for,
+)
+from tasks.common.approval import signed_answer
+from tests.conftest import MEDUSA_TABLES, answer_approval, free_port
+from tests.faults.conftest import cli
+from tests.pg import execute, scalar, table_checksums
+
+pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH")
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    path: Path
+    private_text: str
+    fingerprint: str
+
+    @property
+    def principal(self) -> str:
+        return f"{self.name}@example.com"
+
+
+def _keygen(folder: Path, name: str) -> Key:
+    path = folder / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
+                   check=True)
+    fp = subprocess.run(["ssh-keygen", "-lf", f"{path}.pub"], check=True, capture_output=True,
+                        text=True).stdout.split()[1]
+    return Key(name, path, path.read_text(), fp)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Key]:
+    folder = tmp_path_factory.mktemp("keys")
+    made = {n: _keygen(folder, n) for n in ("alice", "bob", "carol", "mallory")}
+    lines = ["# approvers of safeops"]
+    for name in ("alice", "bob", "carol"):  # mallory is not allowed
+        key_type, key_b64 = Path(f"{made[name].path}.pub").read_text().split()[:2]
+        lines.append(f"{made[name].principal} {key_type} {key_b64}")
+    (folder / "allowed_signers").write_text("\n".join(lines) + "\n")
+    return made
+
+
+@pytest.fixture()
+def signed(keys: dict[str, Key], monkeypatch: pytest.MonkeyPatch) -> dict[str, Key]:
+    """Allowed signers configured on the 'worker' (this process); no ambient key or agent."""
+    for name in ("SSH_AUTH_SOCK", "SAFEOPS_SIGNING_KEY", "SAFEOPS_NOTIFY_BLOCK",
+                 "SAFEOPS_REQUIRED_APPROVALS", "SAFEOPS_FORBID_SELF_APPROVAL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SAFEOPS_ALLOWED_SIGNERS",
+                       str(keys["alice"].path.parent / "allowed_signers"))
+    return keys
+
+
+def sign_as(key: Key, decision: str = "approve", reason: str = "OPS-12 drop images",
+            confirmation: str | None = None, **statement_changes: Any,
+            ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """An approver who signs this run's statement (optionally altered) with ``key``."""
+
+    def answer(data: dict[str, Any]) -> dict[str, Any]:
+        request = data["request"]
+        confirm = data["expected_confirmation"] if confirmation is None else confirmation
+        if not statement_changes:
+            return signed_answer(request, decision=decision, reason=reason,
+                                 confirmation=confirm, key=str(key.path))
+        values: dict[str, Any] = dict(
+            flow_run_id=request["flowRunId"], flow=request["flow"],
+            target_fingerprint=request["targetFingerprint"], plan_hash=request["planHash"],
+            decision=decision, reason=reason, signed_at=datetime.now(UTC))
+        values.update(statement_changes)
+        text = signing.Statement(**values).text()
+        return {"reason": reason, "confirmation": confirm, "decision": decision,
+                "signed_at": signing.format_time(values["signed_at"]), "statement": text,
+                "signature": signing.sign(text, str(key.path))}
+
+    return answer
+
+
+def audit(url: str) -> list[dict[str, Any]]:
+    if scalar(url, "SELECT to_regclass('safeops.safeops_audit')") is None:
+        return []
+    with psycopg.connect(url) as conn:
+        cur = conn.execute("SELECT to_jsonb(a) FROM safeops.safeops_audit a ORDER BY id")
+        return [dict(r[0]) for r in cur.fetchall()]
+
+
+def refused(url: str, answer: Any, kind: type[BaseException], words: str) -> ApprovalDenied:
+    """A live purge answered with ``answer``: refused as ``kind``, nothing changed."""
+    before = table_checksums(url, MEDUSA_TABLES)
+    with answer_approval(answer), pytest.raises(kind, match=words) as caught:
+        purge_product_media(dry_run=False)
+    assert table_checksums(url, MEDUSA_TABLES) == before
+    assert audit(url) == []
+    assert isinstance(caught.value, ApprovalDenied) and exit_code_for(caught.value) == 4
+    assert "\n" not in str(caught.value)
+    return caught.value
+
+
+def no_key_material(text: str, keys: dict[str, Key]) -> None:
+    for key in keys.values():
+        for line in key.private_text.splitlines():
+            if "-----" not in line:
+                assert line not in text and line[:24] not in text
+
+
+# --------------------------------------------------------------------- 1. signed approvals
+
+
+def test_signed_approval_applies_and_the_audit_row_can_be_reverified(
+        medusa_url: str, exports: Path, signed: dict[str, Key]) -> None:
+    alice = signed["alice"]
+    with answer_approval(sign_as(alice)) as seen:
+        result = purge_product_media(dry_run=False)
+    request = seen[0]["request"]
+    assert request["signed"] and request["targetFingerprint"].endswith("/" + medusa_url.rsplit(
+        "/", 1)[1].split("?")[0])
+    assert "ssh-keygen -Y sign -n safeops" in request["signingCommand"]
+    assert result.applied["images"] > 0 and scalar(medusa_url, "SELECT count(*) FROM image") == 0
+    assert result.approval is not None and result.approval.identity == "verified"
+    assert result.approval.approver == alice.principal
+    [row] = audit(medusa_url)
+    assert row["identity"] == "verified" and row["approver"] == alice.principal
+    [vote] = row["signatures"]
+    assert vote["principal"] == alice.principal and vote["fingerprint"] == alice.fingerprint
+    assert vote["statement"].startswith("safeops approval v1\n")
+    assert f"plan_hash: {row['plan_hash']}" in vote["statement"]
+    assert vote["signature"].startswith("-----BEGIN SSH SIGNATURE-----")
+    # Anyone can re-verify it later; the private key is nowhere.
+    run = cli("audit", "verify", "--target", "medusa")
+    assert run.code == 0, run
+    assert f": ok {alice.principal} {alice.fingerprint}" in run.stdout
+    no_key_material(json.dumps(row, default=str) + result.model_dump_json() + run.stdout, signed)
+    # A tampered row (someone rewrote the plan hash) no longer verifies: exit 3.
+    execute(medusa_url, "UPDATE safeops.safeops_audit SET plan_hash = %s", "f" * 64)
+    run = cli("audit", "verify", "--target", "medusa")
+    assert run.code == 3 and "MISMATCH alice@example.com (plan_hash)" in run.stdout, run
+
+
+def test_unsigned_approval_is_refused(medusa_url: str, exports: Path,
+                                      signed: dict[str, Key]) -> None:
+    refused(medusa_url, lambda d: {"approver": "alice", "reason": "OPS-1", "decision": "approve",
+                                   "confirmation": d["expected_confirmation"]},
+            SignatureMissing, "carries no signature")
+
+
+def test_altered_statement_is_a_bad_signature(medusa_url: str, exports: Path,
+                                              signed: dict[str, Key]) -> None:
+    def altered(data: dict[str, Any]) -> dict[str, Any]:
+        answer = sign_as(signed["alice"])(data)
+        answer["statement"] = answer["statement"].replace("OPS-12 drop images", "OPS-13 other")
+        answer["reason"] = "OPS-13 other"
+        return answer
+
+    refused(medusa_url, altered, BadSignature, "does not match the statement")
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"plan_hash": "b" * 64}, "plan_hash"),
+    ({"flow_run_id": str(uuid.uuid4())}, "flow_run_id"),
+    ({"target_fingerprint": "7000000000000000001/medusa"}, "target_fingerprint"),
+])
+def test_signature_over_another_run_plan_or_target_is_refused(
+        medusa_url: str, exports: Path, signed: dict[str, Key], change: dict[str, Any],
+        field: str) -> None:
+    caught = refused(medusa_url, sign_as(signed["alice"], **change), StatementMismatch,
+                     f"for {field} ")
+    assert getattr(caught, "field", None) == field
+
+
+def test_signer_not_in_allowed_signers_is_refused(medusa_url: str, exports: Path,
+                                                  signed: dict[str, Key]) -> None:
+    refused(medusa_url, sign_as(signed["mallory"]), SignerNotAllowed,
+            signed["mallory"].fingerprint.replace("+", r"\+"))
+
+
+def test_statement_older_than_the_pause_is_refused(medusa_url: str, exports: Path,
+                                                   signed: dict[str, Key]) -> None:
+    old = datetime.now(UTC) - timedelta(minutes=10)
+    refused(medusa_url, sign_as(signed["alice"], signed_at=old), StatementMismatch,
+            "before this approval was requested")
+
+
+def test_well_signed_rejection_stops_the_run(medusa_url: str, exports: Path,
+                                             signed: dict[str, Key]) -> None:
+    refused(medusa_url, sign_as(signed["bob"], decision="reject", reason="not during the sale"),
+            ApprovalDenied, "Rejected by bob@example.com .*not during the sale")
+
+
+def test_unverified_when_no_allowed_signers(medusa_url: str, exports: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    monkeypatch.delenv("SAFEOPS_ALLOWED_SIGNERS", raising=False)
+    with answer_approval(lambda d: {"approver": "alice", "reason": "OPS-1", "decision": "approve",
+                                    "confirmation": d["expected_confirmation"]}) as seen:
+        result = purge_product_media(dry_run=False)
+    assert result.approval is not None and result.approval.identity == "unverified"
+    [row] = audit(medusa_url)
+    assert row["identity"] == "unverified" and row["signatures"] == []
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[seen[0]["flow_run_id"]])))
+    summary = next(a for a in artifacts if a.key == "media-purge-summary")
+    assert "- identity: unverified" in str(summary.data)
+
+
+def test_signed_saved_plan(medusa_url: str, exports: Path, signed: dict[str, Key],
+                           tmp_path: Path) -> None:
+    plan = purge_product_media(dry_run=True).plan.plan_hash
+    before = table_checksums(medusa_url, MEDUSA_TABLES)
+    with pytest.raises(SignatureMissing):
+        purge_product_media(dry_run=False, approved_plan_hash=plan, approved_by="alice")
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == before
+
+    out = tmp_path / "plan.signed"
+    run = cli("sign-plan", plan, "--flow", "purge-product-media", "--target", "medusa",
+              "--reason", "OPS-12 reviewed", "--key", str(signed["bob"].path), "--out", str(out))
+    assert run.code == 0, run
+    no_key_material(out.read_text(), signed)
+    result = purge_product_media(dry_run=False, approved_plan_hash=plan,
+                                 approved_plan_signature=out.read_text())
+    assert result.approval is not None and result.approval.via == "saved-plan"
+    assert result.approval.approver == "bob@example.com"
+    assert audit(medusa_url)[0]["signatures"][0]["statement"].split("\n")[1] == \
+        "flow_run_id: saved-plan"
+
+
+# --------------------------------------------------------------------- 2. two people
+
+
+def test_quorum_of_two_with_self_approval_forbidden(medusa_url: str, exports: Path,
+                                                    signed: dict[str, Key],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """alice started the run (approved_by): her signature never counts; bob's counts once
+    however often he answers; carol's makes two and the run applies."""
+    from safeops.cli.approvals import waiting_approvals
+
+    monkeypatch.setenv("SAFEOPS_REQUIRED_APPROVALS", "purge-product-media=2,1")
+    monkeypatch.setenv("SAFEOPS_FORBID_SELF_APPROVAL", "true")
+    order = [signed["alice"], signed["bob"], signed["bob"], signed["carol"]]
+    listed: list[list[dict[str, Any]]] = []
+
+    def next_signer(data: dict[str, Any]) -> dict[str, Any]:
+        if data["round"] == 3:
+            listed.append(waiting_approvals())
+        return sign_as(order[data["round"] - 1])(data)
+
+    with answer_approval(next_signer) as seen:
+        result = purge_product_media(dry_run=False, approved_by="alice@example.com")
+    assert [d["needed"] for d in seen] == [2, 2, 1, 1]
+    assert result.approval is not None
+    assert result.approval.approver == "bob@example.com + carol@example.com"
+    [row] = audit(medusa_url)
+    assert [v["principal"] for v in row["signatures"]] == ["bob@example.com", "carol@example.com"]
+    [waiting] = [r for r in listed[0] if r["run_id"] == str(seen[0]["flow_run_id"])]
+    assert waiting["approvedBy"] == ["bob@example.com"] and waiting["requiredApprovals"] == 2
+
+
+def test_one_rejection_ends_a_quorum(medusa_url: str, exports: Path, signed: dict[str, Key],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFEOPS_REQUIRED_APPROVALS", "2")
+    answers = [sign_as(signed["bob"]), sign_as(signed["carol"], decision="reject",
+                                               reason="wrong shop")]
+    refused(medusa_url, lambda d: answers[d["round"] - 1](d), ApprovalDenied,
+            "Rejected by carol@example.com")
+
+
+def test_cli_live_yes_signs_and_its_own_signature_does_not_count_when_forbidden(
+        medusa_url: str, exports: Path, signed: dict[str, Key],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--live --yes` signs with SAFEOPS_SIGNING_KEY (alice): she started the run, so with
+    self-approval forbidden her answer does not count and the CLI prints the command
+    for someone else; bob answers the second pause and the purge applies."""
+    monkeypatch.setenv("SAFEOPS_SIGNING_KEY", str(signed["alice"].path))
+    monkeypatch.setenv("SAFEOPS_FORBID_SELF_APPROVAL", "true")
+    with _only_rounds({2}, sign_as(signed["bob"])):
+        run = cli("media", "purge", "--live", "--yes", "--reason", "OPS-12")
+    assert run.code == 0, run
+    assert "waiting: 1 more approval(s) of 1" in run.stdout and "safeops approve " in run.stdout
+    [row] = audit(medusa_url)
+    assert [v["principal"] for v in row["signatures"]] == ["bob@example.com"]
+    no_key_material(run.stdout + run.stderr + json.dumps(row, default=str), signed)
+
+
+def _only_rounds(rounds: set[int], answer: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
+    import time
+    from contextlib import contextmanager
+
+    from safeops.core import events
+
+    @contextmanager
+    def ctx() -> Iterator[None]:
+        from prefect import get_client
+        from prefect.flow_runs import resume_flow_run
+
+        def resume(data: dict[str, Any]) -> None:
+            with get_client(sync_client=True) as client:
+                for _ in range(600):
+                    state = client.read_flow_run(data["flow_run_id"]).state
+                    if state is not None and state.is_paused() and \
+                            state.state_details.pause_key == f"approval-{data['round']}":
+                        break
+                    time.sleep(0.1)
+            resume_flow_run(data["flow_run_id"], run_input=answer(data))
+
+        def listener(kind: str, data: dict[str, Any]) -> None:
+            if kind == "approval" and data["round"] in rounds:
+                threading.Thread(target=resume, args=(data,), daemon=True).start()
+
+        with events.listening(listener):
+            yield
+
+    return ctx()
+
+
+# --------------------------------------------------------------------- 3. approvers told
+
+
+class Receiver:
+    """A loopback HTTP server that keeps every request body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                outer.bodies.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def texts(self) -> list[str]:
+        return [str(b.get("text", "")) for b in self.bodies]
+
+
+@pytest.fixture()
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.server.shutdown()
+
+
+def webhook_block(url: str) -> str:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    name = f"approvers-{uuid.uuid4().hex[:8]}"
+    CustomWebhookNotificationBlock(name=name, url=url, timeout=5,
+                                   json_data={"text": "{{body}}", "title": "{{subject}}"}
+                                   ).save(name, overwrite=True)
+    return f"custom-webhook/{name}"
+
+
+def test_approvers_are_told_of_the_pause_and_the_approval(
+        medusa_url: str, exports: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+        signed: dict[str, Key]) -> None:
+    monkeypatch.setenv("SAFEOPS_NOTIFY_BLOCK", webhook_block(receiver.url))
+    monkeypatch.setenv("PREFECT_UI_URL", "http://prefect.example:4200")
+    with answer_approval(sign_as(signed["alice"])) as seen:
+        result = purge_product_media(dry_run=False)
+    run_id = str(seen[0]["flow_run_id"])
+    paused, approved = receiver.texts()
+    images = result.plan.counts["images"]
+    for text in (paused, approved):
+        assert f"images={images}" in text and result.plan.plan_hash in text
+        assert f"http://prefect.example:4200/runs/flow-run/{run_id}" in text
+        assert str(result.snapshot_uri) in text and "target: medusa (" in text
+    assert f"safeops approve {run_id} --confirm 'PURGE {images} IMAGES'" in paused
+    assert "deadline: 20" in paused and "waiting for approval" in receiver.bodies[0]["title"]
+    assert "approved by alice@example.com (identity: verified)" in approved
+
+
+def test_approvers_are_told_of_a_timeout(medusa_url: str, exports: Path, receiver: Receiver,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SAFEOPS_ALLOWED_SIGNERS", raising=False)
+    monkeypatch.setenv("SAFEOPS_NOTIFY_BLOCK", webhook_block(receiver.url))
+    before = table_checksums(medusa_url, MEDUSA_TABLES)
+    with pytest.raises(ApprovalTimedOut):
+        purge_product_media(dry_run=False, approval_timeout_s=2)
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == before
+    paused, timed_out = receiver.texts()
+    assert "safeops approve " in paused
+    assert "approval timed out" in receiver.bodies[1]["title"]
+    assert "Approval timed out after 2 s" in timed_out and "plan hash: " in timed_out
+
+
+def test_a_dead_receiver_changes_nothing_about_the_outcome(
+        medusa_url: str, exports: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("SAFEOPS_ALLOWED_SIGNERS", raising=False)
+    monkeypatch.setenv("SAFEOPS_NOTIFY_BLOCK", webhook_block(f"http://127.0.0.1:{free_port()}/x"))
+    with answer_approval(lambda d: {"approver": "alice", "reason": "OPS-1", "decision": "approve",
+                                    "confirmation": d["expected_confirmation"]}):
+        result = purge_product_media(dry_run=False)
+    assert result.applied["images"] > 0 and scalar(medusa_url, "SELECT count(*) FROM image") == 0
