@@ -11,26 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 
 from flows.media_purge import purge_product_media
 from flows.site_reset import reset_site_structure
 from safeops.core.errors import PlanMismatch
-from safeops.core.settings import sqlalchemy_url
-from safeops.seeds.medusa import load_schema, seed_medusa
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES
 from tests.pg import fresh_database, table_checksums
 
 
 @pytest.fixture()
-def twin_medusa(pg_admin: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A second Medusa database seeded exactly like ``medusa_url``: target ``twin``."""
-    with fresh_database(pg_admin) as url:
-        engine = create_engine(sqlalchemy_url(url))
-        with engine.begin() as conn:
-            load_schema(conn, "medusa.sql")
-            seed_medusa(conn)
-        engine.dispose()
+def twin_medusa(pg_admin: str, medusa_url: str,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A byte-for-byte copy of ``medusa_url``'s database (CREATE DATABASE … TEMPLATE):
+    target ``twin``."""
+    name = medusa_url.rsplit("/", 1)[1].split("?")[0]
+    with fresh_database(pg_admin, template=name) as url:
         monkeypatch.setenv("TWIN_DATABASE_URL", url)
         yield url
 
