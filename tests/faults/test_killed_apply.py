@@ -21,7 +21,6 @@ from flows.site_reset import reset_site_structure
 from tests.conftest import answer_approval, approve_as
 from tests.faults.conftest import (
     States,
-    audit_rows,
     finish,
     install_stall,
     site_states,
@@ -31,6 +30,7 @@ from tests.faults.conftest import (
     wait_backend_gone,
     wait_for_stall,
 )
+from tests.pg import audit_rows
 
 Cms = tuple[str, dict[str, str]]
 

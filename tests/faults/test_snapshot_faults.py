@@ -16,7 +16,6 @@ import pytest
 
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES, answer_approval, approve_as
 from tests.faults.conftest import (
-    audit_rows,
     change_one_byte,
     checksums,
     cli,
@@ -27,7 +26,7 @@ from tests.faults.conftest import (
     truncate_mid_body,
     write_snapshot_file,
 )
-from tests.pg import fresh_database
+from tests.pg import audit_rows, fresh_database
 
 Cms = tuple[str, dict[str, str]]
 
