@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,19 +89,18 @@ class Stack:
         raise AssertionError(f"run {run_id} still {state} after {timeout} s; logs in {self.logs}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL what is left (a worker needs two signals)."""
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    """SIGTERM each process group, then SIGKILL what is left (a worker needs two signals);
+    the processes are signalled together and waited for together."""
     for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            continue
+        alive = [p for p in procs if p.poll() is None]
+        for proc in alive:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + 10
+        for proc in alive:
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
 
 
 def seeded_medusa(url: str) -> None:
@@ -141,19 +140,14 @@ def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     exports = tmp_path_factory.mktemp("exports")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
+    timing = logs / "timing.log"
+
+    def mark(what: str) -> None:
+        with timing.open("a") as out:
+            out.write(f"{time.strftime('%H:%M:%S')} {what}\n")
+
     with ExitStack() as databases:
         prefect_db = databases.enter_context(fresh_database(pg_admin, prefix="safeops_prefect"))
-        medusa_url = databases.enter_context(fresh_database(pg_admin))
-        cms_url = databases.enter_context(fresh_database(pg_admin))
-        targets = {t: databases.enter_context(fresh_database(pg_admin))
-                   for t in EXTRA_MEDUSA_TARGETS}
-        for url in (medusa_url, *targets.values()):
-            seeded_medusa(url)
-        engine = create_engine(sqlalchemy_url(cms_url))
-        with engine.begin() as conn:
-            load_schema(conn, "cms.sql")
-            sites = seed_cms(conn)
-        engine.dispose()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update({
             "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url,
@@ -163,24 +157,40 @@ def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
             "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-            "MEDUSA_DATABASE_URL": medusa_url, "CMS_DATABASE_URL": cms_url,
-            **{env_var_for(t): url for t, url in targets.items()},
             "SAFEOPS_SNAPSHOT_URI": str(exports), "SAFEOPS_APPROVAL_POLL_S": "1",
         })
-        st = Stack(api_url, env, medusa_url, cms_url, sites, exports, logs, targets)
+        st = Stack(api_url, env, "", "", {}, exports, logs)
         try:
+            mark("server starting")  # it migrates its database while we seed ours
             server = st.start("server", [*PREFECT, "server", "start", "--host", "127.0.0.1",
                                          "--port", str(port)])
+            st.medusa_url = databases.enter_context(fresh_database(pg_admin))
+            st.cms_url = databases.enter_context(fresh_database(pg_admin))
+            st.targets = {t: databases.enter_context(fresh_database(pg_admin))
+                          for t in EXTRA_MEDUSA_TARGETS}
+            for url in (st.medusa_url, *st.targets.values()):
+                seeded_medusa(url)
+            engine = create_engine(sqlalchemy_url(st.cms_url))
+            with engine.begin() as conn:
+                load_schema(conn, "cms.sql")
+                st.sites = seed_cms(conn)
+            engine.dispose()
+            env.update({"MEDUSA_DATABASE_URL": st.medusa_url, "CMS_DATABASE_URL": st.cms_url,
+                        **{env_var_for(t): url for t, url in st.targets.items()}})
+            mark("databases seeded")
             wait_healthy(api_url, server, logs)
+            mark("server healthy")
             pool = st.run([*PREFECT, "work-pool", "create", "safeops", "--type", "process"])
             assert pool.returncode == 0, pool.stdout + pool.stderr
-            deploy = st.run([*PREFECT, "--no-prompt", "deploy", "--all"], timeout=240)
-            assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+            mark("pool created")
             for name in WORKERS:  # one flow run at a time each: a second live run goes to
                 # the other worker while the first is still running (or paused)
                 st.start(name, [*PREFECT, "worker", "start", "--pool", "safeops",
                                 "--name", name, "--limit", "1"])
+            deploy = st.run([*PREFECT, "--no-prompt", "deploy", "--all"], timeout=300)
+            assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+            mark("deployed")
             yield st
         finally:
-            for proc in reversed(list(st.processes.values())):
-                stop(proc)
+            stop(*reversed(list(st.processes.values())))
+            mark("stopped")

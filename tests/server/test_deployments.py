@@ -198,7 +198,7 @@ def test_two_live_runs_on_one_database_queue_across_the_two_workers(stack: Stack
     # Both are running (each on its own worker: a worker takes one run at a time) ...
     assert stack.wait_state(second, {"RUNNING", "PAUSED"}, timeout=240) == "RUNNING"
     # ... and while the first waits for its approver, the second holds back.
-    time.sleep(8)
+    time.sleep(5)
     assert stack.flow_run(first)["state"]["type"] == "PAUSED"
     assert stack.flow_run(second)["state"]["type"] == "RUNNING"
 
@@ -212,7 +212,7 @@ def test_two_live_runs_on_one_database_queue_across_the_two_workers(stack: Stack
     assert "PAUSED" not in [t for t, _ in states_of(stack, second)]  # nothing left to approve
     assert scalar(url, "SELECT count(*) FROM image") == 0
     assert scalar(url, "SELECT count(*) FROM safeops.safeops_audit") == 1
-    assert scalar(url, "SELECT flow_run_id FROM safeops.safeops_audit") == first
+    assert str(scalar(url, "SELECT flow_run_id FROM safeops.safeops_audit")) == first
     assert {worker_of(stack, first), worker_of(stack, second)} == set(WORKERS)
 
 
@@ -238,7 +238,7 @@ def test_live_runs_on_two_databases_proceed_side_by_side(stack: Stack) -> None:
     for target, run_id in zip(("medusa-c", "medusa-d"), runs, strict=True):
         url = stack.targets[target]
         assert scalar(url, "SELECT count(*) FROM image") == 0
-        assert scalar(url, "SELECT flow_run_id FROM safeops.safeops_audit") == run_id
+        assert str(scalar(url, "SELECT flow_run_id FROM safeops.safeops_audit")) == run_id
     assert {worker_of(stack, c), worker_of(stack, d)} == set(WORKERS)
 
 
@@ -247,8 +247,7 @@ def test_serve_runs_a_deployment_triggered_through_the_api(stack: Stack) -> None
 
     # serve.py and prefect.yaml register the same names: a server uses one or the other.
     # Last in the session: it stops the workers and deletes the deployments.
-    for name in WORKERS:
-        stop(stack.processes[name])
+    stop(*(stack.processes[name] for name in WORKERS))
     for deployment in stack.api("POST", "/deployments/filter", json={}):
         stack.api("DELETE", f"/deployments/{deployment['id']}")
     served = stack.start("serve", [sys.executable, "deployments/serve.py"])
