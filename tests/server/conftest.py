@@ -103,6 +103,13 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    """These tests talk to their own server through subprocesses and HTTP only: the
+    in-process test harness (an ephemeral server of its own) would only cost start-up time."""
+    yield
+
+
 def seeded_medusa(url: str) -> None:
     from sqlalchemy import create_engine
 
@@ -180,8 +187,13 @@ def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             mark("databases seeded")
             wait_healthy(api_url, server, logs)
             mark("server healthy")
-            pool = st.run([*PREFECT, "work-pool", "create", "safeops", "--type", "process"])
-            assert pool.returncode == 0, pool.stdout + pool.stderr
+            # What `prefect work-pool create safeops --type process` sends, without the
+            # CLI process (a Prefect import costs seconds, minutes on a loaded machine).
+            from prefect.workers.process import ProcessWorker
+
+            st.api("POST", "/work_pools/", json={
+                "name": "safeops", "type": "process",
+                "base_job_template": ProcessWorker.get_default_base_job_template()})
             mark("pool created")
             for name in WORKERS:  # one flow run at a time each: a second live run goes to
                 # the other worker while the first is still running (or paused)
