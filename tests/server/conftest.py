@@ -1,5 +1,7 @@
-"""A real Prefect stack: `prefect server start`, the safeops work pool, `prefect deploy
---all`, a process worker. Every process is stopped by its pid, even when a test fails."""
+"""A real Prefect stack, once per session: `prefect server start` on PostgreSQL (a scratch
+database `safeops_prefect_<hex>`, through asyncpg), the safeops work pool, `prefect deploy
+--all`, two process workers that take one flow run at a time each. Every process is stopped
+by its pid and every database dropped, even when a test fails."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,17 @@ from tests.pg import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = [sys.executable, "-m", "prefect"]
+WORKERS = ("safeops-worker-a", "safeops-worker-b")
+# Extra Medusa databases, each its own target (<TARGET>_DATABASE_URL in the workers'
+# environment): the scale-out tests queue two runs on one and run two side by side on others.
+EXTRA_MEDUSA_TARGETS = ("medusa-b", "medusa-c", "medusa-d")
+
+
+def asyncpg_url(url: str) -> str:
+    """Prefect's server speaks to PostgreSQL through SQLAlchemy's asyncpg dialect."""
+    scheme, sep, rest = url.partition("://")
+    assert sep and scheme in ("postgres", "postgresql"), url
+    return f"postgresql+asyncpg://{rest}"
 
 
 @dataclass
@@ -33,6 +47,7 @@ class Stack:
     sites: dict[str, str]
     exports: Path
     logs: Path
+    targets: dict[str, str] = field(default_factory=dict)  # extra target name -> its URL
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None
@@ -51,7 +66,7 @@ class Stack:
         return self.run([sys.executable, "-m", "safeops.cli", *args])
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The REST API; a 503 (SQLite busy under load) is retried like Prefect's client does."""
+        """The REST API; a 503 (a busy server under load) is retried like Prefect's client."""
         for _ in range(20):
             response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
             if response.status_code != 503:
@@ -74,26 +89,57 @@ class Stack:
         raise AssertionError(f"run {run_id} still {state} after {timeout} s; logs in {self.logs}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL what is left (a worker needs two signals)."""
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    """SIGTERM each process group, then SIGKILL what is left (a worker needs two signals);
+    the processes are signalled together and waited for together."""
     for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            continue
+        alive = [p for p in procs if p.poll() is None]
+        for proc in alive:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + 10
+        for proc in alive:
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
 
 
-@pytest.fixture(scope="module")
-def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    """These tests talk to their own server through subprocesses and HTTP only: the
+    in-process test harness (an ephemeral server of its own) would only cost start-up time."""
+    yield
+
+
+def seeded_medusa(url: str) -> None:
     from sqlalchemy import create_engine
 
     from safeops.core.settings import sqlalchemy_url
+
+    engine = create_engine(sqlalchemy_url(url))
+    with engine.begin() as conn:
+        load_schema(conn, "medusa.sql")
+        seed_medusa(conn)
+    engine.dispose()
+
+
+def wait_healthy(api_url: str, server: subprocess.Popen[bytes], logs: Path) -> None:
+    deadline = time.monotonic() + 180  # migrations on a fresh database, on a loaded machine
+    while True:
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"prefect server did not start; see {logs}/server.log")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from sqlalchemy import create_engine
+
+    from safeops.core.settings import env_var_for, sqlalchemy_url
     from safeops.seeds.cms import seed_cms
 
     home = tmp_path_factory.mktemp("prefect-home")
@@ -101,48 +147,62 @@ def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     exports = tmp_path_factory.mktemp("exports")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    with fresh_database(pg_admin) as medusa_url, fresh_database(pg_admin) as cms_url:
-        engine = create_engine(sqlalchemy_url(medusa_url))
-        with engine.begin() as conn:
-            load_schema(conn, "medusa.sql")
-            seed_medusa(conn)
-        engine.dispose()
-        engine = create_engine(sqlalchemy_url(cms_url))
-        with engine.begin() as conn:
-            load_schema(conn, "cms.sql")
-            sites = seed_cms(conn)
-        engine.dispose()
+    timing = logs / "timing.log"
+
+    def mark(what: str) -> None:
+        with timing.open("a") as out:
+            out.write(f"{time.strftime('%H:%M:%S')} {what}\n")
+
+    with ExitStack() as databases:
+        prefect_db = databases.enter_context(fresh_database(pg_admin, prefix="safeops_prefect"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update({
             "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url,
+            "PREFECT_API_DATABASE_CONNECTION_URL": asyncpg_url(prefect_db),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
             "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-            "MEDUSA_DATABASE_URL": medusa_url, "CMS_DATABASE_URL": cms_url,
             "SAFEOPS_SNAPSHOT_URI": str(exports), "SAFEOPS_APPROVAL_POLL_S": "1",
         })
-        st = Stack(api_url, env, medusa_url, cms_url, sites, exports, logs)
+        st = Stack(api_url, env, "", "", {}, exports, logs)
         try:
-            st.start("server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
-                                str(port)])
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"prefect server did not start; see {logs}")
-                time.sleep(0.5)
-            pool = st.run([*PREFECT, "work-pool", "create", "safeops", "--type", "process"])
-            assert pool.returncode == 0, pool.stdout + pool.stderr
-            deploy = st.run([*PREFECT, "--no-prompt", "deploy", "--all"], timeout=240)
+            mark("server starting")  # it migrates its database while we seed ours
+            server = st.start("server", [*PREFECT, "server", "start", "--host", "127.0.0.1",
+                                         "--port", str(port)])
+            st.medusa_url = databases.enter_context(fresh_database(pg_admin))
+            st.cms_url = databases.enter_context(fresh_database(pg_admin))
+            st.targets = {t: databases.enter_context(fresh_database(pg_admin))
+                          for t in EXTRA_MEDUSA_TARGETS}
+            for url in (st.medusa_url, *st.targets.values()):
+                seeded_medusa(url)
+            engine = create_engine(sqlalchemy_url(st.cms_url))
+            with engine.begin() as conn:
+                load_schema(conn, "cms.sql")
+                st.sites = seed_cms(conn)
+            engine.dispose()
+            env.update({"MEDUSA_DATABASE_URL": st.medusa_url, "CMS_DATABASE_URL": st.cms_url,
+                        **{env_var_for(t): url for t, url in st.targets.items()}})
+            mark("databases seeded")
+            wait_healthy(api_url, server, logs)
+            mark("server healthy")
+            # What `prefect work-pool create safeops --type process` sends, without the
+            # CLI process (a Prefect import costs seconds, minutes on a loaded machine).
+            from prefect.workers.process import ProcessWorker
+
+            st.api("POST", "/work_pools/", json={
+                "name": "safeops", "type": "process",
+                "base_job_template": ProcessWorker.get_default_base_job_template()})
+            mark("pool created")
+            for name in WORKERS:  # one flow run at a time each: a second live run goes to
+                # the other worker while the first is still running (or paused)
+                st.start(name, [*PREFECT, "worker", "start", "--pool", "safeops",
+                                "--name", name, "--limit", "1"])
+            deploy = st.run([*PREFECT, "--no-prompt", "deploy", "--all"], timeout=300)
             assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-            st.start("worker", [*PREFECT, "worker", "start", "--pool", "safeops"])
+            mark("deployed")
             yield st
         finally:
-            for proc in reversed(list(st.processes.values())):
-                stop(proc)
+            stop(*reversed(list(st.processes.values())))
+            mark("stopped")
