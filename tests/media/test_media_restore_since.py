@@ -76,6 +76,8 @@ def test_restore_under_a_product_soft_deleted_since(medusa_url: str, exports: Pa
     # A product soft-deleted before the snapshot (the seed has one) comes back as it was.
     deleted_before = str(scalar(medusa_url, "SELECT min(id) FROM product "
                                             "WHERE deleted_at IS NOT NULL"))
+    execute(medusa_url, "UPDATE product SET thumbnail = %s WHERE id = %s",
+            "http://localhost:9000/medusa-media/deleted-before.jpg", deleted_before)
     images_before = image_rows(medusa_url, "product_id = %s", product)
     others_before = image_rows(medusa_url, "product_id <> %s", product)
     links_before = rows(medusa_url, "SELECT l.* FROM product_variant_product_image l "
@@ -92,11 +94,11 @@ def test_restore_under_a_product_soft_deleted_since(medusa_url: str, exports: Pa
     purge, uri = purge_live()
     # Deleting a product in Medusa soft-deletes it with its variants and images.
     execute(medusa_url, """
-        WITH p AS (UPDATE product SET deleted_at = now() WHERE id = %(id)s RETURNING deleted_at),
+        WITH p AS (UPDATE product SET deleted_at = now() WHERE id = %s RETURNING deleted_at),
              v AS (UPDATE product_variant SET deleted_at = (SELECT deleted_at FROM p)
-                   WHERE product_id = %(id)s RETURNING 1)
+                   WHERE product_id = %s RETURNING 1)
         UPDATE image SET deleted_at = (SELECT deleted_at FROM p)
-        WHERE product_id = %(id)s AND deleted_at IS NULL""", {"id": product})
+        WHERE product_id = %s AND deleted_at IS NULL""", product, product, product)
     product_deleted_at = rows(medusa_url, "SELECT deleted_at FROM product WHERE id = %s",
                               product)[0][0]
 
@@ -137,6 +139,8 @@ def test_restore_under_a_product_soft_deleted_since(medusa_url: str, exports: Pa
                                          "WHERE thumbnail IS NOT NULL"))
     assert thumbs_after == {k: v for k, v in thumbs_before.items() if k != product}
     assert deleted_before in thumbs_after  # soft-deleted before the snapshot: as it was
+    assert image_rows(medusa_url, "product_id = %s", deleted_before) == [
+        r for r in others_before if r[4] == deleted_before]
     vthumbs_after = dict(rows(medusa_url, "SELECT id, thumbnail FROM product_variant "
                                           "WHERE thumbnail IS NOT NULL"))
     own_variants = {r[0] for r in rows(medusa_url, "SELECT id FROM product_variant "
