@@ -1,9 +1,11 @@
 """Restore product media from a snapshot: the plan people approve, and the apply that inserts it.
 
 Both load the snapshot into temp tables (``loaded``); RESTORE_PLAN_SQL sorts
-every snapshot row into new / already present / owner gone, and the apply
-inserts exactly the new ones under the purge's lock (``lock_media_tables``),
-never clobbering a thumbnail set since. A file edited after the purge that
+every snapshot row into new / already present / owner gone, and every new image
+by what Medusa did to its product since (soft-deleted it, gave it other
+images: CLASSIFY_SQL), and the apply inserts exactly the new ones under the
+purge's lock (``lock_media_tables``) as Medusa would hold them now, never
+clobbering a thumbnail set since. A file edited after the purge that
 wrote it is refused (``verify.refuse_if_edited``).
 """
 
