@@ -19,6 +19,8 @@ from tasks.media.verify import verify_media_snapshot
 
 FLOW = "restore-product-media"
 TODO = ("images", "variant_links", "product_thumbnails", "variant_thumbnails")
+SINCE = ("images_product_soft_deleted", "products_soft_deleted", "images_after_newer_images",
+         "products_with_newer_images")
 
 
 @flow(name=FLOW)
@@ -50,8 +52,16 @@ def restore_product_media(snapshot_uri: str, target: str = "medusa", dry_run: bo
                                        "already present."):
             return run.require_result()
 
+        since = counts_of(plan, SINCE)
         run.approve(confirmation=f"RESTORE {todo['images']} IMAGES",
                     what=[f"insert {todo['images']} image row(s) with their original ids",
+                          f"of which {since['images_product_soft_deleted']} come back "
+                          f"soft-deleted with their product: "
+                          f"{since['products_soft_deleted']} product(s) soft-deleted since the "
+                          "snapshot, on which no product or variant thumbnail is set",
+                          f"of which {since['images_after_newer_images']} follow, in snapshot "
+                          f"order, the images {since['products_with_newer_images']} product(s) "
+                          "gained since (those keep their ranks)",
                           f"insert {todo['variant_links']} variant-image link(s)",
                           f"set {todo['product_thumbnails']} product and "
                           f"{todo['variant_thumbnails']} variant thumbnail(s) that are empty now",
