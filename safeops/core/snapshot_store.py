@@ -5,6 +5,11 @@ snapshot URI handed out stays valid. In a folder, a snapshot is assembled
 under a hidden ``.<name>.<random>.part`` name and only then linked under its
 real one: a crash leaves at most hidden files, never a half-written snapshot.
 Reads stream line by line so memory does not grow with the catalog.
+
+One module for both places on purpose (over the usual ~300 lines): every store
+operation (publish, open, list, remove, the create-only rule) is written for
+the folder and for S3 side by side, so a reader checks that the two keep the
+same promise by reading one function after the other.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """SSHSIG signatures through the system's ssh-keygen: sign, verify, the approver's command.
 
 All cryptography is done by ``ssh-keygen`` (OpenSSH >= 8.9); see the package
-docstring for how key material is kept out of messages.
+docstring for how key material is kept out of messages. Somewhat over the usual
+~300 lines because every way ssh-keygen can fail (no key, locked key, agent,
+namespace, unknown signer, altered text) is mapped here to one named refusal,
+next to the call that meets it.
 """
 
 from __future__ import annotations
