@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import filetype
+
 from safeops.core.errors import BadInput, KeyTaken, ObjectMismatch
 from safeops.core.settings import get_settings
 from safeops.core.snapshot_store import s3_client, s3_errors
@@ -211,34 +213,27 @@ def put_verified(client: Any, bucket: str, key: str, path: Path, content_type: s
     return _check_written(head_object(client, bucket, key), key, size, md5)
 
 
-_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\xff\xd8\xff", "image/jpeg"),
-    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
-    (0, b"GIF87a", "image/gif"),
-    (0, b"GIF89a", "image/gif"),
-    (4, b"ftypavif", "image/avif"),
-    (4, b"ftypavis", "image/avif"),
-    (4, b"ftypheic", "image/heic"),
-    (4, b"ftypheix", "image/heic"),
-    (4, b"ftypmif1", "image/heif"),
-    (0, b"II*\x00", "image/tiff"),
-    (0, b"MM\x00*", "image/tiff"),
-    (0, b"%PDF-", "application/pdf"),
-)
+# The types whose bytes decide (filetype reads their magic numbers); any other type
+# filetype may recognise (zip, mp4, ...) is left to the file name, as before.
+SNIFFED = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/avif",
+                     "image/heic", "image/tiff", "application/pdf"})
 
 
 def sniff_content_type(path: Path) -> str:
-    """What the bytes say (magic numbers), else the file name, else octet-stream.
+    """What the bytes say (magic numbers, by the ``filetype`` library), else the file
+    name, else octet-stream.
 
     The content wins over the extension: a PNG saved as ``photo.jpg`` is stored
-    as image/png, so browsers and the dashboard get the truth."""
+    as image/png, so browsers and the dashboard get the truth. Two checks stay
+    ours because filetype has no signature for them: HEIF's generic ``mif1``
+    brand (it knows HEIC's) and SVG, which is text."""
     with open(path, "rb") as handle:
         head = handle.read(512)
-    for offset, magic, content_type in _SIGNATURES:
-        if head[offset:offset + len(magic)] == magic:
-            return content_type
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
+    kind = filetype.guess(head)
+    if kind is not None and kind.mime in SNIFFED:
+        return str(kind.mime)
+    if head[4:12] == b"ftypmif1":
+        return "image/heif"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
         return "image/svg+xml"
