@@ -539,7 +539,7 @@ def test_a_snapshot_written_before_plan_digest_2_still_verifies_and_restores(
     reset, _ = reset_live(sites["atelier"])
     uri = str(reset.snapshot_uri)
     summary, key, docs = read_snapshot_file(uri)
-    assert summary["planDigest"] == DIGEST_VERSION == 2
+    assert summary["planDigest"] == DIGEST_VERSION == 3
     engine = engine_for("cms")
     try:
         with read_snapshot(engine) as conn:
@@ -558,8 +558,8 @@ def test_a_snapshot_written_before_plan_digest_2_still_verifies_and_restores(
     assert len(seen) == 1 and restored.applied["categories"] == 4
     assert table_checksums(url, CMS_TABLES) == before
 
-    write_snapshot_file(uri, {**summary, "planDigest": 3}, key, docs)
-    with pytest.raises(SnapshotInvalid, match="Unknown plan digest version 3"):
+    write_snapshot_file(uri, {**summary, "planDigest": 4}, key, docs)
+    with pytest.raises(SnapshotInvalid, match="Unknown plan digest version 4"):
         restore_site_structure(uri, dry_run=True)
 
 
