@@ -36,7 +36,8 @@ from safeops.core.errors import (
     UnwritableLocation,
 )
 from safeops.core.settings import get_settings
-from safeops.core.snapshot_format import PART_SUFFIX, SnapshotParts, copy_file
+from safeops.core.snapshot_format import PART_SUFFIX
+from safeops.core.snapshot_writer import SnapshotParts, copy_file
 
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json$")
 CHUNK = 1 << 20
@@ -476,7 +477,7 @@ def list_snapshots(location: Location, kind_prefix: str) -> list[str]:
 
 
 # What a crashed run leaves in a folder store: the writer's spool and the assembled
-# file, both hidden until published (see snapshot_format.SnapshotWriter, _assemble).
+# file, both hidden until published (see snapshot_writer.SnapshotWriter, _assemble).
 LEFTOVER_PART = re.compile(r"^\.safeops-[^/]*\.body\.part$"
                            r"|^\.[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json\.[0-9a-f]+\.part$")
 

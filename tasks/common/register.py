@@ -34,7 +34,8 @@ from safeops.core import events
 from safeops.core.db import transaction
 from safeops.core.errors import SnapshotUntraced
 from safeops.core.models import Plan, plan_hash_of
-from safeops.core.snapshot_format import SnapshotReader, SnapshotWriter
+from safeops.core.snapshot_reader import SnapshotReader
+from safeops.core.snapshot_writer import SnapshotWriter
 from tasks.common.audit import ensure_audit_table
 from tasks.common.run_id import current_flow_run_id
 

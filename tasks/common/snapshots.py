@@ -9,8 +9,9 @@ from typing import Any
 
 from safeops.core.db import Fingerprint
 from safeops.core.errors import ForeignSnapshot
-from safeops.core.snapshot_format import SnapshotReader, SnapshotWriter
+from safeops.core.snapshot_reader import SnapshotReader
 from safeops.core.snapshot_store import open_chunks, parse_location, publish, spool_dir, writing_to
+from safeops.core.snapshot_writer import SnapshotWriter
 
 
 def utc_stamp(moment: datetime) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, text
 
 from safeops.core.errors import SnapshotInvalid
 from safeops.core.models import TableDiff
-from safeops.core.snapshot_format import SnapshotReader
+from safeops.core.snapshot_reader import SnapshotReader
 from tasks.media.snapshot import Totals, live_documents, tune_for_bulk
 
 # ---------------------------------------------------------------- loading a snapshot

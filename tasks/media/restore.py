@@ -19,7 +19,7 @@ from sqlalchemy import Connection, text
 from safeops.core.db import engine_for, fingerprint, read_snapshot, transaction
 from safeops.core.models import Approval, Plan, plan_hash_of
 from safeops.core.settings import describe_target, get_settings
-from safeops.core.snapshot_format import SnapshotReader
+from safeops.core.snapshot_reader import SnapshotReader
 from tasks.common.audit import applied_counts, write_audit
 from tasks.common.guards import refuse_if_plan_moved, require_as_planned
 from tasks.common.register import trace_of

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, text
 
 from safeops.core.db import engine_for, fingerprint, read_snapshot
 from safeops.core.models import SnapshotRef
-from safeops.core.snapshot_format import SnapshotWriter
+from safeops.core.snapshot_writer import SnapshotWriter
 from tasks.common.artifacts import Progress
 from tasks.common.register import record_snapshot, target_is_read_only
 from tasks.common.retry import TRANSIENT_RETRIES

@@ -22,14 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from safeops.core.errors import SnapshotInvalid
-from safeops.core.snapshot_format import (
-    MAX_LINE_BYTES,
-    NotASnapshot,
-    SnapshotReader,
-    SnapshotWriter,
-    split_lines,
-)
+from safeops.core.errors import NotASnapshot, SnapshotInvalid
+from safeops.core.snapshot_format import MAX_LINE_BYTES, split_lines
+from safeops.core.snapshot_reader import SnapshotReader
+from safeops.core.snapshot_writer import SnapshotWriter
 
 FMT = "safeops/medusa-media-snapshot"
 REFUSALS = (SnapshotInvalid, NotASnapshot)
@@ -179,7 +175,7 @@ def test_memory_is_bounded_by_the_line_limit_not_the_file(
 
 MEASURE = """
 import resource, sys, time
-from safeops.core.snapshot_format import SnapshotReader
+from safeops.core.snapshot_reader import SnapshotReader
 from safeops.core.snapshot_store import open_chunks
 start = time.monotonic()
 try:

@@ -342,7 +342,7 @@ def write_snapshot_file(path: str | Path, summary: dict[str, Any], body_key: str
                         docs: list[bytes]) -> None:
     """Write a snapshot whose summary matches its body: the checksum recomputed, as a
     careful forger (or a buggy tool) would."""
-    from safeops.core.snapshot_format import SnapshotWriter
+    from safeops.core.snapshot_writer import SnapshotWriter
 
     writer = SnapshotWriter(summary["format"], body_key)
     try:

@@ -170,7 +170,7 @@ NOT_SNAPSHOTS = [b"hello, this is not json\n", b"<html></html>\n", b'{"just": "j
 
 def test_a_file_that_is_not_a_snapshot_is_bad_input(medusa_url: str, exports: Path) -> None:
     from safeops.core.errors import NotASnapshot, SnapshotInvalid
-    from safeops.core.snapshot_format import SnapshotReader
+    from safeops.core.snapshot_reader import SnapshotReader
     from tasks.media.snapshot import MEDIA_FORMAT
 
     for content in NOT_SNAPSHOTS:

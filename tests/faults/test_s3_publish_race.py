@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from safeops.core import snapshot_store
-from safeops.core.snapshot_format import SnapshotParts, SnapshotWriter
 from safeops.core.snapshot_store import parse_location, publish
+from safeops.core.snapshot_writer import SnapshotParts, SnapshotWriter
 
 FMT = "safeops/test-snapshot"
 BASE = "race-snapshot-20260102T030405Z.json"

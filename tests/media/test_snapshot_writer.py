@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from safeops.core.snapshot_format import SnapshotReader, SnapshotWriter
+from safeops.core.snapshot_reader import SnapshotReader
 from safeops.core.snapshot_store import (
     SNAPSHOT_NAME,
     file_sha256,
@@ -28,6 +28,7 @@ from safeops.core.snapshot_store import (
     parse_location,
     publish,
 )
+from safeops.core.snapshot_writer import SnapshotWriter
 from tasks.common.snapshots import finish_and_publish, new_writer
 
 FMT = "safeops/test-snapshot"
