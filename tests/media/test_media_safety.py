@@ -255,7 +255,7 @@ def test_an_image_no_snapshot_can_hold_is_never_deleted(medusa_url: str,
     """Without Medusa's foreign key an image can outlive its product. The snapshot holds
     products' documents, so it cannot hold that image; the purge must not delete it
     (it would be gone for good), so the apply refuses."""
-    execute(medusa_url, "ALTER TABLE image DROP CONSTRAINT image_product_id_fkey")
+    execute(medusa_url, "ALTER TABLE image DROP CONSTRAINT image_product_id_foreign")
     execute(medusa_url, "INSERT INTO image (id, url, rank, product_id) VALUES "
                         "('img_01ORPHANWITHOUTPRODUCT0000', "
                         "'http://localhost:9000/medusa-media/orphan.jpg', 0, 'prod_gone')")

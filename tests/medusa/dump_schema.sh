@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Regenerate tests/medusa/medusa-schema.sql: the schema Medusa's own migrations
+# Regenerate safeops/schemas/medusa.sql: the schema Medusa's own migrations
 # create (the version pinned in package-lock.json), schema only, loadable with
-# `psql -v ON_ERROR_STOP=1 -f medusa-schema.sql` into any empty database.
+# `psql -v ON_ERROR_STOP=1 -f safeops/schemas/medusa.sql` into any empty database.
+# The fast suite, `safeops demo` and the bench all load that file (load_schema in
+# safeops/seeds/medusa.py), so after bumping Medusa: run this, then the tests.
 #
 #   tests/medusa/dump_schema.sh            # scratch database on $PG_ADMIN_URL, migrated, dumped, dropped
 #   tests/medusa/dump_schema.sh URL        # dump an already migrated database instead
@@ -10,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ADMIN=${PG_ADMIN_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
-OUT=medusa-schema.sql
+OUT=$(cd ../../safeops/schemas && pwd)/medusa.sql
 TMP=$(mktemp "$OUT.XXXXXX")
 DB=
 cleanup() {
@@ -44,4 +46,4 @@ VERSION=$(node -p 'require("./node_modules/@medusajs/medusa/package.json").versi
     | cat -s
 } > "$TMP"
 mv "$TMP" "$OUT"
-echo "wrote $OUT ($(grep -c '^CREATE TABLE' "$OUT") tables)"
+echo "wrote ${OUT#"$(cd ../.. && pwd)/"} ($(grep -c '^CREATE TABLE' "$OUT") tables)"
