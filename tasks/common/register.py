@@ -101,15 +101,37 @@ class Trace:
                                       database=database)})
 
 
+# The undo points written before the register existed are traced by the audit row of
+# the apply that wrote them, committed with its change: a purge records its snapshot's
+# body sha256, a reset its snapshot's plan hash (which the file's rows must hash to).
+AUDITED_SQL = text("""
+SELECT EXISTS (SELECT 1 FROM safeops.safeops_audit
+               WHERE (flow_name = 'purge-product-media'
+                      AND counts ->> 'snapshotSha256' = :body)
+                  OR (flow_name = 'reset-site-structure' AND plan_hash = :plan))""")
+
+
+def _registered(conn: Connection, reader: SnapshotReader) -> bool:
+    if conn.execute(text("SELECT to_regclass('safeops.safeops_snapshots') IS NOT NULL")
+                    ).scalar_one() and conn.execute(
+            text("SELECT EXISTS (SELECT 1 FROM safeops.safeops_snapshots "
+                 "WHERE summary_sha256 = :digest)"),
+            {"digest": reader.summary_sha256}).scalar_one():
+        return True
+    if not conn.execute(text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")
+                        ).scalar_one():
+        return False
+    return bool(conn.execute(AUDITED_SQL, {
+        "body": reader.actual_sha256, "plan": str(reader.summary.get("planHash") or "")}
+    ).scalar_one())
+
+
 def trace_of(conn: Connection, reader: SnapshotReader, uri: str, *,
              allow_untraced: bool) -> Trace:
-    """Look the (already checksum-verified) file up in the register; refuse one it does
-    not hold unless ``allow_untraced``."""
+    """Look the (already checksum-verified) file up in the register, or in the audit row
+    of the apply that wrote it; refuse one found in neither unless ``allow_untraced``."""
     digest = reader.summary_sha256
-    registered = conn.execute(text(
-        "SELECT to_regclass('safeops.safeops_snapshots') IS NOT NULL")).scalar_one() and \
-        conn.execute(text("SELECT EXISTS (SELECT 1 FROM safeops.safeops_snapshots "
-                          "WHERE summary_sha256 = :digest)"), {"digest": digest}).scalar_one()
+    registered = _registered(conn, reader)
     if not registered and not allow_untraced:
         raise SnapshotUntraced(
             f"Refused: snapshot {uri} is not in this database's snapshot register (summary "

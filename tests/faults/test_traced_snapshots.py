@@ -121,12 +121,26 @@ def test_a_snapshot_of_a_read_only_target_says_so_and_needs_untraced(
     assert notices and "untraced" in notices[0]
     assert scalar(medusa_url, "SELECT to_regclass('safeops.safeops_snapshots')") is None
 
+    # One image edited before the purge: its undo point differs from the read-only
+    # snapshot (an identical body would be traced by the purge's audit row, rightly).
+    execute(medusa_url, "UPDATE image SET url = url || '?v=2' "
+                        "WHERE id = (SELECT min(id) FROM image)")
     with answer_approval(approve_as()):
         purge_product_media(dry_run=False)
     with pytest.raises(SnapshotUntraced):
         restore_product_media(ref.uri, dry_run=True)
     plan = restore_product_media(ref.uri, dry_run=True, allow_untraced=True).plan
     assert plan.counts["untraced_snapshot"] == 1 and plan.counts["images"] > 0
+
+
+def test_an_undo_point_written_before_the_register_is_traced_by_its_audit_row(
+        medusa_url: str, exports: Path) -> None:
+    with answer_approval(approve_as()):
+        purged = purge_product_media(dry_run=False)
+    assert purged.snapshot_uri
+    execute(medusa_url, "DELETE FROM safeops.safeops_snapshots")  # as before the register
+    plan = restore_product_media(purged.snapshot_uri, dry_run=True).plan
+    assert "untraced_snapshot" not in plan.counts and plan.counts["images"] > 0
 
 
 def test_site_restore_refuses_a_snapshot_missing_from_the_register_unless_untraced(
@@ -139,7 +153,9 @@ def test_site_restore_refuses_a_snapshot_missing_from_the_register_unless_untrac
     shutil.copy(reset.snapshot_uri, copy)  # the same bytes under another name: still ours
     assert restore_site_structure(str(copy)).plan.counts["categories"] > 0
 
+    # Neither in the register nor recorded by the reset's audit row: untraced.
     execute(url, "DELETE FROM safeops.safeops_snapshots")
+    execute(url, "DELETE FROM safeops.safeops_audit")
     before = checksums(url, CMS_TABLES)
     with pytest.raises(SnapshotUntraced):
         restore_site_structure(reset.snapshot_uri, dry_run=True)
