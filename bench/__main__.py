@@ -45,25 +45,45 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="10000,100000,1000000",
-                   help="comma list of image counts (default 10000,100000,1000000)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--sizes",
+        default="10000,100000,1000000",
+        help="comma list of image counts (default 10000,100000,1000000)",
+    )
     p.add_argument("--reps", type=int, default=3, help="repetitions per stage (median)")
-    p.add_argument("--smoke", action="store_true",
-                   help="10k images, 1 repetition: keeps the harness working, times are noise")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="10k images, 1 repetition: keeps the harness working, times are noise",
+    )
     p.add_argument("--stages", default=",".join(STAGES), help="comma list of stages to run")
-    p.add_argument("--seo-rows", type=int, default=None,
-                   help="SEO rows the reset deletes (default: images / 10, so 100k at 1M)")
-    p.add_argument("--out", type=Path, default=HERE / "results.json",
-                   help="results file; the chart goes next to it as .png")
-    p.add_argument("--admin-url", default=os.environ.get("SAFEOPS_BENCH_ADMIN_URL",
-                                                         gen.ADMIN_URL))
+    p.add_argument(
+        "--seo-rows",
+        type=int,
+        default=None,
+        help="SEO rows the reset deletes (default: images / 10, so 100k at 1M)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "results.json",
+        help="results file; the chart goes next to it as .png",
+    )
+    p.add_argument("--admin-url", default=os.environ.get("SAFEOPS_BENCH_ADMIN_URL", gen.ADMIN_URL))
     p.add_argument("--no-flows", action="store_true", help="skip counting task runs")
-    p.add_argument("--prefect-api-url", default=None,
-                   help="count task runs on this Prefect API instead of a private harness")
-    p.add_argument("--profile", type=Path, default=None,
-                   help="folder for pyinstrument profiles of our stages")
+    p.add_argument(
+        "--prefect-api-url",
+        default=None,
+        help="count task runs on this Prefect API instead of a private harness",
+    )
+    p.add_argument(
+        "--profile", type=Path, default=None, help="folder for pyinstrument profiles of our stages"
+    )
     p.add_argument("--keep-workdir", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
@@ -76,10 +96,14 @@ def machine_info(admin_url: str) -> dict[str, Any]:
         row = conn.execute("SHOW server_version").fetchone()
     import prefect
 
-    return {"cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "prefect": prefect.__version__,
-            "postgres": str(row[0]).split()[0] if row else "?",
-            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "prefect": prefect.__version__,
+        "postgres": str(row[0]).split()[0] if row else "?",
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,8 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for size in sizes:
             seo_rows = args.seo_rows or max(size // 10, 30)
             log(f"== {size:,} images, {seo_rows:,} SEO rows")
-            runner = Runner(args.admin_url, size, seo_rows, workroot / str(size), log,
-                            args.profile)
+            runner = Runner(args.admin_url, size, seo_rows, workroot / str(size), log, args.profile)
             started = time.perf_counter()
             try:
                 runner.setup()
@@ -111,14 +134,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for stage in stages:
                         for variant in order:
                             measurements.append(runner.measure(stage, variant, rep))
-                entry: dict[str, Any] = {"data": runner.data,
-                                         "stages": summarize(measurements)}
+                entry: dict[str, Any] = {"data": runner.data, "stages": summarize(measurements)}
                 if not args.no_flows:
                     log("  counting task runs of the real flows")
                     entry["flows"] = count_task_runs(runner, args.prefect_api_url)
                     for flow, info in entry["flows"].items():
-                        log(f"    {flow}: {info['task_runs']} task runs, "
-                            f"{info['seconds']:.1f} s")
+                        log(f"    {flow}: {info['task_runs']} task runs, {info['seconds']:.1f} s")
                 entry["seconds"] = round(time.perf_counter() - started, 1)
                 results["sizes"][str(size)] = entry
             finally:
@@ -145,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     chart(results, out.with_suffix(".png"))
     print(table(results))
     missed = [c for c in results["targets"] if c["applies"] and not c["met"]]
-    print(f"\n{len(results['targets']) - len(missed)} of {len(results['targets'])} target "
-          f"checks met; results in {out} and {out.with_suffix('.png')}")
+    print(
+        f"\n{len(results['targets']) - len(missed)} of {len(results['targets'])} target "
+        f"checks met; results in {out} and {out.with_suffix('.png')}"
+    )
     for c in missed:
         print(f"  missed at {c['size']:,}: {c['target']} (got {c['value']})")
     return 0

@@ -50,17 +50,48 @@ from safeops.seeds.medusa import schema_ddl
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 FILE_URL = "http://minio.shop.internal:9000/medusa-media"
-WORDS = ("classic", "linen", "shirt", "summer", "cafe", "tote", "sneaker", "wool", "hoodie",
-         "creme", "denim", "jacket", "scarf", "cap", "mug", "poster", "candle", "lamp")
+WORDS = (
+    "classic",
+    "linen",
+    "shirt",
+    "summer",
+    "cafe",
+    "tote",
+    "sneaker",
+    "wool",
+    "hoodie",
+    "creme",
+    "denim",
+    "jacket",
+    "scarf",
+    "cap",
+    "mug",
+    "poster",
+    "candle",
+    "lamp",
+)
 WORDS_SQL = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]::text[]"
 
 MEDUSA_TABLES = ("product", "image", "product_variant", "product_variant_product_image")
-CMS_TABLES = ("sites", "authors", "terms", "content_type", "content", "content_terms",
-              "seo_meta", "site_blueprint", "ai_jobs", "media", "users", "domains",
-              "site_settings")
+CMS_TABLES = (
+    "sites",
+    "authors",
+    "terms",
+    "content_type",
+    "content",
+    "content_terms",
+    "seo_meta",
+    "site_blueprint",
+    "ai_jobs",
+    "media",
+    "users",
+    "domains",
+    "site_settings",
+)
 
 
 # ---------------------------------------------------------------- databases
+
 
 def database_url(admin_url: str, name: str) -> str:
     base, _, _ = admin_url.rpartition("/")
@@ -117,13 +148,16 @@ def checkpoint(url: str) -> None:
 
 # ---------------------------------------------------------------- Medusa
 
+
 def _ulid_body(ordinal: str) -> str:
     """26 ULID-looking characters: time-ordered by ``ordinal``, then a hashed tail.
 
     Digits only (valid Crockford base32); no md5/upper, which cost microseconds
     per call on this machine and would dominate a million-row load."""
-    return (f"'01JC' || lpad(({ordinal})::text, 10, '0') "
-            f"|| lpad((hashint4({ordinal}) & 2147483647)::text, 12, '0')")
+    return (
+        f"'01JC' || lpad(({ordinal})::text, 10, '0') "
+        f"|| lpad((hashint4({ordinal}) & 2147483647)::text, 12, '0')"
+    )
 
 
 def _id(prefix: str, ordinal: str) -> str:
@@ -144,7 +178,7 @@ def medusa_sql(images: int) -> list[str]:
     products = max(images // 4, 1)
     return [
         f"""CREATE TEMP TABLE gen_product ON COMMIT DROP AS
-        SELECT p, {_id('prod', 'p')} AS id,
+        SELECT p, {_id("prod", "p")} AS id,
                w[1 + p % {len(WORDS)}] || ' ' || w[1 + (p / 7) % {len(WORDS)}] AS name,
                w[1 + p % {len(WORDS)}] || '-' || w[1 + (p / 7) % {len(WORDS)}] AS slug,
                timestamptz '2024-01-01 08:00:00+00' + p * interval '37 seconds' AS ts,
@@ -156,14 +190,14 @@ def medusa_sql(images: int) -> list[str]:
                'A ' || g.name || ' we love. ' || repeat('x', g.p % 120),
                (ARRAY['published','published','draft','proposed'])[1 + g.p % 4],
                CASE WHEN g.n_images > 0 AND g.p % 10 <> 3
-                    THEN {_image_url('g.slug', 'g.p * 8')} END,
+                    THEN {_image_url("g.slug", "g.p * 8")} END,
                CASE WHEN g.p % 3 <> 0 THEN jsonb_build_object('source', 'bench', 'n', g.p) END,
                g.ts, g.ts + interval '2 days',
                CASE WHEN g.p % 50 = 49 THEN g.ts + interval '9 days' END
         FROM gen_product g""",
         f"""INSERT INTO image (id, url, metadata, rank, product_id, created_at, updated_at,
             deleted_at)
-        SELECT {_id('img', 'g.p * 8 + r')}, {_image_url('g.slug', 'g.p * 8 + r')},
+        SELECT {_id("img", "g.p * 8 + r")}, {_image_url("g.slug", "g.p * 8 + r")},
                CASE WHEN r % 2 = 0 THEN jsonb_build_object(
                    'alt', g.name || ' view ' || (r + 1), 'width', 1200, 'height', 1600) END,
                r, g.id, g.ts, g.ts + interval '2 days',
@@ -171,17 +205,17 @@ def medusa_sql(images: int) -> list[str]:
         FROM gen_product g, LATERAL generate_series(0, g.n_images - 1) r""",
         f"""INSERT INTO product_variant (id, title, sku, product_id, thumbnail, variant_rank,
             metadata, created_at, updated_at)
-        SELECT {_id('variant', 'g.p * 4 + v')},
+        SELECT {_id("variant", "g.p * 4 + v")},
                initcap(g.name) || ' / ' || (ARRAY['S','M','L'])[v + 1],
                'SKU-' || g.p || '-' || v, g.id,
                CASE WHEN v = 0 AND g.p % 2 = 1 AND g.n_images > 0
-                    THEN {_image_url('g.slug', 'g.p * 8')} END,
+                    THEN {_image_url("g.slug", "g.p * 8")} END,
                v, CASE WHEN v = 1 THEN jsonb_build_object('size', 'M') END, g.ts, g.ts
         FROM gen_product g, LATERAL generate_series(0, g.p % 3) v""",
         f"""INSERT INTO product_variant_product_image (id, variant_id, image_id, created_at,
             updated_at)
-        SELECT {_id('pvpi', 'g.p * 4 + v')}, {_id('variant', 'g.p * 4 + v')},
-               {_id('img', 'g.p * 8 + v')}, g.ts, g.ts
+        SELECT {_id("pvpi", "g.p * 4 + v")}, {_id("variant", "g.p * 4 + v")},
+               {_id("img", "g.p * 8 + v")}, g.ts, g.ts
         FROM gen_product g, LATERAL generate_series(0, g.p % 3) v
         WHERE v < g.n_images""",
     ]
@@ -213,7 +247,8 @@ def _load(url: str, ddl: str, tables: tuple[str, ...], statements: list[str]) ->
             "JOIN pg_class c ON c.relname = i.indexname "
             "WHERE i.schemaname = 'public' AND i.tablename = ANY(%s) "
             "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid)",
-            (list(tables),)).fetchall()
+            (list(tables),),
+        ).fetchall()
         for name, _ in indexes:
             conn.execute(f'DROP INDEX "{name}"')
         conn.execute("SET session_replication_role = replica")
@@ -244,8 +279,15 @@ def medusa_counts(url: str) -> dict[str, int]:
             (SELECT count(*) FROM product WHERE thumbnail IS NOT NULL),
             (SELECT count(*) FROM product_variant WHERE thumbnail IS NOT NULL)""").fetchone()
     assert row is not None
-    keys = ("products", "images", "images_soft_deleted", "variants", "variant_links",
-            "product_thumbnails", "variant_thumbnails")
+    keys = (
+        "products",
+        "images",
+        "images_soft_deleted",
+        "variants",
+        "variant_links",
+        "product_thumbnails",
+        "variant_thumbnails",
+    )
     return dict(zip(keys, (int(x) for x in row), strict=True))
 
 
@@ -255,16 +297,17 @@ BENCH_SITE = "bench-site"
 OTHER_SITE = "other-site"
 
 
-UUID_TAGS = ("site", "ct", "author", "cat", "tag", "page", "post", "o-author", "o-cat",
-             "o-post")
+UUID_TAGS = ("site", "ct", "author", "cat", "tag", "page", "post", "o-author", "o-cat", "o-post")
 
 
 def _uuid(tag: str, ordinal: str) -> str:
     """A deterministic v4-shaped UUID: hashed first group (random-looking index order),
     the kind in the fourth group, the ordinal in the last. No md5: see _ulid_body."""
     code = f"8{UUID_TAGS.index(tag):03x}"
-    return (f"(lpad(to_hex(hashint4({ordinal}) & 2147483647), 8, '0') || '-0000-4000-{code}-' "
-            f"|| lpad(to_hex({ordinal}), 12, '0'))::uuid")
+    return (
+        f"(lpad(to_hex(hashint4({ordinal}) & 2147483647), 8, '0') || '-0000-4000-{code}-' "
+        f"|| lpad(to_hex({ordinal}), 12, '0'))::uuid"
+    )
 
 
 def cms_sql(k: int) -> list[str]:
@@ -295,83 +338,83 @@ def cms_sql(k: int) -> list[str]:
             FROM generate_series(1, {max(k // 10, 1)}) i""",
         # structure of the bench site
         f"""INSERT INTO content_type (id, site_id, key, name, fields)
-            SELECT {_uuid('ct', 'i')}, {site}, 'type_' || i, 'Type ' || i,
+            SELECT {_uuid("ct", "i")}, {site}, 'type_' || i, 'Type ' || i,
                    '[{{"key": "summary", "type": "text", "required": false}}]'
             FROM generate_series(0, {types - 1}) i""",
         f"""INSERT INTO authors (id, site_id, name, slug, bio)
-            SELECT {_uuid('author', 'i')}, {site}, 'Author ' || i, 'author-' || i,
+            SELECT {_uuid("author", "i")}, {site}, 'Author ' || i, 'author-' || i,
                    'Writes about topic ' || (i % 97) || '.'
             FROM generate_series(0, {k - 1}) i""",
         f"""INSERT INTO terms (id, site_id, type, name, slug, parent_id)
-            SELECT {_uuid('cat', 'i')}, {site}, 'category', 'Category ' || i, 'category-' || i,
-                   CASE WHEN i % 5 <> 0 THEN {_uuid('cat', 'i - i % 5')} END
+            SELECT {_uuid("cat", "i")}, {site}, 'category', 'Category ' || i, 'category-' || i,
+                   CASE WHEN i % 5 <> 0 THEN {_uuid("cat", "i - i % 5")} END
             FROM generate_series(0, {k - 1}) i ORDER BY i % 5 <> 0, i""",
         f"""INSERT INTO terms (id, site_id, type, name, slug, parent_id)
-            SELECT {_uuid('tag', 'i')}, {site}, 'tag', 'Tag ' || i, 'tag-' || i,
-                   CASE WHEN i % 4 = 0 THEN {_uuid('cat', f'(i * 7) % {k}')} END
+            SELECT {_uuid("tag", "i")}, {site}, 'tag', 'Tag ' || i, 'tag-' || i,
+                   CASE WHEN i % 4 = 0 THEN {_uuid("cat", f"(i * 7) % {k}")} END
             FROM generate_series(0, {tags - 1}) i""",
         f"""INSERT INTO content (id, site_id, type, status, title, slug, body, author_id,
                                  published_at, created_at)
-            SELECT {_uuid('page', 'i')}, {site}, 'page', 'published', 'Page ' || i,
-                   'page-' || i, '<p>Page ' || i || '.</p>', {_uuid('author', f'i % {k}')},
+            SELECT {_uuid("page", "i")}, {site}, 'page', 'published', 'Page ' || i,
+                   'page-' || i, '<p>Page ' || i || '.</p>', {_uuid("author", f"i % {k}")},
                    timestamptz '2024-02-01' + i * interval '1 minute',
                    timestamptz '2024-02-01' + i * interval '1 minute'
             FROM generate_series(0, {k - 1}) i""",
         f"""INSERT INTO content (id, site_id, type, status, title, slug, body, author_id,
                                  content_type_id, scheduled_for, created_at)
-            SELECT {_uuid('post', 'i')}, {site}, 'post',
+            SELECT {_uuid("post", "i")}, {site}, 'post',
                    CASE WHEN i % 10 = 0 THEN 'scheduled' ELSE 'draft' END,
                    'Post ' || i, 'post-' || i, '<p>Draft ' || i || '.</p>',
-                   CASE WHEN i % 6 <> 5 THEN {_uuid('author', f'(i * 3) % {k}')} END,
-                   CASE WHEN i % 4 <> 3 THEN {_uuid('ct', f'i % {types}')} END,
+                   CASE WHEN i % 6 <> 5 THEN {_uuid("author", f"(i * 3) % {k}")} END,
+                   CASE WHEN i % 4 <> 3 THEN {_uuid("ct", f"i % {types}")} END,
                    CASE WHEN i % 10 = 0 THEN timestamptz '2030-01-01' END,
                    timestamptz '2024-03-01' + i * interval '1 minute'
             FROM generate_series(0, {k - 1}) i""",
         f"""INSERT INTO content_terms (content_id, term_id)
-            SELECT {_uuid('post', 'i')}, {_uuid('cat', f'(i * 11) % {k}')}
+            SELECT {_uuid("post", "i")}, {_uuid("cat", f"(i * 11) % {k}")}
             FROM generate_series(0, {k - 1}) i
             UNION ALL
-            SELECT {_uuid('post', 'i')}, {_uuid('tag', f'i % {tags}')}
+            SELECT {_uuid("post", "i")}, {_uuid("tag", f"i % {tags}")}
             FROM generate_series(0, {k - 1}) i
             UNION ALL
-            SELECT {_uuid('page', 'i')}, {_uuid('cat', f'i % {k}')}
+            SELECT {_uuid("page", "i")}, {_uuid("cat", f"i % {k}")}
             FROM generate_series(0, {k - 1}, 3) i""",
         # SEO rows: the 3k a reset deletes, then kept ones (site, half of the posts)
         f"""INSERT INTO seo_meta (site_id, entity_type, entity_id, title, description,
                                   canonical_url)
-            SELECT {site}, 'term', {_uuid('cat', 'i')}, 'Category ' || i || ' | bench-site',
+            SELECT {site}, 'term', {_uuid("cat", "i")}, 'Category ' || i || ' | bench-site',
                    'Everything filed under category ' || i || '.',
                    {base} || '/category/category-' || i FROM generate_series(0, {k - 1}) i
             UNION ALL
-            SELECT {site}, 'author', {_uuid('author', 'i')}, 'Author ' || i || ' | bench-site',
+            SELECT {site}, 'author', {_uuid("author", "i")}, 'Author ' || i || ' | bench-site',
                    'Writes about topic ' || (i % 97) || '.',
                    {base} || '/author/author-' || i FROM generate_series(0, {k - 1}) i
             UNION ALL
-            SELECT {site}, 'content', {_uuid('page', 'i')}, 'Page ' || i || ' | bench-site',
+            SELECT {site}, 'content', {_uuid("page", "i")}, 'Page ' || i || ' | bench-site',
                    'Page ' || i || '.', {base} || '/page-' || i
             FROM generate_series(0, {k - 1}) i
             UNION ALL
-            SELECT {site}, 'content', {_uuid('post', 'i')}, 'Post ' || i || ' | bench-site',
+            SELECT {site}, 'content', {_uuid("post", "i")}, 'Post ' || i || ' | bench-site',
                    NULL, {base} || '/blog/post-' || i FROM generate_series(0, {k - 1}, 2) i
             UNION ALL
             SELECT {site}, 'site', {site}, 'Bench Site', 'Stories, guides and news.',
                    {base} || '/'""",
         # the other site: small, with published posts
         f"""INSERT INTO authors (id, site_id, name, slug)
-            SELECT {_uuid('o-author', 'i')}, {other}, 'Other author ' || i, 'author-' || i
+            SELECT {_uuid("o-author", "i")}, {other}, 'Other author ' || i, 'author-' || i
             FROM generate_series(0, 99) i""",
         f"""INSERT INTO terms (id, site_id, type, name, slug)
-            SELECT {_uuid('o-cat', 'i')}, {other}, 'category', 'Category ' || i, 'category-' || i
+            SELECT {_uuid("o-cat", "i")}, {other}, 'category', 'Category ' || i, 'category-' || i
             FROM generate_series(0, 99) i""",
         f"""INSERT INTO content (id, site_id, type, status, title, slug, author_id, published_at)
-            SELECT {_uuid('o-post', 'i')}, {other}, 'post', 'published', 'Post ' || i,
-                   'post-' || i, {_uuid('o-author', 'i % 100')}, timestamptz '2024-01-01'
+            SELECT {_uuid("o-post", "i")}, {other}, 'post', 'published', 'Post ' || i,
+                   'post-' || i, {_uuid("o-author", "i % 100")}, timestamptz '2024-01-01'
             FROM generate_series(0, 199) i""",
         f"""INSERT INTO seo_meta (site_id, entity_type, entity_id, title)
-            SELECT {other}, 'term', {_uuid('o-cat', 'i')}, 'Category ' || i
+            SELECT {other}, 'term', {_uuid("o-cat", "i")}, 'Category ' || i
             FROM generate_series(0, 99) i
             UNION ALL
-            SELECT {other}, 'author', {_uuid('o-author', 'i')}, 'Author ' || i
+            SELECT {other}, 'author', {_uuid("o-author", "i")}, 'Author ' || i
             FROM generate_series(0, 99) i""",
     ]
     return stmts
@@ -395,7 +438,8 @@ def bench_site_id(url: str) -> str:
 def cms_counts(url: str) -> dict[str, int]:
     site = bench_site_id(url)
     with psycopg.connect(url) as conn:
-        row = conn.execute("""SELECT
+        row = conn.execute(
+            """SELECT
             (SELECT count(*) FROM terms WHERE site_id = %(s)s AND type = 'category'),
             (SELECT count(*) FROM authors WHERE site_id = %(s)s),
             (SELECT count(*) FROM content WHERE site_id = %(s)s AND type = 'page'),
@@ -408,10 +452,19 @@ def cms_counts(url: str) -> dict[str, int]:
                   (SELECT id FROM authors WHERE site_id = %(s)s))
                OR (m.entity_type = 'content' AND m.entity_id IN
                   (SELECT id FROM content WHERE site_id = %(s)s AND type = 'page'))),
-            (SELECT count(*) FROM seo_meta)""", {"s": site}).fetchone()
+            (SELECT count(*) FROM seo_meta)""",
+            {"s": site},
+        ).fetchone()
     assert row is not None
-    keys = ("categories", "authors", "pages", "content_types", "draft_posts",
-            "seo_rows_reset_deletes", "seo_rows_total")
+    keys = (
+        "categories",
+        "authors",
+        "pages",
+        "content_types",
+        "draft_posts",
+        "seo_rows_reset_deletes",
+        "seo_rows_total",
+    )
     return dict(zip(keys, (int(x) for x in row), strict=True))
 
 

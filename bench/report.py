@@ -60,30 +60,62 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             applies = True
             if stage == "reset":
                 applies = entry["data"]["cms"]["seo_rows_reset_deletes"] >= RESET_SEO_ROWS * 0.99
-            checks.append({"size": int(size), "target": f"{stage} ≤ {limit}x {against}",
-                           "value": round(value, 2), "limit": limit,
-                           "met": value <= limit, "applies": applies})
+            checks.append(
+                {
+                    "size": int(size),
+                    "target": f"{stage} ≤ {limit}x {against}",
+                    "value": round(value, 2),
+                    "limit": limit,
+                    "met": value <= limit,
+                    "applies": applies,
+                }
+            )
         for stage in STAGES:
             peak = stages.get(stage, {}).get("ours", {}).get("peak_rss_mb")
             if peak is None:
                 continue
             if int(size) >= 1_000_000:
-                checks.append({"size": int(size),
-                               "target": f"{stage} peak RSS ≤ {RSS_LIMIT_MB:.0f} MB",
-                               "value": peak, "limit": RSS_LIMIT_MB,
-                               "met": peak <= RSS_LIMIT_MB, "applies": True})
-                ref = results["sizes"].get(str(int(size) // 10), {}).get("stages", {}) \
-                    .get(stage, {}).get("ours", {}).get("peak_rss_mb")
+                checks.append(
+                    {
+                        "size": int(size),
+                        "target": f"{stage} peak RSS ≤ {RSS_LIMIT_MB:.0f} MB",
+                        "value": peak,
+                        "limit": RSS_LIMIT_MB,
+                        "met": peak <= RSS_LIMIT_MB,
+                        "applies": True,
+                    }
+                )
+                ref = (
+                    results["sizes"]
+                    .get(str(int(size) // 10), {})
+                    .get("stages", {})
+                    .get(stage, {})
+                    .get("ours", {})
+                    .get("peak_rss_mb")
+                )
                 if ref:
                     growth = peak / ref
-                    checks.append({"size": int(size),
-                                   "target": f"{stage} peak RSS ≤ {RSS_GROWTH_LIMIT}x at 100k",
-                                   "value": round(growth, 2), "limit": RSS_GROWTH_LIMIT,
-                                   "met": growth <= RSS_GROWTH_LIMIT, "applies": True})
+                    checks.append(
+                        {
+                            "size": int(size),
+                            "target": f"{stage} peak RSS ≤ {RSS_GROWTH_LIMIT}x at 100k",
+                            "value": round(growth, 2),
+                            "limit": RSS_GROWTH_LIMIT,
+                            "met": growth <= RSS_GROWTH_LIMIT,
+                            "applies": True,
+                        }
+                    )
         for flow, info in entry.get("flows", {}).items():
-            checks.append({"size": int(size), "target": f"{flow}: ≤ {TASK_RUN_LIMIT} task runs",
-                           "value": info["task_runs"], "limit": TASK_RUN_LIMIT,
-                           "met": 0 < info["task_runs"] <= TASK_RUN_LIMIT, "applies": True})
+            checks.append(
+                {
+                    "size": int(size),
+                    "target": f"{flow}: ≤ {TASK_RUN_LIMIT} task runs",
+                    "value": info["task_runs"],
+                    "limit": TASK_RUN_LIMIT,
+                    "met": 0 < info["task_runs"] <= TASK_RUN_LIMIT,
+                    "applies": True,
+                }
+            )
     return checks
 
 
@@ -96,10 +128,15 @@ def _fmt_s(value: float | None) -> str:
 def table(results: dict[str, Any]) -> str:
     """Markdown tables: times and ratios, peak RSS, task runs per flow."""
     sizes = sorted(results["sizes"], key=int)
-    verdicts = {(c["size"], c["target"].split(" ")[0]): c for c in results["targets"]
-                if "RSS" not in c["target"] and "task runs" not in c["target"]}
-    lines = ["| images | stage | ours (s) | baseline (s) | ratio | target | met |",
-             "|---:|---|---:|---:|---:|---|:---:|"]
+    verdicts = {
+        (c["size"], c["target"].split(" ")[0]): c
+        for c in results["targets"]
+        if "RSS" not in c["target"] and "task runs" not in c["target"]
+    }
+    lines = [
+        "| images | stage | ours (s) | baseline (s) | ratio | target | met |",
+        "|---:|---|---:|---:|---:|---|:---:|",
+    ]
     for size in sizes:
         stages = results["sizes"][size]["stages"]
         for stage in STAGES:
@@ -119,13 +156,19 @@ def table(results: dict[str, Any]) -> str:
             met = "-" if c is None else ("✓" if c["met"] else "✗")
             if c is not None and not c["applies"]:
                 met = f"({met})"
-            lines.append(f"| {int(size):,} | {stage} | {_fmt_s(row.get('ours', {}).get('seconds'))}"
-                         f" | {_fmt_s(row.get('baseline', {}).get('seconds'))} | {shown} | "
-                         f"{target} | {met} |")
-    lines += ["", "Peak RSS of the stage's process in MB, ours (baseline); target ≤ 200 MB at 1M "
-              "and ≤ 1.2x the 100k value:", "",
-              "| images | " + " | ".join(STAGES) + " |",
-              "|---:|" + "---:|" * len(STAGES)]
+            lines.append(
+                f"| {int(size):,} | {stage} | {_fmt_s(row.get('ours', {}).get('seconds'))}"
+                f" | {_fmt_s(row.get('baseline', {}).get('seconds'))} | {shown} | "
+                f"{target} | {met} |"
+            )
+    lines += [
+        "",
+        "Peak RSS of the stage's process in MB, ours (baseline); target ≤ 200 MB at 1M "
+        "and ≤ 1.2x the 100k value:",
+        "",
+        "| images | " + " | ".join(STAGES) + " |",
+        "|---:|" + "---:|" * len(STAGES),
+    ]
     for size in sizes:
         stages = results["sizes"][size]["stages"]
         cells = []
@@ -136,15 +179,20 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"| {int(size):,} | " + " | ".join(cells) + " |")
     flows = sorted({f for s in sizes for f in results["sizes"][s].get("flows", {})})
     if flows:
-        lines += ["", "Prefect task runs per flow run (wall time of the flow run); target ≤ 20:",
-                  "", "| flow | " + " | ".join(f"{int(s):,}" for s in sizes) + " |",
-                  "|---|" + "---:|" * len(sizes)]
+        lines += [
+            "",
+            "Prefect task runs per flow run (wall time of the flow run); target ≤ 20:",
+            "",
+            "| flow | " + " | ".join(f"{int(s):,}" for s in sizes) + " |",
+            "|---|" + "---:|" * len(sizes),
+        ]
         for flow in flows:
             cells = []
             for size in sizes:
                 info = results["sizes"][size].get("flows", {}).get(flow)
-                cells.append("-" if info is None else
-                             f"{info['task_runs']} ({info['seconds']:.1f} s)")
+                cells.append(
+                    "-" if info is None else f"{info['task_runs']} ({info['seconds']:.1f} s)"
+                )
             lines.append(f"| {flow} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -176,8 +224,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.plot(xs, ours, "o-", color="tab:blue", label="safeops")
         ax.plot(xs, base, "s--", color="tab:gray", label="raw SQL baseline")
         if stage == "verify":
-            snap = [results["sizes"][s]["stages"].get("snapshot", {}).get("ours", {})
-                    .get("seconds") for s in sizes]
+            snap = [
+                results["sizes"][s]["stages"].get("snapshot", {}).get("ours", {}).get("seconds")
+                for s in sizes
+            ]
             if all(v is not None for v in snap) and len(snap) == len(xs):
                 ax.plot(xs, snap, ":", color="tab:orange", label="safeops snapshot")
         limit, against = RATIO_TARGETS[stage]
@@ -190,10 +240,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=8)
     ax = axes.flat[len(STAGES)]
     xs = [int(s) for s in sizes]
-    for stage, color in zip(STAGES, ("tab:blue", "tab:green", "tab:red", "tab:purple",
-                                     "tab:brown"), strict=True):
-        ys = [results["sizes"][s]["stages"].get(stage, {}).get("ours", {}).get("peak_rss_mb")
-              for s in sizes]
+    for stage, color in zip(
+        STAGES, ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown"), strict=True
+    ):
+        ys = [
+            results["sizes"][s]["stages"].get(stage, {}).get("ours", {}).get("peak_rss_mb")
+            for s in sizes
+        ]
         if all(y is not None for y in ys):
             ax.plot(xs, ys, "o-", color=color, label=stage)
     ax.axhline(RSS_LIMIT_MB, color="black", linestyle="--", linewidth=1, label="200 MB")
@@ -205,9 +258,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     machine = results.get("machine", {})
-    fig.suptitle(f"safeops vs raw SQL — {machine.get('cpus', '?')} cores, "
-                 f"PostgreSQL {machine.get('postgres', '?')}, median of "
-                 f"{results['config']['reps']} run(s)", fontsize=12)
+    fig.suptitle(
+        f"safeops vs raw SQL — {machine.get('cpus', '?')} cores, "
+        f"PostgreSQL {machine.get('postgres', '?')}, median of "
+        f"{results['config']['reps']} run(s)",
+        fontsize=12,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -51,6 +51,7 @@ VARIANTS = ("ours", "baseline")
 
 # ================================================================ child side
 
+
 def _status_kb(key: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -84,8 +85,7 @@ COPY (
 
 
 def op_snapshot_baseline(a: dict[str, Any]) -> dict[str, Any]:
-    with psycopg.connect(os.environ["MEDUSA_DATABASE_URL"]) as conn, \
-            open(a["path"], "wb") as out:
+    with psycopg.connect(os.environ["MEDUSA_DATABASE_URL"]) as conn, open(a["path"], "wb") as out:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         with conn.cursor() as cur, cur.copy(BASELINE_SNAPSHOT_SQL) as copy:
             for chunk in copy:
@@ -107,8 +107,11 @@ def op_verify_baseline(a: dict[str, Any]) -> dict[str, Any]:
     sha = hashlib.sha256()
     with psycopg.connect(os.environ["MEDUSA_DATABASE_URL"]) as conn:
         conn.execute("CREATE TEMP TABLE _bench_readback (doc json) ON COMMIT DROP")
-        with conn.cursor() as cur, cur.copy("COPY _bench_readback (doc) FROM STDIN") as copy, \
-                open(a["path"], "rb") as src:
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY _bench_readback (doc) FROM STDIN") as copy,
+            open(a["path"], "rb") as src,
+        ):
             while chunk := src.read(1 << 20):
                 sha.update(chunk)
                 copy.write(chunk)
@@ -120,9 +123,15 @@ def op_verify_baseline(a: dict[str, Any]) -> dict[str, Any]:
 def op_purge_ours(a: dict[str, Any]) -> dict[str, Any]:
     from tasks.media.purge import apply_media_purge
 
-    applied = apply_media_purge.fn("medusa", a["uri"], a["plan_hash"], _approval(),
-                                   datetime.now(UTC), verified_sha256=a["file_sha256"],
-                                   verified_plan_hash=a["plan_hash"])
+    applied = apply_media_purge.fn(
+        "medusa",
+        a["uri"],
+        a["plan_hash"],
+        _approval(),
+        datetime.now(UTC),
+        verified_sha256=a["file_sha256"],
+        verified_plan_hash=a["plan_hash"],
+    )
     return {"applied": applied}
 
 
@@ -143,8 +152,11 @@ def op_purge_baseline(a: dict[str, Any]) -> dict[str, Any]:
     url = os.environ["MEDUSA_DATABASE_URL"]
     psql = shutil.which("psql")
     if psql:
-        subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", a["script"], url],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", a["script"], url],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         return {"via": "psql"}
     with psycopg.connect(url, autocommit=True) as conn:  # same statements, no psql here
         conn.execute(_without_meta_commands(Path(a["script"]).read_text()).encode())
@@ -162,8 +174,9 @@ def prepare_restore_ours(a: dict[str, Any]) -> None:
 def op_restore_ours(a: dict[str, Any]) -> dict[str, Any]:
     from tasks.media.restore import apply_media_restore
 
-    applied = apply_media_restore.fn("medusa", a["uri"], False, a["plan_hash"], _approval(),
-                                     datetime.now(UTC))
+    applied = apply_media_restore.fn(
+        "medusa", a["uri"], False, a["plan_hash"], _approval(), datetime.now(UTC)
+    )
     return {"applied": applied, "plan_hash": a["plan_hash"]}
 
 
@@ -176,12 +189,13 @@ def raw_restore(url: str, files: dict[str, str]) -> None:
                     copy.write(chunk)
         for table, key in (("product", "product_thumbs"), ("product_variant", "variant_thumbs")):
             cur.execute(f"CREATE TEMP TABLE _t_{key} (id text, thumbnail text) ON COMMIT DROP")
-            with open(files[key], "rb") as src, \
-                    cur.copy(f"COPY _t_{key} FROM STDIN") as copy:
+            with open(files[key], "rb") as src, cur.copy(f"COPY _t_{key} FROM STDIN") as copy:
                 while chunk := src.read(1 << 20):
                     copy.write(chunk)
-            cur.execute(f"UPDATE {table} x SET thumbnail = t.thumbnail, updated_at = now() "
-                        f"FROM _t_{key} t WHERE x.id = t.id AND x.thumbnail IS NULL")
+            cur.execute(
+                f"UPDATE {table} x SET thumbnail = t.thumbnail, updated_at = now() "
+                f"FROM _t_{key} t WHERE x.id = t.id AND x.thumbnail IS NULL"
+            )
         conn.commit()
 
 
@@ -193,8 +207,9 @@ def op_restore_baseline(a: dict[str, Any]) -> dict[str, Any]:
 def op_reset_ours(a: dict[str, Any]) -> dict[str, Any]:
     from tasks.site.reset import apply_site_reset
 
-    deleted = apply_site_reset.fn("cms", a["site"], a["uri"], a["plan_hash"], a["file_sha256"],
-                                  _approval(), datetime.now(UTC))
+    deleted = apply_site_reset.fn(
+        "cms", a["site"], a["uri"], a["plan_hash"], a["file_sha256"], _approval(), datetime.now(UTC)
+    )
     return {"deleted": deleted}
 
 
@@ -213,8 +228,7 @@ BASELINE_RESET_SQL = [
     "DELETE FROM terms WHERE site_id = %(site)s AND type = 'category'",
     "DELETE FROM authors WHERE site_id = %(site)s",
     "DELETE FROM content_type WHERE site_id = %(site)s",
-    "UPDATE sites SET active_blueprint_version = NULL, setup_status = 'draft' "
-    "WHERE id = %(site)s",
+    "UPDATE sites SET active_blueprint_version = NULL, setup_status = 'draft' WHERE id = %(site)s",
 ]
 
 
@@ -228,6 +242,7 @@ def op_reset_baseline(a: dict[str, Any]) -> dict[str, Any]:
 
 
 # Untimed setup that needs our code, in a process of its own too.
+
 
 def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     """The media snapshot and purge plan every purge applies, and the site's reset plan."""
@@ -244,18 +259,33 @@ def op_setup(a: dict[str, Any]) -> dict[str, Any]:
     site_ref, site_plan = snapshot_site.fn("cms", a["site"], a["location"])
     # The flows verify before their approval; the applies are handed what that verify saw.
     site_verified = verify_site_snapshot.fn("cms", site_ref.uri, site_plan.plan_hash)
-    return {"media": {"uri": ref.uri, "plan_hash": plan.plan_hash, "counts": plan.counts,
-                      "file_sha256": report.file_sha256},
-            "cms": {"uri": site_ref.uri, "plan_hash": site_plan.plan_hash,
-                    "file_sha256": site_verified.file_sha256, "counts": site_plan.counts}}
+    return {
+        "media": {
+            "uri": ref.uri,
+            "plan_hash": plan.plan_hash,
+            "counts": plan.counts,
+            "file_sha256": report.file_sha256,
+        },
+        "cms": {
+            "uri": site_ref.uri,
+            "plan_hash": site_plan.plan_hash,
+            "file_sha256": site_verified.file_sha256,
+            "counts": site_plan.counts,
+        },
+    }
 
 
 OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "snapshot.ours": op_snapshot_ours, "snapshot.baseline": op_snapshot_baseline,
-    "verify.ours": op_verify_ours, "verify.baseline": op_verify_baseline,
-    "purge.ours": op_purge_ours, "purge.baseline": op_purge_baseline,
-    "restore.ours": op_restore_ours, "restore.baseline": op_restore_baseline,
-    "reset.ours": op_reset_ours, "reset.baseline": op_reset_baseline,
+    "snapshot.ours": op_snapshot_ours,
+    "snapshot.baseline": op_snapshot_baseline,
+    "verify.ours": op_verify_ours,
+    "verify.baseline": op_verify_baseline,
+    "purge.ours": op_purge_ours,
+    "purge.baseline": op_purge_baseline,
+    "restore.ours": op_restore_ours,
+    "restore.baseline": op_restore_baseline,
+    "reset.ours": op_reset_ours,
+    "reset.baseline": op_reset_baseline,
     "setup": op_setup,
 }
 PREPARE: dict[str, Callable[[dict[str, Any]], None]] = {"restore.ours": prepare_restore_ours}
@@ -287,15 +317,21 @@ def child_main(spec_path: str) -> None:
     import resource
 
     children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    Path(spec["out"]).write_text(json.dumps({
-        "seconds": seconds,
-        "rss_start_mb": rss_start / 1024,
-        "peak_rss_mb": max(_status_kb("VmHWM"), children_kb) / 1024,
-        "result": result,
-    }, default=str))
+    Path(spec["out"]).write_text(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "rss_start_mb": rss_start / 1024,
+                "peak_rss_mb": max(_status_kb("VmHWM"), children_kb) / 1024,
+                "result": result,
+            },
+            default=str,
+        )
+    )
 
 
 # ================================================================ parent side
+
 
 @dataclass
 class Measurement:
@@ -330,9 +366,16 @@ class Zygote:
     and stopped with it (``_stop`` is private to multiprocessing, but the only
     way to start a second server with another environment)."""
 
-    PRELOAD = ("sqlalchemy.dialects.postgresql.psycopg", "tasks.media.purge",
-               "tasks.media.restore", "tasks.media.snapshot", "tasks.media.verify",
-               "tasks.site.reset", "tasks.site.restore", "bench.stages")
+    PRELOAD = (
+        "sqlalchemy.dialects.postgresql.psycopg",
+        "tasks.media.purge",
+        "tasks.media.restore",
+        "tasks.media.snapshot",
+        "tasks.media.verify",
+        "tasks.site.reset",
+        "tasks.site.restore",
+        "bench.stages",
+    )
 
     def __init__(self, env: dict[str, str]) -> None:
         import multiprocessing
@@ -369,22 +412,36 @@ def _forked_child(spec: str) -> None:
     child_main(spec)
 
 
-def run_child(op: str, args: dict[str, Any], env: dict[str, str], workdir: Path,
-              profile: Path | None = None, timeout: int = 3600,
-              zygote: Zygote | None = None) -> dict[str, Any]:
+def run_child(
+    op: str,
+    args: dict[str, Any],
+    env: dict[str, str],
+    workdir: Path,
+    profile: Path | None = None,
+    timeout: int = 3600,
+    zygote: Zygote | None = None,
+) -> dict[str, Any]:
     spec_dir = workdir / "specs"
     spec_dir.mkdir(parents=True, exist_ok=True)
     stamp = f"{op}-{time.monotonic_ns()}"
     out = spec_dir / f"{stamp}.out.json"
     spec = spec_dir / f"{stamp}.json"
-    spec.write_text(json.dumps({"op": op, "args": args, "out": str(out),
-                                "profile": str(profile) if profile else None}))
+    spec.write_text(
+        json.dumps(
+            {"op": op, "args": args, "out": str(out), "profile": str(profile) if profile else None}
+        )
+    )
     if zygote is not None:
         code, tail = zygote.run(spec), "(see the stderr above)"
     else:
-        proc = subprocess.run([sys.executable, "-m", "bench.stages", "child", str(spec)],
-                              cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.stages", "child", str(spec)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         code = proc.returncode
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
     if code != 0 or not out.exists():
@@ -396,23 +453,34 @@ def run_child(op: str, args: dict[str, Any], env: dict[str, str], workdir: Path,
 
 
 def child_env(medusa_url: str, cms_url: str, workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "SAFEOPS_")) and not k.endswith("_DATABASE_URL")}
-    env.update({
-        "MEDUSA_DATABASE_URL": medusa_url, "CMS_DATABASE_URL": cms_url,
-        "SAFEOPS_SNAPSHOT_URI": str(workdir / "snapshots"),
-        "PREFECT_HOME": str(workdir / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "PYTHONPATH": str(ROOT),
-    })
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "SAFEOPS_")) and not k.endswith("_DATABASE_URL")
+    }
+    env.update(
+        {
+            "MEDUSA_DATABASE_URL": medusa_url,
+            "CMS_DATABASE_URL": cms_url,
+            "SAFEOPS_SNAPSHOT_URI": str(workdir / "snapshots"),
+            "PREFECT_HOME": str(workdir / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     return env
 
 
 def _copy_out(url: str, sql: str, path: Path) -> None:
-    with psycopg.connect(url) as conn, conn.cursor() as cur, open(path, "wb") as out, \
-            cur.copy(f"COPY ({sql}) TO STDOUT") as copy:
+    with (
+        psycopg.connect(url) as conn,
+        conn.cursor() as cur,
+        open(path, "wb") as out,
+        cur.copy(f"COPY ({sql}) TO STDOUT") as copy,
+    ):
         for chunk in copy:
             out.write(chunk)
 
@@ -420,8 +488,15 @@ def _copy_out(url: str, sql: str, path: Path) -> None:
 class Runner:
     """One size: its databases, setup artefacts and the state between measurements."""
 
-    def __init__(self, admin_url: str, images: int, seo_rows: int, workdir: Path,
-                 log: Callable[[str], None], profile_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        admin_url: str,
+        images: int,
+        seo_rows: int,
+        workdir: Path,
+        log: Callable[[str], None],
+        profile_dir: Path | None = None,
+    ) -> None:
         self.admin_url = admin_url
         self.images = images
         self.k = max((seo_rows + 2) // 3, 5)
@@ -459,17 +534,25 @@ class Runner:
 
         self.fresh_cms()
         self.zygote = Zygote(self.env)
-        setup = run_child("setup", {"location": str(self.workdir / "snapshots"),
-                                    "site": self.site}, self.env, self.workdir,
-                          zygote=self.zygote)["result"]
+        setup = run_child(
+            "setup",
+            {"location": str(self.workdir / "snapshots"), "site": self.site},
+            self.env,
+            self.workdir,
+            zygote=self.zygote,
+        )["result"]
         self.media, self.cms = setup["media"], setup["cms"]
-        for key, sql in (("image", "SELECT * FROM image"),
-                         ("links", "SELECT * FROM product_variant_product_image"),
-                         ("product_thumbs", "SELECT id, thumbnail FROM product "
-                                            "WHERE thumbnail IS NOT NULL"),
-                         ("variant_thumbs", "SELECT id, thumbnail FROM product_variant "
-                                            "WHERE thumbnail IS NOT NULL "
-                                            "AND product_id IS NOT NULL")):
+        for key, sql in (
+            ("image", "SELECT * FROM image"),
+            ("links", "SELECT * FROM product_variant_product_image"),
+            ("product_thumbs", "SELECT id, thumbnail FROM product WHERE thumbnail IS NOT NULL"),
+            (
+                "variant_thumbs",
+                "SELECT id, thumbnail FROM product_variant "
+                "WHERE thumbnail IS NOT NULL "
+                "AND product_id IS NOT NULL",
+            ),
+        ):
             path = self.workdir / f"restore-{key}.copy"
             _copy_out(self.medusa_url, sql, path)
             self.files[key] = str(path)
@@ -523,9 +606,11 @@ class Runner:
         gen.create_database(self.admin_url, self.cms_db, template=self.cms_template)
         with psycopg.connect(self.cms_url, autocommit=True) as conn:
             try:
-                conn.execute("SELECT pg_prewarm(c.oid) FROM pg_class c "
-                             "WHERE c.relnamespace = 'public'::regnamespace "
-                             "AND c.relkind IN ('r', 'i')")
+                conn.execute(
+                    "SELECT pg_prewarm(c.oid) FROM pg_class c "
+                    "WHERE c.relnamespace = 'public'::regnamespace "
+                    "AND c.relkind IN ('r', 'i')"
+                )
             except psycopg.Error:
                 for table in gen.CMS_TABLES:
                     conn.execute(f"SELECT count(*) FROM {table}")
@@ -533,18 +618,32 @@ class Runner:
 
     # ------------------------------------------------------------ one measurement
 
-    def _measure(self, stage: str, variant: str, rep: int, args: dict[str, Any]
-                 ) -> Measurement:
+    def _measure(self, stage: str, variant: str, rep: int, args: dict[str, Any]) -> Measurement:
         profile = None
         if self.profile_dir is not None and variant == "ours":
             self.profile_dir.mkdir(parents=True, exist_ok=True)
             profile = self.profile_dir / f"{stage}-{self.images}-rep{rep}.txt"
-        data = run_child(f"{stage}.{variant}", args, self.env, self.workdir, profile,
-                         zygote=self.zygote if variant == "ours" else None)
-        m = Measurement(stage, variant, rep, data["seconds"], data["peak_rss_mb"],
-                        data["rss_start_mb"], data.get("result") or {})
-        self.log(f"    {stage:8s} {variant:8s} rep {rep}: {m.seconds:8.3f} s  "
-                 f"peak {m.peak_rss_mb:6.1f} MB")
+        data = run_child(
+            f"{stage}.{variant}",
+            args,
+            self.env,
+            self.workdir,
+            profile,
+            zygote=self.zygote if variant == "ours" else None,
+        )
+        m = Measurement(
+            stage,
+            variant,
+            rep,
+            data["seconds"],
+            data["peak_rss_mb"],
+            data["rss_start_mb"],
+            data.get("result") or {},
+        )
+        self.log(
+            f"    {stage:8s} {variant:8s} rep {rep}: {m.seconds:8.3f} s  "
+            f"peak {m.peak_rss_mb:6.1f} MB"
+        )
         return m
 
     def measure(self, stage: str, variant: str, rep: int) -> Measurement:
@@ -565,15 +664,21 @@ class Runner:
                 return self._measure(stage, variant, rep, {"uri": self.media["uri"]})
             if self.baseline_file is None:
                 self.baseline_file = str(self.workdir / "baseline-snapshot.jsonl")
-                run_child("snapshot.baseline", {"path": self.baseline_file}, self.env,
-                          self.workdir)
+                run_child("snapshot.baseline", {"path": self.baseline_file}, self.env, self.workdir)
             return self._measure(stage, variant, rep, {"path": self.baseline_file})
         if stage == "purge":
             gen.checkpoint(self.medusa_url)
             if variant == "ours":
-                m = self._measure(stage, variant, rep, {
-                    "uri": self.media["uri"], "plan_hash": self.media["plan_hash"],
-                    "file_sha256": self.media["file_sha256"]})
+                m = self._measure(
+                    stage,
+                    variant,
+                    rep,
+                    {
+                        "uri": self.media["uri"],
+                        "plan_hash": self.media["plan_hash"],
+                        "file_sha256": self.media["file_sha256"],
+                    },
+                )
             else:
                 m = self._measure(stage, variant, rep, {"script": self.purge_script})
             self.raw_restore()
@@ -583,8 +688,12 @@ class Runner:
             self.raw_purge()
             self.settle_medusa()
             if variant == "ours":
-                m = self._measure(stage, variant, rep, {"uri": self.media["uri"],
-                                                        "plan_hash": self.restore_plan_hash})
+                m = self._measure(
+                    stage,
+                    variant,
+                    rep,
+                    {"uri": self.media["uri"], "plan_hash": self.restore_plan_hash},
+                )
                 self.restore_plan_hash = m.result["plan_hash"]  # same for every repetition
             else:
                 m = self._measure(stage, variant, rep, {"files": self.files})
@@ -593,15 +702,23 @@ class Runner:
         if stage == "reset":
             self.fresh_cms()
             if variant == "ours":
-                return self._measure(stage, variant, rep, {
-                    "site": self.site, "uri": self.cms["uri"],
-                    "plan_hash": self.cms["plan_hash"],
-                    "file_sha256": self.cms["file_sha256"]})
+                return self._measure(
+                    stage,
+                    variant,
+                    rep,
+                    {
+                        "site": self.site,
+                        "uri": self.cms["uri"],
+                        "plan_hash": self.cms["plan_hash"],
+                        "file_sha256": self.cms["file_sha256"],
+                    },
+                )
             return self._measure(stage, variant, rep, {"site": self.site})
         raise ValueError(stage)
 
 
 # ================================================================ flows: task runs
+
 
 def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
     """Run the real flows once each and count the task runs Prefect records."""
@@ -641,49 +758,80 @@ def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
         with get_client(sync_client=True) as client:
             for _ in range(120):  # task runs are recorded asynchronously
                 runs = client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+                )
                 stable = stable + 1 if len(runs) == n else 0
                 n = len(runs)
                 if stable >= 2:
                     break
                 time.sleep(0.2)
             names = sorted(r.name.rsplit("-", 1)[0] for r in runs)
-        out[name] = {"task_runs": n, "seconds": round(seconds, 3), "state": state.type.value,
-                     "tasks": names}
+        out[name] = {
+            "task_runs": n,
+            "seconds": round(seconds, 3),
+            "state": state.type.value,
+            "tasks": names,
+        }
         return value
 
     with harness:
-        ref = count("snapshot-product-media",
-                    lambda: snapshot_product_media(snapshot_location=location,
-                                                   return_state=True))
-        count("verify-product-media-snapshot",
-              lambda: verify_product_media_snapshot(ref.uri, return_state=True))
-        count("purge-product-media (dry run)",
-              lambda: purge_product_media(snapshot_location=location, return_state=True))
+        ref = count(
+            "snapshot-product-media",
+            lambda: snapshot_product_media(snapshot_location=location, return_state=True),
+        )
+        count(
+            "verify-product-media-snapshot",
+            lambda: verify_product_media_snapshot(ref.uri, return_state=True),
+        )
+        count(
+            "purge-product-media (dry run)",
+            lambda: purge_product_media(snapshot_location=location, return_state=True),
+        )
         plan = plan_media_purge.fn("medusa")
-        purged = count("purge-product-media (live)",
-                       lambda: purge_product_media(dry_run=False,
-                                                   approved_plan_hash=plan.plan_hash,
-                                                   approved_by="bench",
-                                                   snapshot_location=location,
-                                                   return_state=True))
+        purged = count(
+            "purge-product-media (live)",
+            lambda: purge_product_media(
+                dry_run=False,
+                approved_plan_hash=plan.plan_hash,
+                approved_by="bench",
+                snapshot_location=location,
+                return_state=True,
+            ),
+        )
         rplan = plan_media_restore.fn("medusa", purged.snapshot_uri, False)
-        count("restore-product-media (live)",
-              lambda: restore_product_media(purged.snapshot_uri, dry_run=False,
-                                            approved_plan_hash=rplan.plan_hash,
-                                            approved_by="bench", return_state=True))
+        count(
+            "restore-product-media (live)",
+            lambda: restore_product_media(
+                purged.snapshot_uri,
+                dry_run=False,
+                approved_plan_hash=rplan.plan_hash,
+                approved_by="bench",
+                return_state=True,
+            ),
+        )
         _, splan = snapshot_site.fn("cms", a["site"], location)
-        reset = count("reset-site-structure (live)",
-                      lambda: reset_site_structure(a["site"], dry_run=False,
-                                                   approved_plan_hash=splan.plan_hash,
-                                                   approved_by="bench",
-                                                   snapshot_location=location,
-                                                   return_state=True))
+        reset = count(
+            "reset-site-structure (live)",
+            lambda: reset_site_structure(
+                a["site"],
+                dry_run=False,
+                approved_plan_hash=splan.plan_hash,
+                approved_by="bench",
+                snapshot_location=location,
+                return_state=True,
+            ),
+        )
         _, _, sr_plan = plan_site_restore.fn("cms", reset.snapshot_uri, False)
-        count("restore-site-structure (live)",
-              lambda: restore_site_structure(reset.snapshot_uri, dry_run=False,
-                                             approved_plan_hash=sr_plan.plan_hash,
-                                             approved_by="bench", return_state=True))
+        count(
+            "restore-site-structure (live)",
+            lambda: restore_site_structure(
+                reset.snapshot_uri,
+                dry_run=False,
+                approved_plan_hash=sr_plan.plan_hash,
+                approved_by="bench",
+                return_state=True,
+            ),
+        )
     return out
 
 
@@ -695,8 +843,12 @@ def count_task_runs(runner: Runner, prefect_api_url: str | None) -> dict[str, An
     if prefect_api_url:
         env["PREFECT_API_URL"] = prefect_api_url
     runner.fresh_cms()
-    data = run_child("flows.count", {"location": str(runner.workdir / "snapshots"),
-                                     "site": runner.site}, env, runner.workdir)
+    data = run_child(
+        "flows.count",
+        {"location": str(runner.workdir / "snapshots"), "site": runner.site},
+        env,
+        runner.workdir,
+    )
     runner.settle_medusa()
     result: dict[str, Any] = data["result"]
     return result

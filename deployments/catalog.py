@@ -32,35 +32,67 @@ class Spec:
 
 
 DEPLOYMENTS: tuple[Spec, ...] = (
-    Spec("flows/media_purge.py:purge_product_media", "manual",
-         "Purge every image reference of the Medusa catalog (MinIO files stay). Dry run by "
-         "default; a live run snapshots, pauses for approval and verifies 0 images after.",
-         ("safeops", "medusa", "destructive"), {"target": "medusa", "dry_run": True}),
-    Spec("flows/media_restore.py:restore_product_media", "manual",
-         "Restore image references from a media snapshot. Dry run by default.",
-         ("safeops", "medusa", "destructive"), {"target": "medusa", "dry_run": True}),
-    Spec("flows/media_snapshot.py:verify_product_media_snapshot", "manual",
-         "Check a media snapshot: format, checksum, totals, source, live ids, objects.",
-         ("safeops", "medusa", "read-only"), {"target": "medusa", "check_objects": False}),
-    Spec("flows/media_snapshot.py:snapshot_product_media", "nightly",
-         "Nightly media snapshot (read-only) with retention: keeps the newest 14, never one "
-         "referenced by an audit row of the last 30 days.",
-         ("safeops", "medusa", "read-only", "scheduled"), {"target": "medusa", "keep": 14},
-         cron=NIGHTLY_CRON),
-    Spec("flows/media_refs.py:migrate_product_media_refs", "manual",
-         "Copy product files to timestamp+UUID keys in MinIO and write "
-         "product.metadata.media.refs (ImageRefs). Dry run by default; sources never change.",
-         ("safeops", "medusa", "minio"), {"target": "medusa", "dry_run": True}),
-    Spec("flows/site_reset.py:check_site_reset", "manual",
-         "Can this CMS site's structure be reset? Only with zero published posts.",
-         ("safeops", "cms", "read-only"), {"target": "cms"}),
-    Spec("flows/site_reset.py:reset_site_structure", "manual",
-         "Reset one CMS site's blueprint structure (categories, authors, pages, content types, "
-         "their SEO meta). Dry run by default; refused while the site has published posts.",
-         ("safeops", "cms", "destructive"), {"target": "cms", "dry_run": True}),
-    Spec("flows/site_restore.py:restore_site_structure", "manual",
-         "Undo a site-structure reset from its snapshot. Dry run by default.",
-         ("safeops", "cms", "destructive"), {"target": "cms", "dry_run": True}),
+    Spec(
+        "flows/media_purge.py:purge_product_media",
+        "manual",
+        "Purge every image reference of the Medusa catalog (MinIO files stay). Dry run by "
+        "default; a live run snapshots, pauses for approval and verifies 0 images after.",
+        ("safeops", "medusa", "destructive"),
+        {"target": "medusa", "dry_run": True},
+    ),
+    Spec(
+        "flows/media_restore.py:restore_product_media",
+        "manual",
+        "Restore image references from a media snapshot. Dry run by default.",
+        ("safeops", "medusa", "destructive"),
+        {"target": "medusa", "dry_run": True},
+    ),
+    Spec(
+        "flows/media_snapshot.py:verify_product_media_snapshot",
+        "manual",
+        "Check a media snapshot: format, checksum, totals, source, live ids, objects.",
+        ("safeops", "medusa", "read-only"),
+        {"target": "medusa", "check_objects": False},
+    ),
+    Spec(
+        "flows/media_snapshot.py:snapshot_product_media",
+        "nightly",
+        "Nightly media snapshot (read-only) with retention: keeps the newest 14, never one "
+        "referenced by an audit row of the last 30 days.",
+        ("safeops", "medusa", "read-only", "scheduled"),
+        {"target": "medusa", "keep": 14},
+        cron=NIGHTLY_CRON,
+    ),
+    Spec(
+        "flows/media_refs.py:migrate_product_media_refs",
+        "manual",
+        "Copy product files to timestamp+UUID keys in MinIO and write "
+        "product.metadata.media.refs (ImageRefs). Dry run by default; sources never change.",
+        ("safeops", "medusa", "minio"),
+        {"target": "medusa", "dry_run": True},
+    ),
+    Spec(
+        "flows/site_reset.py:check_site_reset",
+        "manual",
+        "Can this CMS site's structure be reset? Only with zero published posts.",
+        ("safeops", "cms", "read-only"),
+        {"target": "cms"},
+    ),
+    Spec(
+        "flows/site_reset.py:reset_site_structure",
+        "manual",
+        "Reset one CMS site's blueprint structure (categories, authors, pages, content types, "
+        "their SEO meta). Dry run by default; refused while the site has published posts.",
+        ("safeops", "cms", "destructive"),
+        {"target": "cms", "dry_run": True},
+    ),
+    Spec(
+        "flows/site_restore.py:restore_site_structure",
+        "manual",
+        "Undo a site-structure reset from its snapshot. Dry run by default.",
+        ("safeops", "cms", "destructive"),
+        {"target": "cms", "dry_run": True},
+    ),
 )
 
 
@@ -68,13 +100,15 @@ def as_prefect_yaml() -> dict[str, Any]:
     deployments = []
     for spec in DEPLOYMENTS:
         entry: dict[str, Any] = {
-            "name": spec.name, "entrypoint": spec.entrypoint, "description": spec.description,
-            "tags": list(spec.tags), "parameters": spec.parameters,
+            "name": spec.name,
+            "entrypoint": spec.entrypoint,
+            "description": spec.description,
+            "tags": list(spec.tags),
+            "parameters": spec.parameters,
             "work_pool": {"name": WORK_POOL, "work_queue_name": "default"},
         }
         if spec.cron:
-            entry["schedules"] = [{"cron": spec.cron, "timezone": NIGHTLY_TIMEZONE,
-                                   "active": True}]
+            entry["schedules"] = [{"cron": spec.cron, "timezone": NIGHTLY_TIMEZONE, "active": True}]
         deployments.append(entry)
     return {
         "name": "safeops",

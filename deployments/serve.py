@@ -28,10 +28,15 @@ def build() -> list[Any]:
         path, func = spec.entrypoint.split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
         flow = getattr(module, func)
-        out.append(flow.to_deployment(
-            name=spec.name, description=spec.description, tags=list(spec.tags),
-            parameters=spec.parameters,
-            schedules=[Cron(spec.cron, timezone=NIGHTLY_TIMEZONE)] if spec.cron else None))
+        out.append(
+            flow.to_deployment(
+                name=spec.name,
+                description=spec.description,
+                tags=list(spec.tags),
+                parameters=spec.parameters,
+                schedules=[Cron(spec.cron, timezone=NIGHTLY_TIMEZONE)] if spec.cron else None,
+            )
+        )
     return out
 
 

@@ -25,11 +25,15 @@ FLOW = "purge-product-media"
 
 
 @flow(name=FLOW)
-def purge_product_media(target: str = "medusa", dry_run: bool = True,
-                        approved_plan_hash: str | None = None, approved_by: str | None = None,
-                        approval_timeout_s: int = 3600,
-                        snapshot_location: str | None = None,
-                        approved_plan_signature: str | None = None) -> RunResult:
+def purge_product_media(
+    target: str = "medusa",
+    dry_run: bool = True,
+    approved_plan_hash: str | None = None,
+    approved_by: str | None = None,
+    approval_timeout_s: int = 3600,
+    snapshot_location: str | None = None,
+    approved_plan_signature: str | None = None,
+) -> RunResult:
     """Remove every image reference (images, variant links, thumbnails); files stay in MinIO.
 
     Args:
@@ -45,35 +49,60 @@ def purge_product_media(target: str = "medusa", dry_run: bool = True,
             changes on timeout).
         snapshot_location: Folder or s3://bucket/prefix; SAFEOPS_SNAPSHOT_URI when empty.
     """
-    with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
-                         approved_by=approved_by, approval_timeout_s=approval_timeout_s,
-                         approved_plan_signature=approved_plan_signature,
-                         artifacts="media-purge") as run:
+    with destructive_run(
+        FLOW,
+        target,
+        dry_run=dry_run,
+        approved_plan_hash=approved_plan_hash,
+        approved_by=approved_by,
+        approval_timeout_s=approval_timeout_s,
+        approved_plan_signature=approved_plan_signature,
+        artifacts="media-purge",
+    ) as run:
         snapshot = take_media_snapshot(target, snapshot_location)
         snapshot_link(snapshot.uri, key="media-purge-snapshot", announce="snapshot")
         report = verify_media_snapshot(target, snapshot.uri)
         if not report.ok:
-            raise DriftDetected("Refused: the fresh snapshot does not verify "
-                                f"({report.failures()}); nothing changed.")
+            raise DriftDetected(
+                "Refused: the fresh snapshot does not verify "
+                f"({report.failures()}); nothing changed."
+            )
         plan = plan_media_purge(target)
         if plan.plan_hash != report.plan_hash:
-            raise DriftDetected("Refused: the catalog changed while the snapshot was being "
-                                "verified (plan hash moved); nothing changed. Run it again.")
-        if run.planned(plan, snapshot.uri, nothing_to_do=plan.is_empty,
-                       nothing_message="Nothing to purge: the catalog holds no image "
-                                       "reference."):
+            raise DriftDetected(
+                "Refused: the catalog changed while the snapshot was being "
+                "verified (plan hash moved); nothing changed. Run it again."
+            )
+        if run.planned(
+            plan,
+            snapshot.uri,
+            nothing_to_do=plan.is_empty,
+            nothing_message="Nothing to purge: the catalog holds no image reference.",
+        ):
             return run.require_result()
 
         c = plan.counts
-        run.approve(confirmation=f"PURGE {c['images']} IMAGES",
-                    what=[f"delete {c['images']} image row(s) (soft-deleted included)",
-                          f"delete {c['variant_links']} variant-image link(s)",
-                          f"clear {c['product_thumbnails']} product thumbnail(s)",
-                          f"clear {c['variant_thumbnails']} variant thumbnail(s)",
-                          "leave every MinIO object and cart/order/inventory copy untouched"])
-        run.applied(apply_media_purge(target, snapshot.uri, plan.plan_hash, run.approval,
-                                      run.started, verified_sha256=report.file_sha256,
-                                      verified_plan_hash=report.plan_hash))
+        run.approve(
+            confirmation=f"PURGE {c['images']} IMAGES",
+            what=[
+                f"delete {c['images']} image row(s) (soft-deleted included)",
+                f"delete {c['variant_links']} variant-image link(s)",
+                f"clear {c['product_thumbnails']} product thumbnail(s)",
+                f"clear {c['variant_thumbnails']} variant thumbnail(s)",
+                "leave every MinIO object and cart/order/inventory copy untouched",
+            ],
+        )
+        run.applied(
+            apply_media_purge(
+                target,
+                snapshot.uri,
+                plan.plan_hash,
+                run.approval,
+                run.started,
+                verified_sha256=report.file_sha256,
+                verified_plan_hash=report.plan_hash,
+            )
+        )
         get_run_logger().info("purge committed: %s", run.require_result().applied)
 
         after = take_media_snapshot(target, snapshot_location)
@@ -81,9 +110,15 @@ def purge_product_media(target: str = "medusa", dry_run: bool = True,
         result = run.require_result()
         result.after_snapshot_uri, result.after_totals = after.uri, after.totals
         images, thumbnails = after.totals["totalImages"], after.totals["totalThumbnails"]
-        return run.finish(problem=(f"Purge committed but the check afterwards still finds "
-                                   f"{images} image(s) and {thumbnails} thumbnail(s) (written "
-                                   "since?).") if images or thumbnails else None)
+        return run.finish(
+            problem=(
+                f"Purge committed but the check afterwards still finds "
+                f"{images} image(s) and {thumbnails} thumbnail(s) (written "
+                "since?)."
+            )
+            if images or thumbnails
+            else None
+        )
 
 
 if __name__ == "__main__":

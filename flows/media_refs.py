@@ -33,10 +33,14 @@ from tasks.media.verify import verify_media_snapshot
 
 
 @flow(name=FLOW)
-def migrate_product_media_refs(target: str = "medusa", dry_run: bool = True,
-                               approved_plan_hash: str | None = None,
-                               approved_by: str | None = None, approval_timeout_s: int = 3600,
-                               snapshot_uri: str | None = None) -> RunResult:
+def migrate_product_media_refs(
+    target: str = "medusa",
+    dry_run: bool = True,
+    approved_plan_hash: str | None = None,
+    approved_by: str | None = None,
+    approval_timeout_s: int = 3600,
+    snapshot_uri: str | None = None,
+) -> RunResult:
     """Copy product images to products/<id>/<stamp>-<uuid4><ext> and write ImageRefs.
 
     Args:
@@ -60,49 +64,82 @@ def migrate_product_media_refs(target: str = "medusa", dry_run: bool = True,
         if not report.ok:
             failed = [c.name for c in report.checks if not c.ok]
             error = ForeignSnapshot if failed == ["source"] else SnapshotInvalid
-            raise error(f"Refused: snapshot {snapshot_uri} failed the {', '.join(failed)} "
-                        f"check(s): {report.failures()}; nothing changed.")
+            raise error(
+                f"Refused: snapshot {snapshot_uri} failed the {', '.join(failed)} "
+                f"check(s): {report.failures()}; nothing changed."
+            )
         snapshot_link(snapshot_uri, key="media-refs-snapshot")
 
     def report_counts(plan: Plan, applied: dict[str, int] | None) -> None:
-        rows_table(outcome_rows(plan, applied), key="media-refs-counts",
-                   description=f"{FLOW} on {plan.target}: "
-                               + ("planned (dry run)" if applied is None else
-                                  "planned and done"))
+        rows_table(
+            outcome_rows(plan, applied),
+            key="media-refs-counts",
+            description=f"{FLOW} on {plan.target}: "
+            + ("planned (dry run)" if applied is None else "planned and done"),
+        )
 
-    with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
-                         approved_by=approved_by, approval_timeout_s=approval_timeout_s,
-                         artifacts="media-refs", report_counts=report_counts) as run:
+    with destructive_run(
+        FLOW,
+        target,
+        dry_run=dry_run,
+        approved_plan_hash=approved_plan_hash,
+        approved_by=approved_by,
+        approval_timeout_s=approval_timeout_s,
+        artifacts="media-refs",
+        report_counts=report_counts,
+    ) as run:
         plan = plan_media_refs(target, snapshot_uri)
         c = plan.counts
         todo = c["to_copy"] + c["to_reuse"]
-        if run.planned(plan, snapshot_uri, nothing_to_do=not todo,
-                       nothing_message=f"Nothing to migrate: {c['already_done']} image(s) "
-                                       f"already have refs, {c['images']} source image(s)."):
+        if run.planned(
+            plan,
+            snapshot_uri,
+            nothing_to_do=not todo,
+            nothing_message=f"Nothing to migrate: {c['already_done']} image(s) "
+            f"already have refs, {c['images']} source image(s).",
+        ):
             return run.require_result()
 
-        run.approve(confirmation=f"MIGRATE {todo} IMAGES",
-                    what=[f"copy {c['to_copy']} object(s) server-side in bucket "
-                          f"{store.bucket} to products/<id>/<stamp>-<uuid4><ext>",
-                          f"reuse {c['to_reuse']} copy(ies) an interrupted run left",
-                          f"write metadata.media.refs of {c['products']} product(s) "
-                          "(other metadata keys untouched, updated_at = now())",
-                          *plan.notes,
-                          "never change or delete a source object"])
+        run.approve(
+            confirmation=f"MIGRATE {todo} IMAGES",
+            what=[
+                f"copy {c['to_copy']} object(s) server-side in bucket "
+                f"{store.bucket} to products/<id>/<stamp>-<uuid4><ext>",
+                f"reuse {c['to_reuse']} copy(ies) an interrupted run left",
+                f"write metadata.media.refs of {c['products']} product(s) "
+                "(other metadata keys untouched, updated_at = now())",
+                *plan.notes,
+                "never change or delete a source object",
+            ],
+        )
         copies = copy_media_objects(target, snapshot_uri, plan.plan_hash)
-        written = write_media_refs(target, copies.refs, plan.plan_hash, run.approval,
-                                   run.started, snapshot_uri)
+        written = write_media_refs(
+            target, copies.refs, plan.plan_hash, run.approval, run.started, snapshot_uri
+        )
 
-    run.applied({"copied": copies.copied, "reused": copies.reused, **written,
-                 **{f"failed_{k}": v for k, v in copies.failed.items()}})
+    run.applied(
+        {
+            "copied": copies.copied,
+            "reused": copies.reused,
+            **written,
+            **{f"failed_{k}": v for k, v in copies.failed.items()},
+        }
+    )
     get_run_logger().info("refs written: %s", run.require_result().applied)
-    run.require_result().message = (f"{copies.copied} copied, {copies.reused} reused, "
-                                    f"{written['refs_written']} ref(s) written to "
-                                    f"{written['products_updated']} product(s).")
-    return run.finish(problem=(f"{sum(copies.failed.values())} copy(ies) failed "
-                               f"({', '.join(copies.first_failed)}); refs were written for the "
-                               "others, source objects are untouched; run again to retry them."
-                               ) if copies.failed else None)
+    run.require_result().message = (
+        f"{copies.copied} copied, {copies.reused} reused, "
+        f"{written['refs_written']} ref(s) written to "
+        f"{written['products_updated']} product(s)."
+    )
+    return run.finish(
+        problem=(
+            f"{sum(copies.failed.values())} copy(ies) failed "
+            f"({', '.join(copies.first_failed)}); refs were written for the "
+            "others, source objects are untouched; run again to retry them."
+        )
+        if copies.failed
+        else None
+    )
 
 
 if __name__ == "__main__":

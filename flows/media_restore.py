@@ -19,15 +19,25 @@ from tasks.media.verify import verify_media_snapshot
 
 FLOW = "restore-product-media"
 TODO = ("images", "variant_links", "product_thumbnails", "variant_thumbnails")
-SINCE = ("images_product_soft_deleted", "products_soft_deleted", "images_after_newer_images",
-         "products_with_newer_images")
+SINCE = (
+    "images_product_soft_deleted",
+    "products_soft_deleted",
+    "images_after_newer_images",
+    "products_with_newer_images",
+)
 
 
 @flow(name=FLOW)
-def restore_product_media(snapshot_uri: str, target: str = "medusa", dry_run: bool = True,
-                          approved_plan_hash: str | None = None,
-                          approved_by: str | None = None, approval_timeout_s: int = 3600,
-                          force: bool = False, allow_untraced: bool = False) -> RunResult:
+def restore_product_media(
+    snapshot_uri: str,
+    target: str = "medusa",
+    dry_run: bool = True,
+    approved_plan_hash: str | None = None,
+    approved_by: str | None = None,
+    approval_timeout_s: int = 3600,
+    force: bool = False,
+    allow_untraced: bool = False,
+) -> RunResult:
     """Put back image rows, variant links and empty thumbnails from a snapshot.
 
     Args:
@@ -41,40 +51,67 @@ def restore_product_media(snapshot_uri: str, target: str = "medusa", dry_run: bo
         allow_untraced: Restore a snapshot that is not in this database's snapshot register
             (not written by safeops from it); the approval and the audit row say so.
     """
-    with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
-                         approved_by=approved_by, approval_timeout_s=approval_timeout_s,
-                         artifacts="media-restore") as run:
+    with destructive_run(
+        FLOW,
+        target,
+        dry_run=dry_run,
+        approved_plan_hash=approved_plan_hash,
+        approved_by=approved_by,
+        approval_timeout_s=approval_timeout_s,
+        artifacts="media-restore",
+    ) as run:
         report = verify_media_snapshot(target, snapshot_uri, require_live_match=False)
         plan = plan_media_restore(target, snapshot_uri, force, allow_untraced)
         todo = counts_of(plan, TODO)
-        if run.planned(plan, snapshot_uri, nothing_to_do=not any(todo.values()),
-                       nothing_message="Nothing to restore: every row of the snapshot is "
-                                       "already present."):
+        if run.planned(
+            plan,
+            snapshot_uri,
+            nothing_to_do=not any(todo.values()),
+            nothing_message="Nothing to restore: every row of the snapshot is already present.",
+        ):
             return run.require_result()
 
         since = counts_of(plan, SINCE)
-        run.approve(confirmation=f"RESTORE {todo['images']} IMAGES",
-                    what=[f"insert {todo['images']} image row(s) with their original ids",
-                          f"of which {since['images_product_soft_deleted']} come back "
-                          f"soft-deleted with their product: "
-                          f"{since['products_soft_deleted']} product(s) soft-deleted since the "
-                          "snapshot, on which no product or variant thumbnail is set",
-                          f"of which {since['images_after_newer_images']} follow, in snapshot "
-                          f"order, the images {since['products_with_newer_images']} product(s) "
-                          "gained since (those keep their ranks)",
-                          f"insert {todo['variant_links']} variant-image link(s)",
-                          f"set {todo['product_thumbnails']} product and "
-                          f"{todo['variant_thumbnails']} variant thumbnail(s) that are empty now",
-                          *(f"skip {note}" for note in plan.notes), *plan.details])
-        run.applied(apply_media_restore(target, snapshot_uri, force, plan.plan_hash,
-                                        run.approval, run.started, allow_untraced))
-        get_run_logger().info("restore committed: %s (snapshot had %s)",
-                              run.require_result().applied, report.totals)
+        run.approve(
+            confirmation=f"RESTORE {todo['images']} IMAGES",
+            what=[
+                f"insert {todo['images']} image row(s) with their original ids",
+                f"of which {since['images_product_soft_deleted']} come back "
+                f"soft-deleted with their product: "
+                f"{since['products_soft_deleted']} product(s) soft-deleted since the "
+                "snapshot, on which no product or variant thumbnail is set",
+                f"of which {since['images_after_newer_images']} follow, in snapshot "
+                f"order, the images {since['products_with_newer_images']} product(s) "
+                "gained since (those keep their ranks)",
+                f"insert {todo['variant_links']} variant-image link(s)",
+                f"set {todo['product_thumbnails']} product and "
+                f"{todo['variant_thumbnails']} variant thumbnail(s) that are empty now",
+                *(f"skip {note}" for note in plan.notes),
+                *plan.details,
+            ],
+        )
+        run.applied(
+            apply_media_restore(
+                target,
+                snapshot_uri,
+                force,
+                plan.plan_hash,
+                run.approval,
+                run.started,
+                allow_untraced,
+            )
+        )
+        get_run_logger().info(
+            "restore committed: %s (snapshot had %s)", run.require_result().applied, report.totals
+        )
 
         left = counts_of(plan_media_restore(target, snapshot_uri, force, allow_untraced), TODO)
         run.require_result().after_totals = {f"left_{k}": v for k, v in left.items()}
-        return run.finish(problem=(f"Restore committed but rows are still missing afterwards: "
-                                   f"{left}.") if any(left.values()) else None)
+        return run.finish(
+            problem=(f"Restore committed but rows are still missing afterwards: {left}.")
+            if any(left.values())
+            else None
+        )
 
 
 if __name__ == "__main__":

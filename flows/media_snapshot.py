@@ -24,8 +24,9 @@ from tasks.media.verify import verify_media_snapshot
 
 
 @flow(name="snapshot-product-media")
-def snapshot_product_media(target: str = "medusa", snapshot_location: str | None = None,
-                           keep: int | None = None) -> SnapshotRef:
+def snapshot_product_media(
+    target: str = "medusa", snapshot_location: str | None = None, keep: int | None = None
+) -> SnapshotRef:
     """Write every image reference of the catalog to a new snapshot (read-only).
 
     Args:
@@ -46,14 +47,16 @@ def snapshot_product_media(target: str = "medusa", snapshot_location: str | None
             f"{len(outcome['kept'])}, protected by recent audit rows "
             f"{len(outcome['kept_for_audit'])}.\n\n"
             + "\n".join(f"- pruned `{u}`" for u in outcome["pruned"]),
-            key="media-snapshot-retention")
+            key="media-snapshot-retention",
+        )
         get_run_logger().info("retention: pruned %s", outcome["pruned"])
     return ref
 
 
 @flow(name="verify-product-media-snapshot")
-def verify_product_media_snapshot(snapshot_uri: str, target: str = "medusa",
-                                  check_objects: bool = False) -> VerifyReport:
+def verify_product_media_snapshot(
+    snapshot_uri: str, target: str = "medusa", check_objects: bool = False
+) -> VerifyReport:
     """Check a snapshot; the run fails (CLI exit 3) naming each failed check.
 
     Args:
@@ -67,8 +70,9 @@ def verify_product_media_snapshot(snapshot_uri: str, target: str = "medusa",
     if not report.ok:
         failed = [c.name for c in report.checks if not c.ok]
         error = ForeignSnapshot if failed == ["source"] else SnapshotInvalid
-        raise error(f"Snapshot {snapshot_uri} failed the {', '.join(failed)} check(s): "
-                    f"{report.failures()}")
+        raise error(
+            f"Snapshot {snapshot_uri} failed the {', '.join(failed)} check(s): {report.failures()}"
+        )
     return report
 
 

@@ -43,18 +43,24 @@ def check_site_reset(site_id: str, target: str = "cms") -> dict[str, Any]:
     """
     validate_target(target)
     verdict = check_site(target, parse_site_id(site_id))
-    create_table_artifact([verdict], key="site-reset-check",
-                          description=f"reset eligibility of site {site_id}")
+    create_table_artifact(
+        [verdict], key="site-reset-check", description=f"reset eligibility of site {site_id}"
+    )
     get_run_logger().info(verdict["reason"])
     return verdict
 
 
 @flow(name=FLOW)
-def reset_site_structure(site_id: str, target: str = "cms", dry_run: bool = True,
-                         approved_plan_hash: str | None = None, approved_by: str | None = None,
-                         approval_timeout_s: int = 3600,
-                         snapshot_location: str | None = None,
-                         approved_plan_signature: str | None = None) -> RunResult:
+def reset_site_structure(
+    site_id: str,
+    target: str = "cms",
+    dry_run: bool = True,
+    approved_plan_hash: str | None = None,
+    approved_by: str | None = None,
+    approval_timeout_s: int = 3600,
+    snapshot_location: str | None = None,
+    approved_plan_signature: str | None = None,
+) -> RunResult:
     """Delete a site's categories, authors, pages, content types and their SEO meta.
 
     Args:
@@ -72,10 +78,17 @@ def reset_site_structure(site_id: str, target: str = "cms", dry_run: bool = True
     """
     validate_target(target)
     site = parse_site_id(site_id)
-    with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
-                         approved_by=approved_by, approval_timeout_s=approval_timeout_s,
-                         approved_plan_signature=approved_plan_signature,
-                         artifacts="site-reset", scope=(site,)) as run:
+    with destructive_run(
+        FLOW,
+        target,
+        dry_run=dry_run,
+        approved_plan_hash=approved_plan_hash,
+        approved_by=approved_by,
+        approval_timeout_s=approval_timeout_s,
+        approved_plan_signature=approved_plan_signature,
+        artifacts="site-reset",
+        scope=(site,),
+    ) as run:
         verdict = check_site(target, site)
         if not verdict["canReset"]:
             raise ResetNotAllowed(verdict["reason"])
@@ -84,32 +97,54 @@ def reset_site_structure(site_id: str, target: str = "cms", dry_run: bool = True
         snapshot, plan = snapshot_site(target, site, snapshot_location)
         snapshot_link(snapshot.uri, key="site-reset-snapshot", announce="snapshot")
         verified = verify_site_snapshot(target, snapshot.uri, plan.plan_hash)
-        if run.planned(plan, snapshot.uri, nothing_to_do=plan.is_empty,
-                       nothing_message=f"Nothing to reset: site {slug} holds no blueprint "
-                                       "structure and its blueprint state is reset already."):
+        if run.planned(
+            plan,
+            snapshot.uri,
+            nothing_to_do=plan.is_empty,
+            nothing_message=f"Nothing to reset: site {slug} holds no blueprint "
+            "structure and its blueprint state is reset already.",
+        ):
             return run.require_result()
 
         c = plan.counts
-        run.approve(confirmation=slug,
-                    what=[f"{c['categories']} categories", f"{c['authors']} authors",
-                          f"{c['pages']} pages", f"{c['content_types']} content types",
-                          f"{c['seo_entries']} SEO entries",
-                          f"{c['posts_losing_author']} draft/scheduled post(s) lose their "
-                          f"author, {c['posts_losing_content_type']} their content type, "
-                          f"{c['posts_losing_category_links']} category link(s) go",
-                          f"site '{slug}' goes back to setup status 'draft' with no active "
-                          "blueprint",
-                          "tags, posts, media, users, domains, settings, blueprints, AI jobs "
-                          "stay"])
-        run.applied(apply_site_reset(target, site, snapshot.uri, plan.plan_hash,
-                                     verified.file_sha256, run.approval, run.started))
+        run.approve(
+            confirmation=slug,
+            what=[
+                f"{c['categories']} categories",
+                f"{c['authors']} authors",
+                f"{c['pages']} pages",
+                f"{c['content_types']} content types",
+                f"{c['seo_entries']} SEO entries",
+                f"{c['posts_losing_author']} draft/scheduled post(s) lose their "
+                f"author, {c['posts_losing_content_type']} their content type, "
+                f"{c['posts_losing_category_links']} category link(s) go",
+                f"site '{slug}' goes back to setup status 'draft' with no active blueprint",
+                "tags, posts, media, users, domains, settings, blueprints, AI jobs stay",
+            ],
+        )
+        run.applied(
+            apply_site_reset(
+                target,
+                site,
+                snapshot.uri,
+                plan.plan_hash,
+                verified.file_sha256,
+                run.approval,
+                run.started,
+            )
+        )
 
         left = verify_site_reset(target, site)
         result = run.require_result()
         result.after_totals = left
-        create_table_artifact([{"what": k, "deleted": result.applied.get(k, 0)}
-                               for k in HEADLINE],
-                              key="site-reset-deleted", description=f"deleted from site {slug}")
+        create_table_artifact(
+            [{"what": k, "deleted": result.applied.get(k, 0)} for k in HEADLINE],
+            key="site-reset-deleted",
+            description=f"deleted from site {slug}",
+        )
         structure_left = {k: v for k, v in left.items() if k != "published_posts" and v}
-        return run.finish(problem=f"Reset committed but rows remain afterwards: "
-                                  f"{structure_left}." if structure_left else None)
+        return run.finish(
+            problem=f"Reset committed but rows remain afterwards: {structure_left}."
+            if structure_left
+            else None
+        )

@@ -22,16 +22,29 @@ from tasks.site.restore import apply_site_restore, plan_site_restore
 from tasks.site.snapshot import SITE_FORMAT
 
 FLOW = "restore-site-structure"
-WORK = ("content_types", "authors", "categories", "pages", "seo_entries", "term_links",
-        "post_refs", "site_state")
+WORK = (
+    "content_types",
+    "authors",
+    "categories",
+    "pages",
+    "seo_entries",
+    "term_links",
+    "post_refs",
+    "site_state",
+)
 
 
 @flow(name=FLOW)
-def restore_site_structure(snapshot_uri: str, target: str = "cms", dry_run: bool = True,
-                           approved_plan_hash: str | None = None,
-                           approved_by: str | None = None, approval_timeout_s: int = 3600,
-                           skip_conflicts: bool = False,
-                           allow_untraced: bool = False) -> RunResult:
+def restore_site_structure(
+    snapshot_uri: str,
+    target: str = "cms",
+    dry_run: bool = True,
+    approved_plan_hash: str | None = None,
+    approved_by: str | None = None,
+    approval_timeout_s: int = 3600,
+    skip_conflicts: bool = False,
+    allow_untraced: bool = False,
+) -> RunResult:
     """Put back exactly what a reset removed and changed.
 
     Args:
@@ -48,23 +61,46 @@ def restore_site_structure(snapshot_uri: str, target: str = "cms", dry_run: bool
     validate_target(target)
     # The site's slot, like its reset's: a restore and a reset of one site never interleave.
     site = parse_site_id(summary_of(snapshot_uri, SITE_FORMAT).get("siteId"))
-    with destructive_run(FLOW, target, dry_run=dry_run, approved_plan_hash=approved_plan_hash,
-                         approved_by=approved_by, approval_timeout_s=approval_timeout_s,
-                         artifacts="site-restore", scope=(site,)) as run:
+    with destructive_run(
+        FLOW,
+        target,
+        dry_run=dry_run,
+        approved_plan_hash=approved_plan_hash,
+        approved_by=approved_by,
+        approval_timeout_s=approval_timeout_s,
+        artifacts="site-restore",
+        scope=(site,),
+    ) as run:
         _, slug, plan = plan_site_restore(target, snapshot_uri, skip_conflicts, allow_untraced)
         todo = counts_of(plan, WORK)
-        if run.planned(plan, snapshot_uri, nothing_to_do=not any(todo.values()),
-                       nothing_message=f"Nothing to restore: site {slug} already holds the "
-                                       "snapshot's rows."):
+        if run.planned(
+            plan,
+            snapshot_uri,
+            nothing_to_do=not any(todo.values()),
+            nothing_message=f"Nothing to restore: site {slug} already holds the snapshot's rows.",
+        ):
             return run.require_result()
 
-        run.approve(confirmation=slug,
-                    what=[f"{todo[k]} {k.replace('_', ' ')}" for k in WORK if todo[k]]
-                    + plan.notes + plan.details)
-        run.applied(apply_site_restore(target, snapshot_uri, skip_conflicts, plan.plan_hash,
-                                       run.approval, run.started, allow_untraced))
+        run.approve(
+            confirmation=slug,
+            what=[f"{todo[k]} {k.replace('_', ' ')}" for k in WORK if todo[k]]
+            + plan.notes
+            + plan.details,
+        )
+        run.applied(
+            apply_site_restore(
+                target,
+                snapshot_uri,
+                skip_conflicts,
+                plan.plan_hash,
+                run.approval,
+                run.started,
+                allow_untraced,
+            )
+        )
 
         _, _, after = plan_site_restore(target, snapshot_uri, True, allow_untraced)
-        run.require_result().after_totals = {f"left_{k}": after.counts[k] for k in WORK
-                                             if after.counts[k]}
+        run.require_result().after_totals = {
+            f"left_{k}": after.counts[k] for k in WORK if after.counts[k]
+        }
         return run.finish()

@@ -15,25 +15,34 @@ from typing import Any
 import pytest
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="safeops-prefect-")
-os.environ.update({
-    "PREFECT_HOME": _PREFECT_HOME,
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-    "SAFEOPS_APPROVAL_POLL_S": "1",
-    "SAFEOPS_LOCK_TIMEOUT_S": "5",
-    "AWS_ACCESS_KEY_ID": "testing-access-key",
-    "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
-    "AWS_DEFAULT_REGION": "us-east-1",
-})
+os.environ.update(
+    {
+        "PREFECT_HOME": _PREFECT_HOME,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "SAFEOPS_APPROVAL_POLL_S": "1",
+        "SAFEOPS_LOCK_TIMEOUT_S": "5",
+        "AWS_ACCESS_KEY_ID": "testing-access-key",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
 os.environ.pop("PREFECT_API_URL", None)
 
 from safeops.core import events  # noqa: E402
 from safeops.seeds.medusa import load_schema, seed_medusa  # noqa: E402
 from tests.pg import fresh_database, server_url  # noqa: E402
 
-MEDUSA_TABLES = ["product", "image", "product_variant", "product_variant_product_image",
-                 "cart_line_item", "order_line_item", "inventory_item"]
+MEDUSA_TABLES = [
+    "product",
+    "image",
+    "product_variant",
+    "product_variant_product_image",
+    "cart_line_item",
+    "order_line_item",
+    "inventory_item",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,8 +52,10 @@ def prefect_harness() -> Iterator[None]:
 
     # 300 s: a loaded 2-core machine has been seen taking over 120 s to start it.
     # No heartbeat thread: joining it costs ~1 s per flow run and tests run ~100 flows.
-    with prefect_test_harness(server_startup_timeout=300), \
-            temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with (
+        prefect_test_harness(server_startup_timeout=300),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 
@@ -72,8 +83,9 @@ def medusa_seed_template(pg_admin: str) -> Iterator[str]:
 
 
 @pytest.fixture()
-def medusa_url(pg_admin: str, medusa_seed_template: str,
-               monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def medusa_url(
+    pg_admin: str, medusa_seed_template: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     """A fresh database with the Medusa schema and the seeded catalog.
 
     A copy of the session's seeded template (CREATE DATABASE … TEMPLATE): the same
@@ -124,8 +136,9 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @contextmanager
-def answer_approval(run_input: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]],
-                    ) -> Iterator[list[dict[str, Any]]]:
+def answer_approval(
+    run_input: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]],
+) -> Iterator[list[dict[str, Any]]]:
     """Resume the next approval pause from a background thread, as a person would.
 
     Yields the list of approval requests seen (with flow_run_id and plan)."""
@@ -154,17 +167,35 @@ def answer_approval(run_input: dict[str, Any] | Callable[[dict[str, Any]], dict[
         yield seen
 
 
-def approve_as(approver: str = "alice", reason: str = "ticket OPS-1"
-               ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def approve_as(
+    approver: str = "alice", reason: str = "ticket OPS-1"
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def answer(data: dict[str, Any]) -> dict[str, Any]:
-        return {"approver": approver, "reason": reason,
-                "confirmation": data["expected_confirmation"], "decision": "approve"}
+        return {
+            "approver": approver,
+            "reason": reason,
+            "confirmation": data["expected_confirmation"],
+            "decision": "approve",
+        }
+
     return answer
 
 
-CMS_TABLES = ["sites", "authors", "terms", "content_type", "content", "content_terms",
-              "seo_meta", "site_blueprint", "ai_jobs", "media", "users", "domains",
-              "site_settings"]
+CMS_TABLES = [
+    "sites",
+    "authors",
+    "terms",
+    "content_type",
+    "content",
+    "content_terms",
+    "seo_meta",
+    "site_blueprint",
+    "ai_jobs",
+    "media",
+    "users",
+    "domains",
+    "site_settings",
+]
 
 
 @pytest.fixture(scope="session")
@@ -186,8 +217,9 @@ def cms_template(pg_admin: str) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 @pytest.fixture()
-def cms(pg_admin: str, cms_template: tuple[str, dict[str, str]],
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
+def cms(
+    pg_admin: str, cms_template: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, dict[str, str]]]:
     """A fresh CMS database with three sites; yields (url, {slug: site id}).
 
     A copy of the session's seeded template (CREATE DATABASE … TEMPLATE): ≈0.1 s

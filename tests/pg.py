@@ -33,13 +33,13 @@ def with_database(admin_url: str, name: str) -> str:
 
 
 @contextmanager
-def fresh_database(admin_url: str, prefix: str = "safeops_t",
-                   template: str | None = None) -> Iterator[str]:
+def fresh_database(
+    admin_url: str, prefix: str = "safeops_t", template: str | None = None
+) -> Iterator[str]:
     """A new empty database (or a copy of ``template``), dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"'
-                     + (f' TEMPLATE "{template}"' if template else ""))
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     try:
         yield with_database(admin_url, name)
     finally:
@@ -55,7 +55,8 @@ def table_checksums(url: str, tables: list[str]) -> dict[str, str]:
         for table in tables:
             row = conn.execute(
                 f"SELECT count(*), md5(COALESCE(string_agg(t::text, '|' ORDER BY t::text), '')) "
-                f"FROM {table} t").fetchone()
+                f"FROM {table} t"
+            ).fetchone()
             assert row is not None
             out[table] = f"{row[0]}:{row[1]}"
     return out
@@ -78,11 +79,12 @@ def audit_rows(url: str, flow_name: str | None = None) -> list[tuple[object, ...
     if scalar(url, "SELECT to_regclass('safeops.safeops_audit')") is None:
         return []
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT flow_run_id, flow_name, plan_hash, counts "
-                            "FROM safeops.safeops_audit ORDER BY id").fetchall()
+        rows = conn.execute(
+            "SELECT flow_run_id, flow_name, plan_hash, counts "
+            "FROM safeops.safeops_audit ORDER BY id"
+        ).fetchall()
     return [tuple(r) for r in rows if flow_name is None or r[1] == flow_name]
 
 
 def audit_count(url: str) -> int:
     return len(audit_rows(url))
-

@@ -24,9 +24,24 @@ def test_smoke_run_measures_every_stage(pg_admin: str, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     # The session's Prefect harness counts the task runs: no second server to start.
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(out), "--admin-url", pg_admin,
-         "--prefect-api-url", str(PREFECT_API_URL.value())],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--out",
+            str(out),
+            "--admin-url",
+            pg_admin,
+            "--prefect-api-url",
+            str(PREFECT_API_URL.value()),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
 
     results = json.loads(out.read_text())

@@ -13,22 +13,31 @@ from tests.pg import table_checksums
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def safeops(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
-            timeout: int = 240) -> subprocess.CompletedProcess[str]:
+def safeops(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: int = 240
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI in its own process, against the test harness's Prefect API."""
     from prefect.settings import PREFECT_API_URL
 
     full_env = {**os.environ, **(env or {}), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    return subprocess.run([sys.executable, "-m", "safeops.cli", *args], cwd=ROOT, env=full_env,
-                          input=stdin, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "safeops.cli", *args],
+        cwd=ROOT,
+        env=full_env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def lines_starting(output: str, prefix: str) -> list[str]:
-    return [line[len(prefix):] for line in output.splitlines() if line.startswith(prefix)]
+    return [line[len(prefix) :] for line in output.splitlines() if line.startswith(prefix)]
 
 
-def test_dry_run_prints_snapshot_and_plan_and_changes_nothing(medusa_url: str,
-                                                              exports: Path) -> None:
+def test_dry_run_prints_snapshot_and_plan_and_changes_nothing(
+    medusa_url: str, exports: Path
+) -> None:
     before = table_checksums(medusa_url, MEDUSA_TABLES)
     run = safeops("media", "purge")
     assert run.returncode == 0, run.stderr
@@ -44,8 +53,9 @@ def test_dry_run_prints_snapshot_and_plan_and_changes_nothing(medusa_url: str,
     assert table_checksums(medusa_url, ["image"])["image"].startswith("0:")
 
 
-def test_live_without_terminal_or_yes_is_refused_with_exit_4(medusa_url: str,
-                                                             exports: Path) -> None:
+def test_live_without_terminal_or_yes_is_refused_with_exit_4(
+    medusa_url: str, exports: Path
+) -> None:
     before = table_checksums(medusa_url, MEDUSA_TABLES)
     run = safeops("media", "purge", "--live", stdin="")
     assert run.returncode == 4

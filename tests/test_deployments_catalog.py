@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_prefect_yaml_is_rendered_from_the_catalog() -> None:
-    assert (ROOT / "prefect.yaml").read_text() == render(), \
+    assert (ROOT / "prefect.yaml").read_text() == render(), (
         "prefect.yaml is stale: run `uv run python -m deployments.render`"
+    )
 
 
 @pytest.mark.parametrize("spec", DEPLOYMENTS, ids=lambda s: f"{s.flow_name}/{s.name}")

@@ -56,10 +56,12 @@ class Key:
 
 def _keygen(folder: Path, name: str) -> Key:
     path = folder / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
-                   check=True)
-    fp = subprocess.run(["ssh-keygen", "-lf", f"{path}.pub"], check=True, capture_output=True,
-                        text=True).stdout.split()[1]
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True
+    )
+    fp = subprocess.run(
+        ["ssh-keygen", "-lf", f"{path}.pub"], check=True, capture_output=True, text=True
+    ).stdout.split()[1]
     return Key(name, path, path.read_text(), fp)
 
 
@@ -78,34 +80,55 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Key]:
 @pytest.fixture()
 def signed(keys: dict[str, Key], monkeypatch: pytest.MonkeyPatch) -> dict[str, Key]:
     """Allowed signers configured on the 'worker' (this process); no ambient key or agent."""
-    for name in ("SSH_AUTH_SOCK", "SAFEOPS_SIGNING_KEY", "SAFEOPS_NOTIFY_BLOCK",
-                 "SAFEOPS_REQUIRED_APPROVALS", "SAFEOPS_FORBID_SELF_APPROVAL"):
+    for name in (
+        "SSH_AUTH_SOCK",
+        "SAFEOPS_SIGNING_KEY",
+        "SAFEOPS_NOTIFY_BLOCK",
+        "SAFEOPS_REQUIRED_APPROVALS",
+        "SAFEOPS_FORBID_SELF_APPROVAL",
+    ):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SAFEOPS_ALLOWED_SIGNERS",
-                       str(keys["alice"].path.parent / "allowed_signers"))
+    monkeypatch.setenv(
+        "SAFEOPS_ALLOWED_SIGNERS", str(keys["alice"].path.parent / "allowed_signers")
+    )
     return keys
 
 
-def sign_as(key: Key, decision: str = "approve", reason: str = "OPS-12 drop images",
-            confirmation: str | None = None, **statement_changes: Any,
-            ) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def sign_as(
+    key: Key,
+    decision: str = "approve",
+    reason: str = "OPS-12 drop images",
+    confirmation: str | None = None,
+    **statement_changes: Any,
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """An approver who signs this run's statement (optionally altered) with ``key``."""
 
     def answer(data: dict[str, Any]) -> dict[str, Any]:
         request = data["request"]
         confirm = data["expected_confirmation"] if confirmation is None else confirmation
         if not statement_changes:
-            return signed_answer(request, decision=decision, reason=reason,
-                                 confirmation=confirm, key=str(key.path))
+            return signed_answer(
+                request, decision=decision, reason=reason, confirmation=confirm, key=str(key.path)
+            )
         values: dict[str, Any] = dict(
-            flow_run_id=request["flowRunId"], flow=request["flow"],
-            target_fingerprint=request["targetFingerprint"], plan_hash=request["planHash"],
-            decision=decision, reason=reason, signed_at=datetime.now(UTC))
+            flow_run_id=request["flowRunId"],
+            flow=request["flow"],
+            target_fingerprint=request["targetFingerprint"],
+            plan_hash=request["planHash"],
+            decision=decision,
+            reason=reason,
+            signed_at=datetime.now(UTC),
+        )
         values.update(statement_changes)
         text = signing.Statement(**values).text()
-        return {"reason": reason, "confirmation": confirm, "decision": decision,
-                "signed_at": signing.format_time(values["signed_at"]), "statement": text,
-                "signature": signing.sign(text, str(key.path))}
+        return {
+            "reason": reason,
+            "confirmation": confirm,
+            "decision": decision,
+            "signed_at": signing.format_time(values["signed_at"]),
+            "statement": text,
+            "signature": signing.sign(text, str(key.path)),
+        }
 
     return answer
 
@@ -141,13 +164,15 @@ def no_key_material(text: str, keys: dict[str, Key]) -> None:
 
 
 def test_signed_approval_applies_and_the_audit_row_can_be_reverified(
-        medusa_url: str, exports: Path, signed: dict[str, Key]) -> None:
+    medusa_url: str, exports: Path, signed: dict[str, Key]
+) -> None:
     alice = signed["alice"]
     with answer_approval(sign_as(alice)) as seen:
         result = purge_product_media(dry_run=False)
     request = seen[0]["request"]
-    assert request["signed"] and request["targetFingerprint"].endswith("/" + medusa_url.rsplit(
-        "/", 1)[1].split("?")[0])
+    assert request["signed"] and request["targetFingerprint"].endswith(
+        "/" + medusa_url.rsplit("/", 1)[1].split("?")[0]
+    )
     assert "ssh-keygen -Y sign -n safeops" in request["signingCommand"]
     assert result.applied["images"] > 0 and scalar(medusa_url, "SELECT count(*) FROM image") == 0
     assert result.approval is not None and result.approval.identity == "verified"
@@ -170,15 +195,25 @@ def test_signed_approval_applies_and_the_audit_row_can_be_reverified(
     assert run.code == 3 and "MISMATCH alice@example.com (plan_hash)" in run.stdout, run
 
 
-def test_unsigned_approval_is_refused(medusa_url: str, exports: Path,
-                                      signed: dict[str, Key]) -> None:
-    refused(medusa_url, lambda d: {"approver": "alice", "reason": "OPS-1", "decision": "approve",
-                                   "confirmation": d["expected_confirmation"]},
-            SignatureMissing, "carries no signature")
+def test_unsigned_approval_is_refused(
+    medusa_url: str, exports: Path, signed: dict[str, Key]
+) -> None:
+    refused(
+        medusa_url,
+        lambda d: {
+            "approver": "alice",
+            "reason": "OPS-1",
+            "decision": "approve",
+            "confirmation": d["expected_confirmation"],
+        },
+        SignatureMissing,
+        "carries no signature",
+    )
 
 
-def test_altered_statement_is_a_bad_signature(medusa_url: str, exports: Path,
-                                              signed: dict[str, Key]) -> None:
+def test_altered_statement_is_a_bad_signature(
+    medusa_url: str, exports: Path, signed: dict[str, Key]
+) -> None:
     def altered(data: dict[str, Any]) -> dict[str, Any]:
         answer = sign_as(signed["alice"])(data)
         answer["statement"] = answer["statement"].replace("OPS-12 drop images", "OPS-13 other")
@@ -188,59 +223,89 @@ def test_altered_statement_is_a_bad_signature(medusa_url: str, exports: Path,
     refused(medusa_url, altered, BadSignature, "does not match the statement")
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"plan_hash": "b" * 64}, "plan_hash"),
-    ({"flow_run_id": str(uuid.uuid4())}, "flow_run_id"),
-    ({"target_fingerprint": "7000000000000000001/medusa"}, "target_fingerprint"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"plan_hash": "b" * 64}, "plan_hash"),
+        ({"flow_run_id": str(uuid.uuid4())}, "flow_run_id"),
+        ({"target_fingerprint": "7000000000000000001/medusa"}, "target_fingerprint"),
+    ],
+)
 def test_signature_over_another_run_plan_or_target_is_refused(
-        medusa_url: str, exports: Path, signed: dict[str, Key], change: dict[str, Any],
-        field: str) -> None:
-    caught = refused(medusa_url, sign_as(signed["alice"], **change), StatementMismatch,
-                     f"for {field} ")
+    medusa_url: str, exports: Path, signed: dict[str, Key], change: dict[str, Any], field: str
+) -> None:
+    caught = refused(
+        medusa_url, sign_as(signed["alice"], **change), StatementMismatch, f"for {field} "
+    )
     assert getattr(caught, "field", None) == field
 
 
-def test_signer_not_in_allowed_signers_is_refused(medusa_url: str, exports: Path,
-                                                  signed: dict[str, Key]) -> None:
-    refused(medusa_url, sign_as(signed["mallory"]), SignerNotAllowed,
-            signed["mallory"].fingerprint.replace("+", r"\+"))
+def test_signer_not_in_allowed_signers_is_refused(
+    medusa_url: str, exports: Path, signed: dict[str, Key]
+) -> None:
+    refused(
+        medusa_url,
+        sign_as(signed["mallory"]),
+        SignerNotAllowed,
+        signed["mallory"].fingerprint.replace("+", r"\+"),
+    )
 
 
-def test_statement_older_than_the_pause_is_refused(medusa_url: str, exports: Path,
-                                                   signed: dict[str, Key]) -> None:
+def test_statement_older_than_the_pause_is_refused(
+    medusa_url: str, exports: Path, signed: dict[str, Key]
+) -> None:
     old = datetime.now(UTC) - timedelta(minutes=10)
-    refused(medusa_url, sign_as(signed["alice"], signed_at=old), StatementMismatch,
-            "before this approval was requested")
+    refused(
+        medusa_url,
+        sign_as(signed["alice"], signed_at=old),
+        StatementMismatch,
+        "before this approval was requested",
+    )
 
 
-def test_well_signed_rejection_stops_the_run(medusa_url: str, exports: Path,
-                                             signed: dict[str, Key]) -> None:
-    refused(medusa_url, sign_as(signed["bob"], decision="reject", reason="not during the sale"),
-            ApprovalDenied, "Rejected by bob@example.com .*not during the sale")
+def test_well_signed_rejection_stops_the_run(
+    medusa_url: str, exports: Path, signed: dict[str, Key]
+) -> None:
+    refused(
+        medusa_url,
+        sign_as(signed["bob"], decision="reject", reason="not during the sale"),
+        ApprovalDenied,
+        "Rejected by bob@example.com .*not during the sale",
+    )
 
 
-def test_unverified_when_no_allowed_signers(medusa_url: str, exports: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unverified_when_no_allowed_signers(
+    medusa_url: str, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     monkeypatch.delenv("SAFEOPS_ALLOWED_SIGNERS", raising=False)
-    with answer_approval(lambda d: {"approver": "alice", "reason": "OPS-1", "decision": "approve",
-                                    "confirmation": d["expected_confirmation"]}) as seen:
+    with answer_approval(
+        lambda d: {
+            "approver": "alice",
+            "reason": "OPS-1",
+            "decision": "approve",
+            "confirmation": d["expected_confirmation"],
+        }
+    ) as seen:
         result = purge_product_media(dry_run=False)
     assert result.approval is not None and result.approval.identity == "unverified"
     [row] = audit(medusa_url)
     assert row["identity"] == "unverified" and row["signatures"] == []
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[seen[0]["flow_run_id"]])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[seen[0]["flow_run_id"]])
+            )
+        )
     summary = next(a for a in artifacts if a.key == "media-purge-summary")
     assert "- identity: unverified" in str(summary.data)
 
 
-def test_signed_saved_plan(medusa_url: str, exports: Path, signed: dict[str, Key],
-                           tmp_path: Path) -> None:
+def test_signed_saved_plan(
+    medusa_url: str, exports: Path, signed: dict[str, Key], tmp_path: Path
+) -> None:
     plan = purge_product_media(dry_run=True).plan.plan_hash
     before = table_checksums(medusa_url, MEDUSA_TABLES)
     with pytest.raises(SignatureMissing):
@@ -248,24 +313,39 @@ def test_signed_saved_plan(medusa_url: str, exports: Path, signed: dict[str, Key
     assert table_checksums(medusa_url, MEDUSA_TABLES) == before
 
     out = tmp_path / "plan.signed"
-    run = cli("sign-plan", plan, "--flow", "purge-product-media", "--target", "medusa",
-              "--reason", "OPS-12 reviewed", "--key", str(signed["bob"].path), "--out", str(out))
+    run = cli(
+        "sign-plan",
+        plan,
+        "--flow",
+        "purge-product-media",
+        "--target",
+        "medusa",
+        "--reason",
+        "OPS-12 reviewed",
+        "--key",
+        str(signed["bob"].path),
+        "--out",
+        str(out),
+    )
     assert run.code == 0, run
     no_key_material(out.read_text(), signed)
-    result = purge_product_media(dry_run=False, approved_plan_hash=plan,
-                                 approved_plan_signature=out.read_text())
+    result = purge_product_media(
+        dry_run=False, approved_plan_hash=plan, approved_plan_signature=out.read_text()
+    )
     assert result.approval is not None and result.approval.via == "saved-plan"
     assert result.approval.approver == "bob@example.com"
-    assert audit(medusa_url)[0]["signatures"][0]["statement"].split("\n")[1] == \
-        "flow_run_id: saved-plan"
+    assert (
+        audit(medusa_url)[0]["signatures"][0]["statement"].split("\n")[1]
+        == "flow_run_id: saved-plan"
+    )
 
 
 # --------------------------------------------------------------------- 2. two people
 
 
-def test_quorum_of_two_with_self_approval_forbidden(medusa_url: str, exports: Path,
-                                                    signed: dict[str, Key],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quorum_of_two_with_self_approval_forbidden(
+    medusa_url: str, exports: Path, signed: dict[str, Key], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """alice started the run (approved_by): her signature never counts; bob's counts once
     however often he answers; carol's makes two and the run applies."""
     from safeops.cli.approvals import waiting_approvals
@@ -291,18 +371,25 @@ def test_quorum_of_two_with_self_approval_forbidden(medusa_url: str, exports: Pa
     assert waiting["approvedBy"] == ["bob@example.com"] and waiting["requiredApprovals"] == 2
 
 
-def test_one_rejection_ends_a_quorum(medusa_url: str, exports: Path, signed: dict[str, Key],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_rejection_ends_a_quorum(
+    medusa_url: str, exports: Path, signed: dict[str, Key], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SAFEOPS_REQUIRED_APPROVALS", "2")
-    answers = [sign_as(signed["bob"]), sign_as(signed["carol"], decision="reject",
-                                               reason="wrong shop")]
-    refused(medusa_url, lambda d: answers[d["round"] - 1](d), ApprovalDenied,
-            "Rejected by carol@example.com")
+    answers = [
+        sign_as(signed["bob"]),
+        sign_as(signed["carol"], decision="reject", reason="wrong shop"),
+    ]
+    refused(
+        medusa_url,
+        lambda d: answers[d["round"] - 1](d),
+        ApprovalDenied,
+        "Rejected by carol@example.com",
+    )
 
 
 def test_cli_live_yes_signs_and_its_own_signature_does_not_count_when_forbidden(
-        medusa_url: str, exports: Path, signed: dict[str, Key],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    medusa_url: str, exports: Path, signed: dict[str, Key], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`--live --yes` signs with SAFEOPS_SIGNING_KEY (alice): she started the run, so with
     self-approval forbidden her answer does not count and the CLI prints the command
     for someone else; bob answers the second pause and the purge applies."""
@@ -332,8 +419,11 @@ def _only_rounds(rounds: set[int], answer: Callable[[dict[str, Any]], dict[str, 
             with get_client(sync_client=True) as client:
                 for _ in range(600):
                     state = client.read_flow_run(data["flow_run_id"]).state
-                    if state is not None and state.is_paused() and \
-                            state.state_details.pause_key == f"approval-{data['round']}":
+                    if (
+                        state is not None
+                        and state.is_paused()
+                        and state.state_details.pause_key == f"approval-{data['round']}"
+                    ):
                         break
                     time.sleep(0.1)
             resume_flow_run(data["flow_run_id"], run_input=answer(data))
@@ -389,15 +479,19 @@ def webhook_block(url: str) -> str:
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
     name = f"approvers-{uuid.uuid4().hex[:8]}"
-    CustomWebhookNotificationBlock(name=name, url=url, timeout=5,
-                                   json_data={"text": "{{body}}", "title": "{{subject}}"}
-                                   ).save(name, overwrite=True)
+    CustomWebhookNotificationBlock(
+        name=name, url=url, timeout=5, json_data={"text": "{{body}}", "title": "{{subject}}"}
+    ).save(name, overwrite=True)
     return f"custom-webhook/{name}"
 
 
 def test_approvers_are_told_of_the_pause_and_the_approval(
-        medusa_url: str, exports: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
-        signed: dict[str, Key]) -> None:
+    medusa_url: str,
+    exports: Path,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    signed: dict[str, Key],
+) -> None:
     monkeypatch.setenv("SAFEOPS_NOTIFY_BLOCK", webhook_block(receiver.url))
     monkeypatch.setenv("PREFECT_UI_URL", "http://prefect.example:4200")
     with answer_approval(sign_as(signed["alice"])) as seen:
@@ -414,8 +508,9 @@ def test_approvers_are_told_of_the_pause_and_the_approval(
     assert "approved by alice@example.com (identity: verified)" in approved
 
 
-def test_approvers_are_told_of_a_timeout(medusa_url: str, exports: Path, receiver: Receiver,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_approvers_are_told_of_a_timeout(
+    medusa_url: str, exports: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SAFEOPS_ALLOWED_SIGNERS", raising=False)
     monkeypatch.setenv("SAFEOPS_NOTIFY_BLOCK", webhook_block(receiver.url))
     before = table_checksums(medusa_url, MEDUSA_TABLES)
@@ -429,11 +524,20 @@ def test_approvers_are_told_of_a_timeout(medusa_url: str, exports: Path, receive
 
 
 def test_a_dead_receiver_changes_nothing_about_the_outcome(
-        medusa_url: str, exports: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    medusa_url: str,
+    exports: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     monkeypatch.delenv("SAFEOPS_ALLOWED_SIGNERS", raising=False)
     monkeypatch.setenv("SAFEOPS_NOTIFY_BLOCK", webhook_block(f"http://127.0.0.1:{free_port()}/x"))
-    with answer_approval(lambda d: {"approver": "alice", "reason": "OPS-1", "decision": "approve",
-                                    "confirmation": d["expected_confirmation"]}):
+    with answer_approval(
+        lambda d: {
+            "approver": "alice",
+            "reason": "OPS-1",
+            "decision": "approve",
+            "confirmation": d["expected_confirmation"],
+        }
+    ):
         result = purge_product_media(dry_run=False)
     assert result.applied["images"] > 0 and scalar(medusa_url, "SELECT count(*) FROM image") == 0

@@ -23,8 +23,11 @@ apply_offline_defaults()
 # The CLI prints one line per refusal; Prefect's own tracebacks still reach the API (UI).
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Destructive database maintenance, made safe (Prefect flows).")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Destructive database maintenance, made safe (Prefect flows).",
+)
 app.add_typer(media.group, name="media")
 app.add_typer(site.group, name="site")
 assert refs.group is media.group  # migrate-refs and upload live in the media group
@@ -32,13 +35,23 @@ assert refs.group is media.group  # migrate-refs and upload live in the media gr
 RunId = Annotated[str, typer.Argument(help="The paused flow run's id (safeops approvals).")]
 
 
-Key = Annotated[str | None, typer.Option(
-    "--key", help="Private key file to sign with (or a .pub whose private half is in the "
-    "ssh-agent); default SAFEOPS_SIGNING_KEY, then the agent's first key. Used only when "
-    "the run's worker has allowed signers.")]
-Approver = Annotated[str | None, typer.Option(
-    "--approver", help="Your name, for runs without allowed signers (default: the current "
-    "user). Signed runs ignore it: the signature says who you are.")]
+Key = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        help="Private key file to sign with (or a .pub whose private half is in the "
+        "ssh-agent); default SAFEOPS_SIGNING_KEY, then the agent's first key. Used only when "
+        "the run's worker has allowed signers.",
+    ),
+]
+Approver = Annotated[
+    str | None,
+    typer.Option(
+        "--approver",
+        help="Your name, for runs without allowed signers (default: the current "
+        "user). Signed runs ignore it: the signature says who you are.",
+    ),
+]
 
 
 @app.command("approvals")
@@ -54,18 +67,37 @@ def approvals() -> None:
     if not rows:
         console.print("No run is waiting for approval.")
         return
-    table = Table("run id", "flow", "target", "counts", "plan hash", "type to confirm",
-                  "approved", "waiting since", "deadline")
+    table = Table(
+        "run id",
+        "flow",
+        "target",
+        "counts",
+        "plan hash",
+        "type to confirm",
+        "approved",
+        "waiting since",
+        "deadline",
+    )
     for r in rows:
         counts = ", ".join(f"{k}={v}" for k, v in r.get("counts", {}).items() if v)
-        table.add_row(r["run_id"], r.get("flow", ""), r.get("target", ""), counts,
-                      str(r.get("planHash", ""))[:16], r.get("expectedConfirmation", ""),
-                      _votes(r), str(r.get("waitingSince", "")), str(r.get("deadline", "")))
+        table.add_row(
+            r["run_id"],
+            r.get("flow", ""),
+            r.get("target", ""),
+            counts,
+            str(r.get("planHash", ""))[:16],
+            r.get("expectedConfirmation", ""),
+            _votes(r),
+            str(r.get("waitingSince", "")),
+            str(r.get("deadline", "")),
+        )
     console.print(table)
     for r in rows:
-        print(f"waiting: {r['run_id']} {r.get('flow', '')} plan={r.get('planHash', '')} "
-              f"{_votes(r)} identity={'signed' if r.get('signed') else 'unverified'}",
-              flush=True)
+        print(
+            f"waiting: {r['run_id']} {r.get('flow', '')} plan={r.get('planHash', '')} "
+            f"{_votes(r)} identity={'signed' if r.get('signed') else 'unverified'}",
+            flush=True,
+        )
 
 
 def _votes(r: dict[str, object]) -> str:
@@ -79,46 +111,79 @@ def _votes(r: dict[str, object]) -> str:
 
 @app.command("approve")
 @handle_errors
-def approve(run_id: RunId,
-            confirm: Annotated[str, typer.Option(
-                "--confirm", help="The confirmation text the run asks for, e.g. "
-                "'PURGE 200 IMAGES' or the site slug.")],
-            reason: Annotated[str, typer.Option("--reason")] = "approved from the CLI",
-            approver: Approver = None, key: Key = None) -> None:
+def approve(
+    run_id: RunId,
+    confirm: Annotated[
+        str,
+        typer.Option(
+            "--confirm",
+            help="The confirmation text the run asks for, e.g. "
+            "'PURGE 200 IMAGES' or the site slug.",
+        ),
+    ],
+    reason: Annotated[str, typer.Option("--reason")] = "approved from the CLI",
+    approver: Approver = None,
+    key: Key = None,
+) -> None:
     """Approve a paused run (signed when the run asks for signatures); a wrong
     confirmation or a refused signature ends it with nothing changed."""
     from safeops.cli.approvals import answer, answer_for
 
-    answer(run_id, answer_for(run_id, decision="approve", reason=reason, confirmation=confirm,
-                              approver=approver, key=key))
+    answer(
+        run_id,
+        answer_for(
+            run_id,
+            decision="approve",
+            reason=reason,
+            confirmation=confirm,
+            approver=approver,
+            key=key,
+        ),
+    )
     print(f"approved: {run_id}", flush=True)
 
 
 @app.command("reject")
 @handle_errors
-def reject(run_id: RunId,
-           reason: Annotated[str, typer.Option("--reason", help="Why the change is rejected.")],
-           approver: Approver = None, key: Key = None) -> None:
+def reject(
+    run_id: RunId,
+    reason: Annotated[str, typer.Option("--reason", help="Why the change is rejected.")],
+    approver: Approver = None,
+    key: Key = None,
+) -> None:
     """Reject a paused run: it ends with nothing changed."""
     from safeops.cli.approvals import answer, answer_for
 
-    answer(run_id, answer_for(run_id, decision="reject", reason=reason, confirmation="",
-                              approver=approver, key=key))
+    answer(
+        run_id,
+        answer_for(
+            run_id, decision="reject", reason=reason, confirmation="", approver=approver, key=key
+        ),
+    )
     print(f"rejected: {run_id}", flush=True)
 
 
 @app.command("sign-plan")
 @handle_errors
 def sign_plan_command(
-        plan_hash: Annotated[str, typer.Argument(help="The plan hash a dry run printed.")],
-        flow: Annotated[str, typer.Option("--flow", help="The flow that will apply it, e.g. "
-                                          "purge-product-media or reset-site-structure.")],
-        target: Annotated[str, typer.Option("--target", help="The target name (its "
-                                            "database's fingerprint is signed).")],
-        reason: Annotated[str, typer.Option("--reason", help="Why (one line).")],
-        key: Key = None,
-        out: Annotated[str | None, typer.Option("--out", help="File to write (default: "
-                                                "stdout).")] = None) -> None:
+    plan_hash: Annotated[str, typer.Argument(help="The plan hash a dry run printed.")],
+    flow: Annotated[
+        str,
+        typer.Option(
+            "--flow",
+            help="The flow that will apply it, e.g. purge-product-media or reset-site-structure.",
+        ),
+    ],
+    target: Annotated[
+        str,
+        typer.Option("--target", help="The target name (its database's fingerprint is signed)."),
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why (one line).")],
+    key: Key = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="File to write (default: stdout).")
+    ] = None,
+) -> None:
     """Sign a saved plan: hand the file to --plan-signature (valid for
     SAFEOPS_SAVED_PLAN_MAX_AGE_S, default 7 days)."""
     from pathlib import Path
@@ -139,8 +204,7 @@ app.add_typer(audit, name="audit")
 
 @audit.command("verify")
 @handle_errors
-def audit_verify(target: Annotated[str, typer.Option("--target", help="The target name.")]
-                 ) -> None:
+def audit_verify(target: Annotated[str, typer.Option("--target", help="The target name.")]) -> None:
     """Re-check every signed audit row of a target against SAFEOPS_ALLOWED_SIGNERS, one
     line per row; exit 3 when any signed row no longer verifies."""
     from safeops.cli.approvals import verify_audit

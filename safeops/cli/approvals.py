@@ -30,8 +30,11 @@ def waiting_approvals() -> list[dict[str, Any]]:
     """Every paused flow run that carries a safeops approval request."""
     out: list[dict[str, Any]] = []
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+            )
+        )
         for run in runs:
             request: Any = read_flow_run_input(APPROVAL_INPUT_KEY, flow_run_id=run.id)
             if not request:
@@ -39,12 +42,19 @@ def waiting_approvals() -> list[dict[str, Any]]:
             votes: Any = read_flow_run_input(VOTES_INPUT_KEY, flow_run_id=run.id) or {}
             request = {**request, **votes}
             details = run.state.state_details if run.state else None
-            out.append({
-                "run_id": str(run.id), "run_name": run.name, **request,
-                "waitingSince": (run.state.timestamp.isoformat() if run.state else None),
-                "deadline": (details.pause_timeout.isoformat()
-                             if details and details.pause_timeout else request.get("deadline")),
-            })
+            out.append(
+                {
+                    "run_id": str(run.id),
+                    "run_name": run.name,
+                    **request,
+                    "waitingSince": (run.state.timestamp.isoformat() if run.state else None),
+                    "deadline": (
+                        details.pause_timeout.isoformat()
+                        if details and details.pause_timeout
+                        else request.get("deadline")
+                    ),
+                }
+            )
     return sorted(out, key=lambda r: str(r.get("waitingSince")))
 
 
@@ -82,17 +92,29 @@ def read_request(run_id: str) -> dict[str, Any] | None:
     return dict(request) if request else None
 
 
-def answer_for(run_id: str, *, decision: str, reason: str, confirmation: str,
-               approver: str | None, key: str | None) -> dict[str, Any]:
+def answer_for(
+    run_id: str,
+    *,
+    decision: str,
+    reason: str,
+    confirmation: str,
+    approver: str | None,
+    key: str | None,
+) -> dict[str, Any]:
     """The answer a run expects: signed when its worker has allowed signers."""
     request = read_request(run_id)
     if request and request.get("signed"):
-        return signed_answer(request, decision=decision, reason=reason,
-                             confirmation=confirmation, key=key)
+        return signed_answer(
+            request, decision=decision, reason=reason, confirmation=confirmation, key=key
+        )
     from safeops.console.runner import current_user
 
-    return {"approver": current_user() if approver is None else approver, "reason": reason,
-            "confirmation": confirmation, "decision": decision}
+    return {
+        "approver": current_user() if approver is None else approver,
+        "reason": reason,
+        "confirmation": confirmation,
+        "decision": decision,
+    }
 
 
 def sign_plan(plan_hash: str, *, flow: str, target: str, reason: str, key: str | None) -> str:
@@ -107,9 +129,14 @@ def sign_plan(plan_hash: str, *, flow: str, target: str, reason: str, key: str |
     finally:
         engine.dispose()
     statement = signing.Statement(
-        flow_run_id=signing.SAVED_PLAN_RUN_ID, flow=flow, target_fingerprint=target_fingerprint,
-        plan_hash=plan_hash.strip(), decision="approve", reason=reason.strip(),
-        signed_at=datetime.now(UTC))
+        flow_run_id=signing.SAVED_PLAN_RUN_ID,
+        flow=flow,
+        target_fingerprint=target_fingerprint,
+        plan_hash=plan_hash.strip(),
+        decision="approve",
+        reason=reason.strip(),
+        signed_at=datetime.now(UTC),
+    )
     text = statement.text()
     return text + signing.sign(text, key)
 
@@ -123,8 +150,7 @@ def verify_audit(target: str) -> tuple[list[str], bool]:
 
     signers = signing.load_allowed_signers()
     if signers is None:
-        raise BadInput("SAFEOPS_ALLOWED_SIGNERS is not set: nothing to verify signatures "
-                       "against.")
+        raise BadInput("SAFEOPS_ALLOWED_SIGNERS is not set: nothing to verify signatures against.")
     engine = engine_for(target)
     try:
         with read_snapshot(engine) as conn:
@@ -134,24 +160,32 @@ def verify_audit(target: str) -> tuple[list[str], bool]:
     lines: list[str] = []
     ok = True
     for row in rows:
-        head = (f"audit {row.id} {row.applied_at:%Y-%m-%dT%H:%M:%SZ} {row.flow_name} "
-                f"run={row.flow_run_id or '-'} plan={row.plan_hash[:16]}")
+        head = (
+            f"audit {row.id} {row.applied_at:%Y-%m-%dT%H:%M:%SZ} {row.flow_name} "
+            f"run={row.flow_run_id or '-'} plan={row.plan_hash[:16]}"
+        )
         if not row.signatures:
-            lines.append(f"{head}: unverified (no signature; approver {row.approver!r} "
-                         "as typed)")
+            lines.append(f"{head}: unverified (no signature; approver {row.approver!r} as typed)")
             continue
         verdicts = []
         for vote in row.signatures:
             try:
-                signer = signing.verify(str(vote.get("statement", "")),
-                                        str(vote.get("signature", "")), signers)
+                signer = signing.verify(
+                    str(vote.get("statement", "")), str(vote.get("signature", "")), signers
+                )
                 statement = signing.Statement.parse(str(vote.get("statement", "")))
-                problems = [name for name, got, want in (
-                    ("plan_hash", statement.plan_hash, row.plan_hash),
-                    ("flow", statement.flow, row.flow_name),
-                    ("decision", statement.decision, "approve")) if got != want]
-                if statement.flow_run_id != signing.SAVED_PLAN_RUN_ID and \
-                        statement.flow_run_id != (row.flow_run_id or ""):
+                problems = [
+                    name
+                    for name, got, want in (
+                        ("plan_hash", statement.plan_hash, row.plan_hash),
+                        ("flow", statement.flow, row.flow_name),
+                        ("decision", statement.decision, "approve"),
+                    )
+                    if got != want
+                ]
+                if statement.flow_run_id != signing.SAVED_PLAN_RUN_ID and statement.flow_run_id != (
+                    row.flow_run_id or ""
+                ):
                     problems.append("flow_run_id")
                 if signer.principal != vote.get("principal"):
                     problems.append(f"principal is now {signer.principal}")

@@ -20,16 +20,20 @@ from safeops.cli.options import (
 )
 from safeops.cli.options import Yes as YesFlag
 
-group = typer.Typer(no_args_is_help=True,
-                    help="Medusa product media: snapshot, verify, purge, restore.")
+group = typer.Typer(
+    no_args_is_help=True, help="Medusa product media: snapshot, verify, purge, restore."
+)
 
 
 @group.command("snapshot")
 @handle_errors
-def media_snapshot(target: MediaTarget = "medusa",
-                   to: Annotated[str | None, typer.Option(
-                       "--to", help="Folder or s3://bucket/prefix (default "
-                       "SAFEOPS_SNAPSHOT_URI).")] = None) -> None:
+def media_snapshot(
+    target: MediaTarget = "medusa",
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Folder or s3://bucket/prefix (default SAFEOPS_SNAPSHOT_URI)."),
+    ] = None,
+) -> None:
     """Write every image reference to a new JSON snapshot (read-only)."""
     from flows.media_snapshot import snapshot_product_media
     from safeops.console.runner import console, run_command
@@ -40,50 +44,89 @@ def media_snapshot(target: MediaTarget = "medusa",
 
 @group.command("verify")
 @handle_errors
-def media_verify(uri: SnapshotUri, target: MediaTarget = "medusa",
-                 check_objects: Annotated[bool, typer.Option(
-                     "--check-objects", help="HEAD every image's object.")] = False) -> None:
+def media_verify(
+    uri: SnapshotUri,
+    target: MediaTarget = "medusa",
+    check_objects: Annotated[
+        bool, typer.Option("--check-objects", help="HEAD every image's object.")
+    ] = False,
+) -> None:
     """Check a snapshot's format, checksum, totals, source and live id sets (exit 3 if not)."""
     from flows.media_snapshot import verify_product_media_snapshot
     from safeops.console.runner import console, run_command
 
-    report = run_command(verify_product_media_snapshot,
-                         {"snapshot_uri": uri, "target": target, "check_objects": check_objects})
+    report = run_command(
+        verify_product_media_snapshot,
+        {"snapshot_uri": uri, "target": target, "check_objects": check_objects},
+    )
     for check in report.checks:
         console.print(f"ok  {check.name}: {check.detail}")
 
 
 @group.command("purge")
 @handle_errors
-def media_purge(live: LiveFlag = False, yes: YesFlag = False, plan: SavedPlan = None,
-                target: MediaTarget = "medusa", reason: Reason = None,
-                timeout: Timeout = 3600, plan_signature: PlanSignature = None,
-                key: SigningKey = None) -> None:
+def media_purge(
+    live: LiveFlag = False,
+    yes: YesFlag = False,
+    plan: SavedPlan = None,
+    target: MediaTarget = "medusa",
+    reason: Reason = None,
+    timeout: Timeout = 3600,
+    plan_signature: PlanSignature = None,
+    key: SigningKey = None,
+) -> None:
     """Remove every image reference; MinIO files stay. Dry run unless --live."""
     from flows.media_purge import purge_product_media
     from safeops.console.runner import report_run, run_command
 
-    report_run(run_command(purge_product_media,
-                           {"target": target, "dry_run": not live, "approval_timeout_s": timeout},
-                           live=live, yes=yes, plan=plan, reason=reason,
-                           plan_signature=plan_signature, key=key))
+    report_run(
+        run_command(
+            purge_product_media,
+            {"target": target, "dry_run": not live, "approval_timeout_s": timeout},
+            live=live,
+            yes=yes,
+            plan=plan,
+            reason=reason,
+            plan_signature=plan_signature,
+            key=key,
+        )
+    )
 
 
 @group.command("restore")
 @handle_errors
-def media_restore(uri: SnapshotUri, live: LiveFlag = False, yes: YesFlag = False,
-                  plan: SavedPlan = None, target: MediaTarget = "medusa", reason: Reason = None,
-                  timeout: Timeout = 3600,
-                  force: Annotated[bool, typer.Option(
-                      "--force", help="Restore a snapshot taken from another database.")] = False,
-                  untraced: Untraced = False) -> None:
+def media_restore(
+    uri: SnapshotUri,
+    live: LiveFlag = False,
+    yes: YesFlag = False,
+    plan: SavedPlan = None,
+    target: MediaTarget = "medusa",
+    reason: Reason = None,
+    timeout: Timeout = 3600,
+    force: Annotated[
+        bool, typer.Option("--force", help="Restore a snapshot taken from another database.")
+    ] = False,
+    untraced: Untraced = False,
+) -> None:
     """Put back what a snapshot holds (ids, urls, ranks, timestamps). Dry run unless --live."""
     from flows.media_restore import restore_product_media
     from safeops.console.runner import report_run, run_command
 
     print(f"snapshot: {uri}", flush=True)
-    report_run(run_command(restore_product_media,
-                           {"snapshot_uri": uri, "target": target, "dry_run": not live,
-                            "force": force, "allow_untraced": untraced,
-                            "approval_timeout_s": timeout},
-                           live=live, yes=yes, plan=plan, reason=reason))
+    report_run(
+        run_command(
+            restore_product_media,
+            {
+                "snapshot_uri": uri,
+                "target": target,
+                "dry_run": not live,
+                "force": force,
+                "allow_untraced": untraced,
+                "approval_timeout_s": timeout,
+            },
+            live=live,
+            yes=yes,
+            plan=plan,
+            reason=reason,
+        )
+    )

@@ -18,31 +18,65 @@ import typer
 
 from safeops.core.errors import exit_code_for
 
-TARGET_HELP = "Database name to resolve (<TARGET>_DATABASE_URL or Secret block " \
-              "<target>-database-url); a name, never a URL."
+TARGET_HELP = (
+    "Database name to resolve (<TARGET>_DATABASE_URL or Secret block "
+    "<target>-database-url); a name, never a URL."
+)
 
 MediaTarget = Annotated[str, typer.Option("--target", help=TARGET_HELP)]
 CmsTarget = Annotated[str, typer.Option("--target", help=TARGET_HELP)]
-Live = Annotated[bool, typer.Option("--live", help="Really change the database (default: "
-                                    "dry run, which changes nothing anywhere).")]
-Yes = Annotated[bool, typer.Option("--yes", help="Approve as the current user without a "
-                                   "prompt (and say so).")]
-SavedPlan = Annotated[str | None, typer.Option(
-    "--plan", help="Plan hash of a reviewed dry run: only that exact plan is applied, and "
-    "a plan that changed since is refused.")]
-PlanSignature = Annotated[str | None, typer.Option(
-    "--plan-signature", help="File written by `safeops sign-plan`: the signed saved plan, "
-    "required with --plan when the workers have allowed signers.")]
-SigningKey = Annotated[str | None, typer.Option(
-    "--key", help="Key to sign the approval with (default SAFEOPS_SIGNING_KEY, then the "
-    "ssh-agent); used when allowed signers are configured.")]
-Reason = Annotated[str | None, typer.Option("--reason", help="Reason recorded with the "
-                                            "approval (ticket, context).")]
-Timeout = Annotated[int, typer.Option("--timeout", help="Seconds the approval may wait; "
-                                      "nothing changes when it runs out.")]
-Untraced = Annotated[bool, typer.Option(
-    "--untraced", help="Restore a snapshot that is not in the target's snapshot register "
-    "(not written by safeops from this database); the approval and audit row say so.")]
+Live = Annotated[
+    bool,
+    typer.Option(
+        "--live",
+        help="Really change the database (default: dry run, which changes nothing anywhere).",
+    ),
+]
+Yes = Annotated[
+    bool, typer.Option("--yes", help="Approve as the current user without a prompt (and say so).")
+]
+SavedPlan = Annotated[
+    str | None,
+    typer.Option(
+        "--plan",
+        help="Plan hash of a reviewed dry run: only that exact plan is applied, and "
+        "a plan that changed since is refused.",
+    ),
+]
+PlanSignature = Annotated[
+    str | None,
+    typer.Option(
+        "--plan-signature",
+        help="File written by `safeops sign-plan`: the signed saved plan, "
+        "required with --plan when the workers have allowed signers.",
+    ),
+]
+SigningKey = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        help="Key to sign the approval with (default SAFEOPS_SIGNING_KEY, then the "
+        "ssh-agent); used when allowed signers are configured.",
+    ),
+]
+Reason = Annotated[
+    str | None,
+    typer.Option("--reason", help="Reason recorded with the approval (ticket, context)."),
+]
+Timeout = Annotated[
+    int,
+    typer.Option(
+        "--timeout", help="Seconds the approval may wait; nothing changes when it runs out."
+    ),
+]
+Untraced = Annotated[
+    bool,
+    typer.Option(
+        "--untraced",
+        help="Restore a snapshot that is not in the target's snapshot register "
+        "(not written by safeops from this database); the approval and audit row say so.",
+    ),
+]
 SnapshotUri = Annotated[str, typer.Argument(help="A snapshot: a path or s3://bucket/key.")]
 SiteId = Annotated[str, typer.Argument(help="The site's UUID.")]
 

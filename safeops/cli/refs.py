@@ -23,11 +23,21 @@ from safeops.cli.options import Yes as YesFlag
 @group.command("migrate-refs")
 @handle_errors
 def media_migrate_refs(
-        snapshot: Annotated[str | None, typer.Option(
-            "--snapshot", help="Media snapshot (path or s3:// URI) to take the images from, "
-            "e.g. the one a purge wrote; default: the live image rows.")] = None,
-        live: LiveFlag = False, yes: YesFlag = False, plan: SavedPlan = None,
-        target: MediaTarget = "medusa", reason: Reason = None, timeout: Timeout = 3600) -> None:
+    snapshot: Annotated[
+        str | None,
+        typer.Option(
+            "--snapshot",
+            help="Media snapshot (path or s3:// URI) to take the images from, "
+            "e.g. the one a purge wrote; default: the live image rows.",
+        ),
+    ] = None,
+    live: LiveFlag = False,
+    yes: YesFlag = False,
+    plan: SavedPlan = None,
+    target: MediaTarget = "medusa",
+    reason: Reason = None,
+    timeout: Timeout = 3600,
+) -> None:
     """Copy product images to timestamp+UUID keys and write metadata.media.refs.
 
     Dry run unless --live. Source objects are never changed or deleted; a re-run
@@ -37,24 +47,33 @@ def media_migrate_refs(
 
     if snapshot:
         print(f"snapshot: {snapshot}", flush=True)
-    report_run(run_command(migrate_product_media_refs,
-                           {"target": target, "snapshot_uri": snapshot or None,
-                            "dry_run": not live, "approval_timeout_s": timeout},
-                           live=live, yes=yes, plan=plan, reason=reason))
+    report_run(
+        run_command(
+            migrate_product_media_refs,
+            {
+                "target": target,
+                "snapshot_uri": snapshot or None,
+                "dry_run": not live,
+                "approval_timeout_s": timeout,
+            },
+            live=live,
+            yes=yes,
+            plan=plan,
+            reason=reason,
+        )
+    )
 
 
 @group.command("upload")
 @handle_errors
 def media_upload(
-        product_id: Annotated[str, typer.Argument(help="The product (prod_…) to add images "
-                                                       "to.")],
-        files: Annotated[list[Path], typer.Argument(help="Local image files, in display "
-                                                         "order.")],
-        target: MediaTarget = "medusa") -> None:
+    product_id: Annotated[str, typer.Argument(help="The product (prod_…) to add images to.")],
+    files: Annotated[list[Path], typer.Argument(help="Local image files, in display order.")],
+    target: MediaTarget = "medusa",
+) -> None:
     """Upload files as new ImageRefs of a product (appended after its current refs)."""
     from safeops.console.runner import current_user
     from tasks.media.refs.upload import upload_media
 
     for ref in upload_media(target, product_id, list(files), approver=current_user()):
-        print(f"uploaded: {ref.key} {ref.contentType} {ref.size} bytes rank {ref.rank}",
-              flush=True)
+        print(f"uploaded: {ref.key} {ref.contentType} {ref.size} bytes rank {ref.rank}", flush=True)

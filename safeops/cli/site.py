@@ -40,37 +40,78 @@ def site_check(site_id: SiteId, target: CmsTarget = "cms") -> None:
 
 @group.command("reset")
 @handle_errors
-def site_reset(site_id: SiteId, live: LiveFlag = False, yes: YesFlag = False,
-               plan: SavedPlan = None, target: CmsTarget = "cms", reason: Reason = None,
-               timeout: Timeout = 3600, plan_signature: PlanSignature = None,
-               key: SigningKey = None) -> None:
+def site_reset(
+    site_id: SiteId,
+    live: LiveFlag = False,
+    yes: YesFlag = False,
+    plan: SavedPlan = None,
+    target: CmsTarget = "cms",
+    reason: Reason = None,
+    timeout: Timeout = 3600,
+    plan_signature: PlanSignature = None,
+    key: SigningKey = None,
+) -> None:
     """Delete the site's categories, authors, pages, content types and their SEO meta."""
     from flows.site_reset import reset_site_structure
     from safeops.console.runner import report_run, run_command
 
-    report_run(run_command(reset_site_structure,
-                           {"site_id": site_id, "target": target, "dry_run": not live,
-                            "approval_timeout_s": timeout},
-                           live=live, yes=yes, plan=plan, reason=reason,
-                           plan_signature=plan_signature, key=key))
+    report_run(
+        run_command(
+            reset_site_structure,
+            {
+                "site_id": site_id,
+                "target": target,
+                "dry_run": not live,
+                "approval_timeout_s": timeout,
+            },
+            live=live,
+            yes=yes,
+            plan=plan,
+            reason=reason,
+            plan_signature=plan_signature,
+            key=key,
+        )
+    )
 
 
 @group.command("restore")
 @handle_errors
-def site_restore(uri: SnapshotUri, live: LiveFlag = False, yes: YesFlag = False,
-                 plan: SavedPlan = None, target: CmsTarget = "cms", reason: Reason = None,
-                 timeout: Timeout = 3600,
-                 skip_conflicts: Annotated[bool, typer.Option(
-                     "--skip-conflicts", help="Restore around rows created since the reset "
-                     "instead of refusing.")] = False,
-                 untraced: Untraced = False) -> None:
+def site_restore(
+    uri: SnapshotUri,
+    live: LiveFlag = False,
+    yes: YesFlag = False,
+    plan: SavedPlan = None,
+    target: CmsTarget = "cms",
+    reason: Reason = None,
+    timeout: Timeout = 3600,
+    skip_conflicts: Annotated[
+        bool,
+        typer.Option(
+            "--skip-conflicts",
+            help="Restore around rows created since the reset instead of refusing.",
+        ),
+    ] = False,
+    untraced: Untraced = False,
+) -> None:
     """Undo a reset from its snapshot: rows, post links and blueprint state."""
     from flows.site_restore import restore_site_structure
     from safeops.console.runner import report_run, run_command
 
     print(f"snapshot: {uri}", flush=True)
-    report_run(run_command(restore_site_structure,
-                           {"snapshot_uri": uri, "target": target, "dry_run": not live,
-                            "skip_conflicts": skip_conflicts, "allow_untraced": untraced,
-                            "approval_timeout_s": timeout},
-                           live=live, yes=yes, plan=plan, reason=reason))
+    report_run(
+        run_command(
+            restore_site_structure,
+            {
+                "snapshot_uri": uri,
+                "target": target,
+                "dry_run": not live,
+                "skip_conflicts": skip_conflicts,
+                "allow_untraced": untraced,
+                "approval_timeout_s": timeout,
+            },
+            live=live,
+            yes=yes,
+            plan=plan,
+            reason=reason,
+        )
+    )

@@ -102,19 +102,31 @@ class Decider:
     def answer(self, request: dict[str, Any]) -> dict[str, Any] | None:
         info = request.get("request") or {}
         if int(request.get("round", 1)) > 1:
-            print(f"waiting: {request.get('needed', 1)} more approval(s) of "
-                  f"{info.get('requiredApprovals', '?')} for run {info.get('flowRunId')}: "
-                  f"{approve_command(info)}", flush=True)
+            print(
+                f"waiting: {request.get('needed', 1)} more approval(s) of "
+                f"{info.get('requiredApprovals', '?')} for run {info.get('flowRunId')}: "
+                f"{approve_command(info)}",
+                flush=True,
+            )
             return None
         plain = self._plain(request)
         if not info.get("signed"):
             return plain
         try:
-            signed = signed_answer(info, decision=plain["decision"], reason=plain["reason"],
-                                   confirmation=plain["confirmation"], key=self.key)
+            signed = signed_answer(
+                info,
+                decision=plain["decision"],
+                reason=plain["reason"],
+                confirmation=plain["confirmation"],
+                key=self.key,
+            )
         except SafeopsError as exc:
-            return {**plain, "decision": "reject", "signed_at": info.get("signedAt", ""),
-                    "reason": f"could not sign the approval: {exc}"}
+            return {
+                **plain,
+                "decision": "reject",
+                "signed_at": info.get("signedAt", ""),
+                "reason": f"could not sign the approval: {exc}",
+            }
         register_starter(info.get("flowRunId"), key_fingerprint(signed["signature"]))
         return signed
 
@@ -123,8 +135,12 @@ class Decider:
         if self.yes:
             user = current_user()
             print(f"Approved as {user} (--yes): {expected}", flush=True)
-            return {"approver": user, "reason": self.reason or f"--yes on {socket.gethostname()}",
-                    "confirmation": expected, "decision": "approve"}
+            return {
+                "approver": user,
+                "reason": self.reason or f"--yes on {socket.gethostname()}",
+                "confirmation": expected,
+                "decision": "approve",
+            }
         console.print("\n[bold]This will:[/bold]")
         for line in request["what"]:
             console.print(f"  - {line}")
@@ -132,18 +148,34 @@ class Decider:
         try:
             typed = console.input(f"Type [bold]{expected}[/bold] to approve: ").strip()
             if typed != expected:
-                return {"approver": current_user(), "reason": "typed confirmation did not match",
-                        "confirmation": typed, "decision": "reject"}
+                return {
+                    "approver": current_user(),
+                    "reason": "typed confirmation did not match",
+                    "confirmation": typed,
+                    "decision": "reject",
+                }
             reason = self.reason or console.input("Reason (ticket, context): ").strip()
         except (EOFError, KeyboardInterrupt):
-            return {"approver": current_user(), "reason": "interrupted at the terminal",
-                    "confirmation": "", "decision": "reject"}
-        return {"approver": current_user(), "reason": reason or "approved at the terminal",
-                "confirmation": expected, "decision": "approve"}
+            return {
+                "approver": current_user(),
+                "reason": "interrupted at the terminal",
+                "confirmation": "",
+                "decision": "reject",
+            }
+        return {
+            "approver": current_user(),
+            "reason": reason or "approved at the terminal",
+            "confirmation": expected,
+            "decision": "approve",
+        }
 
 
-def run_flow(flow_fn: Callable[..., Any], params: dict[str, Any], decider: Decider | None,
-             show_plan: bool = True) -> Any:
+def run_flow(
+    flow_fn: Callable[..., Any],
+    params: dict[str, Any],
+    decider: Decider | None,
+    show_plan: bool = True,
+) -> Any:
     """Run the flow; print contract lines as they happen; answer approvals."""
     from prefect.flow_runs import resume_flow_run
 
@@ -188,8 +220,12 @@ def run_flow(flow_fn: Callable[..., Any], params: dict[str, Any], decider: Decid
                 break
             answer: dict[str, Any] | None
             if decider is None:
-                answer = {"approver": current_user(), "reason": "no approver at the CLI",
-                          "confirmation": "", "decision": "reject"}
+                answer = {
+                    "approver": current_user(),
+                    "reason": "no approver at the CLI",
+                    "confirmation": "",
+                    "decision": "reject",
+                }
             else:
                 answer = decider.answer(data)
             if answer is not None:  # None: a later pause of a quorum, for others to answer
@@ -223,13 +259,23 @@ def _resume_when_paused(run_id: Any, answer: dict[str, Any], resume: Callable[..
 
 def refuse_unattended(live: bool, yes: bool, has_plan: bool) -> None:
     if live and not yes and not has_plan and not sys.stdin.isatty():
-        raise ApprovalDenied("Refused: --live without a terminal needs --yes (approve as the "
-                             "current user) or --plan HASH; nothing changed.")
+        raise ApprovalDenied(
+            "Refused: --live without a terminal needs --yes (approve as the "
+            "current user) or --plan HASH; nothing changed."
+        )
 
 
-def run_command(flow_fn: Callable[..., Any], params: dict[str, Any], *, live: bool = False,
-                yes: bool = False, plan: str | None = None, reason: str | None = None,
-                plan_signature: str | None = None, key: str | None = None) -> Any:
+def run_command(
+    flow_fn: Callable[..., Any],
+    params: dict[str, Any],
+    *,
+    live: bool = False,
+    yes: bool = False,
+    plan: str | None = None,
+    reason: str | None = None,
+    plan_signature: str | None = None,
+    key: str | None = None,
+) -> Any:
     """What every flow-running command does: refuse an unattended live run, turn a saved
     plan (and its signature file, ``safeops sign-plan``) into the flow's parameters,
     answer the approval as the flags say."""
@@ -237,8 +283,7 @@ def run_command(flow_fn: Callable[..., Any], params: dict[str, Any], *, live: bo
     if plan is not None:
         params = {**params, "approved_plan_hash": plan, "approved_by": current_user()}
     if plan_signature is not None:
-        params = {**params, "approved_plan_signature": read_plan_signature(flow_fn,
-                                                                           plan_signature)}
+        params = {**params, "approved_plan_signature": read_plan_signature(flow_fn, plan_signature)}
     return run_flow(flow_fn, params, Decider(yes, reason, key) if live else None)
 
 
@@ -253,8 +298,9 @@ def read_plan_signature(flow_fn: Callable[..., Any], path: str) -> str:
     try:
         return Path(path).expanduser().read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"--plan-signature {path!r} cannot be read ({type(exc).__name__}).") \
-            from None
+        raise BadInput(
+            f"--plan-signature {path!r} cannot be read ({type(exc).__name__})."
+        ) from None
 
 
 def report_run(result: Any) -> None:
@@ -262,8 +308,10 @@ def report_run(result: Any) -> None:
     if result.message:
         console.print(result.message)
     if result.dry_run:
-        console.print("Dry run: nothing changed. Apply this exact plan with "
-                      f"--live --plan {result.plan.plan_hash}")
+        console.print(
+            "Dry run: nothing changed. Apply this exact plan with "
+            f"--live --plan {result.plan.plan_hash}"
+        )
         return
     if result.approval:
         console.print(f"Approved by {result.approval.approver} ({result.approval.via}).")
@@ -271,4 +319,3 @@ def report_run(result: Any) -> None:
         console.print("Applied: " + ", ".join(f"{k}={v}" for k, v in result.applied.items()))
     if result.after_totals:
         console.print("After: " + ", ".join(f"{k}={v}" for k, v in result.after_totals.items()))
-

@@ -18,8 +18,13 @@ from safeops.core.settings import database_url
 
 # What PostgreSQL says when it answers but refuses the login (connection errors carry
 # no SQLSTATE in psycopg, only the server's message).
-LOGIN_REFUSALS = ("does not exist", "password authentication failed", "no pg_hba.conf entry",
-                  "permission denied for database", "authentication failed for user")
+LOGIN_REFUSALS = (
+    "does not exist",
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "permission denied for database",
+    "authentication failed for user",
+)
 
 
 def engine_for(target: str) -> Engine:
@@ -34,9 +39,11 @@ def engine_for_url(raw_url: str) -> Engine:
     libpq's keywords go to psycopg as they are, so multi-host and every option work the
     way libpq documents them; the password stays out of ``engine.url`` and its repr."""
     dsn = parse_dsn(raw_url)
-    engine = create_engine(URL.create("postgresql+psycopg"), poolclass=NullPool,
-                           connect_args=dsn.connect_kwargs(connect_timeout=10,
-                                                           application_name="safeops"))
+    engine = create_engine(
+        URL.create("postgresql+psycopg"),
+        poolclass=NullPool,
+        connect_args=dsn.connect_kwargs(connect_timeout=10, application_name="safeops"),
+    )
 
     @event.listens_for(engine, "do_connect")
     def scrubbed_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
@@ -66,9 +73,15 @@ def guard_against_dead_client(conn: Connection, *, local: bool) -> None:
     if conn.connection.driver_connection.info.server_version >= 140000:  # type: ignore[union-attr]
         settings["client_connection_check_interval"] = CLIENT_CHECK_MS
     # One round trip; names and values are our constants.
-    conn.execute(text("SELECT " + ", ".join(
-        f"set_config('{name}', '{value}', {str(local).lower()})"
-        for name, value in settings.items())))
+    conn.execute(
+        text(
+            "SELECT "
+            + ", ".join(
+                f"set_config('{name}', '{value}', {str(local).lower()})"
+                for name, value in settings.items()
+            )
+        )
+    )
 
 
 def _prepare(conn: Connection, lock_timeout_s: float | None) -> None:
@@ -88,16 +101,23 @@ def connect(engine: Engine) -> Connection:
         dsn = parsed_for(engine)
         scrub = dsn.scrub if dsn is not None else (lambda text: text)
         detail = scrub(str(exc.orig or exc))
-        kind = (LoginRefused if any(marker in detail for marker in LOGIN_REFUSALS)
-                else DatabaseUnreachable)
+        kind = (
+            LoginRefused
+            if any(marker in detail for marker in LOGIN_REFUSALS)
+            else DatabaseUnreachable
+        )
         where = dsn.target.masked() if dsn is not None else "the database"
-        raise kind(scrub(f"Cannot connect to {where}: {_first_line(exc.orig or exc)}")
-                   ) from None
+        raise kind(scrub(f"Cannot connect to {where}: {_first_line(exc.orig or exc)}")) from None
 
 
 @contextmanager
-def transaction(engine: Engine, *, isolation: str = "READ COMMITTED", read_only: bool = False,
-                lock_timeout_s: float | None = None) -> Iterator[Connection]:
+def transaction(
+    engine: Engine,
+    *,
+    isolation: str = "READ COMMITTED",
+    read_only: bool = False,
+    lock_timeout_s: float | None = None,
+) -> Iterator[Connection]:
     """One explicit transaction: commit on success, rollback on any exception.
 
     A lock timeout or a missing pipeline table leaves as a named refusal, looked
@@ -143,8 +163,9 @@ def fingerprint(conn: Connection) -> Fingerprint:
     """Identifies the cluster and database a snapshot came from, without credentials."""
     try:
         with conn.begin_nested():
-            sysid = conn.execute(text("SELECT system_identifier::text FROM pg_control_system()")
-                                 ).scalar_one()
+            sysid = conn.execute(
+                text("SELECT system_identifier::text FROM pg_control_system()")
+            ).scalar_one()
     except Exception:  # pg_control_system() may be denied to unprivileged roles
         sysid = "unknown"
     name = conn.execute(text("SELECT current_database()")).scalar_one()

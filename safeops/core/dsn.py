@@ -276,4 +276,3 @@ def remember(engine: Any, dsn: ParsedDsn) -> None:
 
 def parsed_for(engine: Any) -> ParsedDsn | None:
     return _BY_ENGINE.get(engine)
-

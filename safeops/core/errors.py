@@ -87,6 +87,7 @@ class ApprovalTimedOut(ApprovalDenied):
 
 # --- signed approvals (safeops.core.signing) ---------------------------------
 
+
 class SigningUnavailable(BadInput):
     """No usable signing key: nothing was signed (no key, no agent, locked key)."""
 
@@ -192,16 +193,21 @@ def _loaded_types(*names: str) -> tuple[type[BaseException], ...]:
 
 
 # What a retry can fix: the connection or the endpoint went away, or a lock was busy.
-TRANSIENT_TYPES = ("psycopg.OperationalError", "psycopg.InterfaceError",
-                   "psycopg.errors.LockNotAvailable",
-                   "botocore.exceptions.EndpointConnectionError",
-                   "botocore.exceptions.ConnectionClosedError",
-                   "botocore.exceptions.ReadTimeoutError",
-                   "botocore.exceptions.ConnectTimeoutError")
+TRANSIENT_TYPES = (
+    "psycopg.OperationalError",
+    "psycopg.InterfaceError",
+    "psycopg.errors.LockNotAvailable",
+    "botocore.exceptions.EndpointConnectionError",
+    "botocore.exceptions.ConnectionClosedError",
+    "botocore.exceptions.ReadTimeoutError",
+    "botocore.exceptions.ConnectTimeoutError",
+)
 # Prefect's own refusals of what a caller passed: bad input, exit 2.
-BAD_INPUT_TYPES = ("prefect.exceptions.ParameterTypeError",
-                   "prefect.exceptions.SignatureMismatchError",
-                   "pydantic_core._pydantic_core.ValidationError")
+BAD_INPUT_TYPES = (
+    "prefect.exceptions.ParameterTypeError",
+    "prefect.exceptions.SignatureMismatchError",
+    "pydantic_core._pydantic_core.ValidationError",
+)
 TIMEOUT_TYPES = ("prefect.exceptions.FlowPauseTimeout",)
 
 

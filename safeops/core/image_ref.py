@@ -54,41 +54,59 @@ UtcTimestamp = Annotated[
     datetime,
     AfterValidator(_require_utc),
     PlainSerializer(utc_iso, return_type=str),
-    WithJsonSchema({"type": "string", "format": "date-time", "pattern": UTC_PATTERN,
-                    "description": "UTC ISO 8601, e.g. 2026-11-22T00:48:31Z."}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": UTC_PATTERN,
+            "description": "UTC ISO 8601, e.g. 2026-11-22T00:48:31Z.",
+        }
+    ),
 ]
 
 
 class ImageRef(BaseModel):
     """One product image stored in the media bucket under a timestamp+UUID key."""
 
-    model_config = ConfigDict(extra="forbid", title="ImageRef",
-                              field_title_generator=lambda name, _info: name)
+    model_config = ConfigDict(
+        extra="forbid", title="ImageRef", field_title_generator=lambda name, _info: name
+    )
 
-    key: str = Field(pattern=KEY_PATTERN, description=(
-        "Object key: products/<product_id>/<UTC yyyymmddTHHMMSSZ>-<uuid4><ext>, "
-        "extension lower-case. Never reused, never overwritten."))
+    key: str = Field(
+        pattern=KEY_PATTERN,
+        description=(
+            "Object key: products/<product_id>/<UTC yyyymmddTHHMMSSZ>-<uuid4><ext>, "
+            "extension lower-case. Never reused, never overwritten."
+        ),
+    )
     bucket: str = Field(min_length=3, max_length=63, description="Bucket holding the object.")
-    url: str = Field(min_length=1, description=(
-        "Public URL: the configured file URL + '/' + the key, each path segment "
-        "percent-encoded."))
+    url: str = Field(
+        min_length=1,
+        description=(
+            "Public URL: the configured file URL + '/' + the key, each path segment "
+            "percent-encoded."
+        ),
+    )
     rank: int = Field(ge=0, description="Display order; refs are sorted by it.")
     contentType: str = Field(min_length=1, description="MIME type of the object.")
     size: int = Field(ge=0, description="Object size in bytes.")
     etag: str = Field(min_length=1, description="The object's ETag, without quotes.")
     alt: str | None = Field(description="Alt text (from the source image's metadata.alt).")
-    sourceImageId: str | None = Field(description=(
-        "Medusa image id this ref was migrated from; null for a new upload."))
-    sourceUrl: str | None = Field(description=(
-        "The source image's URL (migrations) or null (uploads)."))
+    sourceImageId: str | None = Field(
+        description=("Medusa image id this ref was migrated from; null for a new upload.")
+    )
+    sourceUrl: str | None = Field(
+        description=("The source image's URL (migrations) or null (uploads).")
+    )
     createdAt: UtcTimestamp = Field(description="When the object was written (UTC).")
 
 
 class MediaRefs(BaseModel):
     """``product.metadata.media``: versioned list of ImageRefs ordered by rank."""
 
-    model_config = ConfigDict(extra="forbid", title="MediaRefs",
-                              field_title_generator=lambda name, _info: name)
+    model_config = ConfigDict(
+        extra="forbid", title="MediaRefs", field_title_generator=lambda name, _info: name
+    )
 
     version: Literal[1] = Field(description="Format version of metadata.media.")
     refs: list[ImageRef] = Field(description="The product's images, ordered by rank.")
@@ -113,10 +131,16 @@ def json_schema() -> dict[str, Any]:
     media = MediaRefs.model_json_schema(mode="serialization")
     media.pop("$defs", None)
     media["properties"]["refs"]["items"] = {"$ref": "#"}
-    media["description"] = ("product.metadata.media: {\"version\": 1, \"refs\": [ImageRef]}, "
-                            "refs ordered by rank. Other metadata keys are not part of it.")
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-            **ref_schema, "$defs": {"MediaRefs": media}}
+    media["description"] = (
+        'product.metadata.media: {"version": 1, "refs": [ImageRef]}, '
+        "refs ordered by rank. Other metadata keys are not part of it."
+    )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        **ref_schema,
+        "$defs": {"MediaRefs": media},
+    }
 
 
 def schema_text() -> str:

@@ -16,8 +16,9 @@ def plan_hash_of(parts: dict[str, Any], *, database: str) -> str:
     written before plans were bound (digest versions 1 and 2), whose recorded hashes
     must keep verifying."""
     bound = {**parts, "database": database} if database else parts
-    return hashlib.sha256(json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
-                          ).hexdigest()
+    return hashlib.sha256(
+        json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 class TableDiff(BaseModel):
@@ -37,9 +38,11 @@ class TableDiff(BaseModel):
 
     def describe(self) -> str:
         parts = []
-        for label, n, ids in (("missing from the database", self.missing, self.first_missing),
-                              ("added since the snapshot", self.extra, self.first_extra),
-                              ("changed since the snapshot", self.changed, self.first_changed)):
+        for label, n, ids in (
+            ("missing from the database", self.missing, self.first_missing),
+            ("added since the snapshot", self.extra, self.first_extra),
+            ("changed since the snapshot", self.changed, self.first_changed),
+        ):
             if n:
                 parts.append(f"{n} {label} ({', '.join(ids)}{', …' if n > len(ids) else ''})")
         return f"{self.table}: " + "; ".join(parts)

@@ -28,21 +28,30 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SAFEOPS_", extra="ignore")
 
-    snapshot_uri: str = Field("./exports", description="Where snapshots go: a folder or "
-                                                       "s3://bucket/prefix.")
-    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint (MinIO); AWS "
-                                                          "when unset.")
+    snapshot_uri: str = Field(
+        "./exports", description="Where snapshots go: a folder or s3://bucket/prefix."
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 API endpoint (MinIO); AWS when unset."
+    )
     approvers: Annotated[frozenset[str] | None, NoDecode] = Field(
-        None, description="Comma list of people allowed to approve; anyone when unset.")
+        None, description="Comma list of people allowed to approve; anyone when unset."
+    )
     media_bucket: str | None = Field(None, description="Bucket holding Medusa's product files.")
-    media_file_url: str | None = Field(None, description="Medusa's file_url: image URLs start "
-                                                         "with it.")
-    media_copy_workers: int = Field(16, ge=1, le=128, description="Concurrent S3 requests of "
-                                    "an ImageRef migration (HEAD, LIST, copy).")
+    media_file_url: str | None = Field(
+        None, description="Medusa's file_url: image URLs start with it."
+    )
+    media_copy_workers: int = Field(
+        16,
+        ge=1,
+        le=128,
+        description="Concurrent S3 requests of an ImageRef migration (HEAD, LIST, copy).",
+    )
     lock_timeout_s: float = Field(30.0, description="How long an apply waits for its locks.")
     approval_poll_s: int = Field(2, description="How often a paused run checks for an answer.")
-    retry_delay_s: float = Field(1.0, ge=0, description="First retry delay of transient "
-                                                        "faults (then 3x and 9x).")
+    retry_delay_s: float = Field(
+        1.0, ge=0, description="First retry delay of transient faults (then 3x and 9x)."
+    )
 
     @field_validator("approvers", mode="before")
     @classmethod
@@ -57,8 +66,9 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Cached per state of the ``SAFEOPS_*`` environment: workers and tests change the
     environment between runs, and a stale setting must never outlive its variable."""
-    return _settings_for(tuple(sorted((k, v) for k, v in os.environ.items()
-                                      if k.startswith("SAFEOPS_"))))
+    return _settings_for(
+        tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("SAFEOPS_")))
+    )
 
 
 @functools.lru_cache(maxsize=8)

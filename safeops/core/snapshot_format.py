@@ -80,7 +80,7 @@ def split_lines(chunks: Iterator[bytes], max_line: int = MAX_LINE_BYTES) -> Iter
         if held:
             if held_len + end > max_line:
                 raise LineTooLong(number + 1, max_line)
-            held.append(chunk[:end + 1])
+            held.append(chunk[: end + 1])
             number += 1
             yield b"".join(held)
             held, held_len, start = [], 0, end + 1
@@ -90,7 +90,7 @@ def split_lines(chunks: Iterator[bytes], max_line: int = MAX_LINE_BYTES) -> Iter
             number += 1
             if check and end - start > max_line:
                 raise LineTooLong(number, max_line)
-            yield chunk[start:end + 1]
+            yield chunk[start : end + 1]
             start = end + 1
             end = chunk.find(b"\n", start)
         if start < len(chunk):

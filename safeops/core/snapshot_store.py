@@ -47,8 +47,11 @@ def unwritable(folder: str | Path, exc: OSError) -> UnwritableLocation:
     """The refusal for an OSError met while preparing ``folder``: one line, no Errno."""
     reason = exc.strerror or type(exc).__name__
     code = errno.errorcode.get(exc.errno or 0, "")
-    return UnwritableLocation(f"Cannot write snapshots to {folder}: {reason.lower()}"
-                              + (f" ({code})" if code else "") + "; nothing changed.")
+    return UnwritableLocation(
+        f"Cannot write snapshots to {folder}: {reason.lower()}"
+        + (f" ({code})" if code else "")
+        + "; nothing changed."
+    )
 
 
 @contextmanager
@@ -129,9 +132,12 @@ def s3_client(max_pool_connections: int = 10) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
-        config=Config(connect_timeout=5, read_timeout=60,
-                      retries={"max_attempts": 2, "mode": "standard"},
-                      max_pool_connections=max_pool_connections),
+        config=Config(
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"max_attempts": 2, "mode": "standard"},
+            max_pool_connections=max_pool_connections,
+        ),
     )
 
 
@@ -152,7 +158,8 @@ def s3_errors(what: str) -> Iterator[None]:
         raise
     except EndpointConnectionError as exc:
         raise StoreUnavailable(
-            f"S3 endpoint {_endpoint()} unreachable while {what}: {exc}") from None
+            f"S3 endpoint {_endpoint()} unreachable while {what}: {exc}"
+        ) from None
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchBucket",):
@@ -228,8 +235,12 @@ def _copy_to_new_name(part: Path, target: Path) -> bool:
     except FileExistsError:
         return False
     with open(part, "rb") as src:
-        _fill(fd, target, lambda out: copy_file(src.fileno(), out, os.fstat(src.fileno()).st_size),
-              durable=True)
+        _fill(
+            fd,
+            target,
+            lambda out: copy_file(src.fileno(), out, os.fstat(src.fileno()).st_size),
+            durable=True,
+        )
     return True
 
 
@@ -290,15 +301,18 @@ def _publish_to_s3(parts: SnapshotParts, location: Location, base_name: str) -> 
     parts as it is sent, never joined into a local copy first."""
     client = s3_client()
     size = len(parts.header) + parts.body.stat().st_size + len(parts.trailer)
-    with open(parts.body, "rb") as body, \
-            s3_errors(f"writing to s3://{location.root}/{location.prefix}"):
+    with (
+        open(parts.body, "rb") as body,
+        s3_errors(f"writing to s3://{location.root}/{location.prefix}"),
+    ):
         for name in _free_names(base_name):
             key = f"{location.prefix}/{name}" if location.prefix else name
             if _s3_exists(client, location.root, key):
                 continue
             if size <= S3_PART:
-                written = _s3_put_new(client, location.root, key,
-                                      _Joined(parts, body, 0, size), size)
+                written = _s3_put_new(
+                    client, location.root, key, _Joined(parts, body, 0, size), size
+                )
             else:
                 written = _s3_multipart_new(client, location.root, key, parts, body, size)
             if written:
@@ -318,15 +332,20 @@ _NAME_TAKEN = {"PreconditionFailed", "ConditionalRequestConflict"}
 def _name_taken(exc: Exception) -> bool:
     from botocore.exceptions import ClientError
 
-    return (isinstance(exc, ClientError)
-            and exc.response.get("Error", {}).get("Code") in _NAME_TAKEN)
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in _NAME_TAKEN
 
 
 def _s3_put_new(client: Any, bucket: str, key: str, body: _Joined, size: int) -> bool:
     """One create-only PUT; False when the key already exists."""
     try:
-        client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=size,
-                          ContentType="application/json", IfNoneMatch="*")
+        client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=body,
+            ContentLength=size,
+            ContentType="application/json",
+            IfNoneMatch="*",
+        )
     except Exception as exc:
         if _name_taken(exc):
             return False
@@ -334,25 +353,37 @@ def _s3_put_new(client: Any, bucket: str, key: str, body: _Joined, size: int) ->
     return True
 
 
-def _s3_multipart_new(client: Any, bucket: str, key: str, parts: SnapshotParts,
-                      body: Any, size: int) -> bool:
+def _s3_multipart_new(
+    client: Any, bucket: str, key: str, parts: SnapshotParts, body: Any, size: int
+) -> bool:
     """A multipart upload whose completion is create-only (CompleteMultipartUpload
     takes ``IfNoneMatch`` too); False when the key exists by then. Parts go one
     at a time, each streamed from the parts; any failure aborts the upload so
     no invisible parts are left billed in the bucket."""
     part_size = max(S3_PART, -(-size // S3_MAX_PARTS))
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key,
-                                            ContentType="application/json")["UploadId"]
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key, ContentType="application/json")[
+        "UploadId"
+    ]
     try:
         done = []
         for number, start in enumerate(range(0, size, part_size), start=1):
             length = min(part_size, size - start)
-            etag = client.upload_part(Bucket=bucket, Key=key, UploadId=upload,
-                                      PartNumber=number, ContentLength=length,
-                                      Body=_Joined(parts, body, start, length))["ETag"]
+            etag = client.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload,
+                PartNumber=number,
+                ContentLength=length,
+                Body=_Joined(parts, body, start, length),
+            )["ETag"]
             done.append({"PartNumber": number, "ETag": etag})
-        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
-                                         MultipartUpload={"Parts": done}, IfNoneMatch="*")
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload,
+            MultipartUpload={"Parts": done},
+            IfNoneMatch="*",
+        )
     except BaseException as exc:
         with suppress(Exception):  # best effort: the original error is the one to report
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
@@ -396,16 +427,17 @@ class _Joined(io.RawIOBase):
             return 0
         header = len(self._header)
         if self._pos < header:
-            chunk = self._header[self._pos:self._pos + want]
+            chunk = self._header[self._pos : self._pos + want]
         elif self._pos < self._body_end:
-            chunk = os.pread(self._body_fd, min(want, self._body_end - self._pos),
-                             self._pos - header)
+            chunk = os.pread(
+                self._body_fd, min(want, self._body_end - self._pos), self._pos - header
+            )
             if not chunk:
                 raise SafeopsError("The snapshot body shrank while it was uploaded.")
         else:
             offset = self._pos - self._body_end
-            chunk = self._trailer[offset:offset + want]
-        memoryview(buffer)[:len(chunk)] = chunk
+            chunk = self._trailer[offset : offset + want]
+        memoryview(buffer)[: len(chunk)] = chunk
         self._pos += len(chunk)
         return len(chunk)
 
@@ -462,24 +494,33 @@ def list_snapshots(location: Location, kind_prefix: str) -> list[str]:
         folder = Path(location.root)
         if not folder.is_dir():
             return []
-        names = sorted(p.name for p in folder.iterdir()
-                       if p.name.startswith(kind_prefix) and SNAPSHOT_NAME.match(p.name))
+        names = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.name.startswith(kind_prefix) and SNAPSHOT_NAME.match(p.name)
+        )
         return [location.uri_for(n) for n in names]
     client = s3_client()
     prefix = f"{location.prefix}/{kind_prefix}" if location.prefix else kind_prefix
     keys: list[str] = []
     with s3_errors(f"listing s3://{location.root}/{prefix}"):
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.root,
-                                                                      Prefix=prefix):
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=location.root, Prefix=prefix
+        ):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
-    return [f"s3://{location.root}/{k}" for k in sorted(keys)
-            if SNAPSHOT_NAME.match(k.rpartition("/")[2])]
+    return [
+        f"s3://{location.root}/{k}"
+        for k in sorted(keys)
+        if SNAPSHOT_NAME.match(k.rpartition("/")[2])
+    ]
 
 
 # What a crashed run leaves in a folder store: the writer's spool and the assembled
 # file, both hidden until published (see snapshot_writer.SnapshotWriter, _assemble).
-LEFTOVER_PART = re.compile(r"^\.safeops-[^/]*\.body\.part$"
-                           r"|^\.[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json\.[0-9a-f]+\.part$")
+LEFTOVER_PART = re.compile(
+    r"^\.safeops-[^/]*\.body\.part$"
+    r"|^\.[a-z0-9][a-z0-9-]*-\d{8}T\d{6}Z(-\d+)?\.json\.[0-9a-f]+\.part$"
+)
 
 
 def remove_leftover_parts(location: Location, older_than_s: float = 86400.0) -> list[str]:

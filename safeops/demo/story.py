@@ -27,10 +27,16 @@ class DemoApprover(Decider):
         super().__init__(yes=True, reason="safeops demo")
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        console.print(f"[yellow]approval requested[/yellow] — the demo approves as 'demo', "
-                      f"typing {request['expected_confirmation']!r}")
-        return {"approver": "demo", "reason": "safeops demo",
-                "confirmation": request["expected_confirmation"], "decision": "approve"}
+        console.print(
+            f"[yellow]approval requested[/yellow] — the demo approves as 'demo', "
+            f"typing {request['expected_confirmation']!r}"
+        )
+        return {
+            "approver": "demo",
+            "reason": "safeops demo",
+            "confirmation": request["expected_confirmation"],
+            "decision": "approve",
+        }
 
 
 def admin_url() -> str:
@@ -97,49 +103,72 @@ def run_demo() -> None:
     ref = run_flow(snapshot_product_media, {"target": "demo-medusa"}, None)
     console.print(", ".join(f"{k}={v}" for k, v in ref.totals.items()))
     step("2. Verify the snapshot (format, checksum, totals, source, live ids)")
-    report = run_flow(verify_product_media_snapshot, {"snapshot_uri": ref.uri,
-                                                      "target": "demo-medusa"}, None)
+    report = run_flow(
+        verify_product_media_snapshot, {"snapshot_uri": ref.uri, "target": "demo-medusa"}, None
+    )
     console.print("; ".join(f"{c.name}: ok" for c in report.checks))
     step("3. Dry run of the purge (changes nothing)")
     dry = run_flow(purge_product_media, {"target": "demo-medusa"}, None)
     step("4. Live purge, approved by the demo")
-    live = run_flow(purge_product_media, {"target": "demo-medusa", "dry_run": False}, approver,
-                    show_plan=False)
+    live = run_flow(
+        purge_product_media, {"target": "demo-medusa", "dry_run": False}, approver, show_plan=False
+    )
     console.print(f"applied: {live.applied}")
     step("5. Verify: a fresh snapshot holds zero images and thumbnails")
     console.print(f"after: {live.after_totals} ({live.after_snapshot_uri})")
     step("6. Restore from the purge's snapshot, approved by the demo")
-    restored = run_flow(restore_product_media, {"snapshot_uri": live.snapshot_uri,
-                                                "target": "demo-medusa", "dry_run": False},
-                        approver, show_plan=False)
+    restored = run_flow(
+        restore_product_media,
+        {"snapshot_uri": live.snapshot_uri, "target": "demo-medusa", "dry_run": False},
+        approver,
+        show_plan=False,
+    )
     console.print(f"restored: {restored.applied}")
     step("7. Verify the original snapshot against the restored catalog")
-    report = run_flow(verify_product_media_snapshot, {"snapshot_uri": live.snapshot_uri,
-                                                      "target": "demo-medusa"}, None)
+    report = run_flow(
+        verify_product_media_snapshot,
+        {"snapshot_uri": live.snapshot_uri, "target": "demo-medusa"},
+        None,
+    )
     console.print("; ".join(f"{c.name}: ok" for c in report.checks))
 
     step("8. Site reset: an empty site may be reset")
-    verdict = run_flow(check_site_reset, {"site_id": sites["empty-site"],
-                                          "target": "demo-cms"}, None)
+    verdict = run_flow(
+        check_site_reset, {"site_id": sites["empty-site"], "target": "demo-cms"}, None
+    )
     console.print(verdict["reason"])
-    reset = run_flow(reset_site_structure, {"site_id": sites["empty-site"], "target": "demo-cms",
-                                            "dry_run": False}, approver, show_plan=False)
+    reset = run_flow(
+        reset_site_structure,
+        {"site_id": sites["empty-site"], "target": "demo-cms", "dry_run": False},
+        approver,
+        show_plan=False,
+    )
     console.print("deleted: " + ", ".join(f"{k}={v}" for k, v in reset.applied.items()))
     step("9. Site reset: a site with published posts is refused")
     try:
-        run_flow(reset_site_structure, {"site_id": sites["gazette"], "target": "demo-cms",
-                                        "dry_run": False}, approver)
+        run_flow(
+            reset_site_structure,
+            {"site_id": sites["gazette"], "target": "demo-cms", "dry_run": False},
+            approver,
+        )
     except ResetNotAllowed as exc:
         console.print(f"refused: {exc}")
     step("10. Undo the reset from its snapshot")
-    undo = run_flow(restore_site_structure, {"snapshot_uri": reset.snapshot_uri,
-                                             "target": "demo-cms", "dry_run": False}, approver,
-                    show_plan=False)
+    undo = run_flow(
+        restore_site_structure,
+        {"snapshot_uri": reset.snapshot_uri, "target": "demo-cms", "dry_run": False},
+        approver,
+        show_plan=False,
+    )
     console.print("restored: " + ", ".join(f"{k}={v}" for k, v in undo.applied.items() if v))
 
     step("Summary")
-    console.print(f"Media: {dry.plan.counts['images']} images purged and restored "
-                  f"(plan {dry.plan.plan_hash[:16]}…).")
+    console.print(
+        f"Media: {dry.plan.counts['images']} images purged and restored "
+        f"(plan {dry.plan.plan_hash[:16]}…)."
+    )
     console.print("Site 'empty-site' reset and restored; 'gazette' refused.")
-    console.print(f"Snapshots are in {Path(os.environ.get('SAFEOPS_SNAPSHOT_URI', './exports'))}"
-                  f" — e.g. {live.snapshot_uri}")
+    console.print(
+        f"Snapshots are in {Path(os.environ.get('SAFEOPS_SNAPSHOT_URI', './exports'))}"
+        f" — e.g. {live.snapshot_uri}"
+    )

@@ -38,13 +38,18 @@ def counts_table(plan: Plan, applied: dict[str, int] | None, key: str) -> None:
 def summary_markdown(result: RunResult, key: str) -> None:
     if not _in_run():
         return
-    lines = [f"# {result.flow} on `{result.target}`", "",
-             f"- mode: **{'dry run (nothing changed)' if result.dry_run else 'live'}**",
-             f"- plan hash: `{result.plan.plan_hash}`",
-             f"- snapshot: `{result.snapshot_uri}`"]
+    lines = [
+        f"# {result.flow} on `{result.target}`",
+        "",
+        f"- mode: **{'dry run (nothing changed)' if result.dry_run else 'live'}**",
+        f"- plan hash: `{result.plan.plan_hash}`",
+        f"- snapshot: `{result.snapshot_uri}`",
+    ]
     if result.approval:
-        lines.append(f"- approved by **{result.approval.approver}** via {result.approval.via}: "
-                     f"{result.approval.reason}")
+        lines.append(
+            f"- approved by **{result.approval.approver}** via {result.approval.via}: "
+            f"{result.approval.reason}"
+        )
         lines.append(f"- identity: {result.approval.identity}")
         for vote in result.approval.signatures:
             lines.append(f"  - signed by {vote.principal} with {vote.fingerprint}")
@@ -87,16 +92,16 @@ class Progress:
         self._id: UUID | None = None
         self._last = 0.0
         if _in_run():
-            self._id = cast(UUID, create_progress_artifact(0.0, key=key,
-                                                           description=description))
+            self._id = cast(UUID, create_progress_artifact(0.0, key=key, description=description))
 
     def update(self, done: int, force: bool = False) -> None:
         now = time.monotonic()
         if not (force or now - self._last >= 1.0):
             return
         self._last = now
-        events.emit("progress", key=self.key, description=self.description, done=done,
-                    total=self.total)
+        events.emit(
+            "progress", key=self.key, description=self.description, done=done, total=self.total
+        )
         if self._id is not None:
             update_progress_artifact(self._id, min(100.0, 100.0 * done / self.total))
 
@@ -109,8 +114,9 @@ class Progress:
 def verify_table(report: VerifyReport, key: str) -> None:
     if not _in_run():
         return
-    rows = [{"check": c.name, "ok": "yes" if c.ok else "NO", "detail": c.detail}
-            for c in report.checks]
+    rows = [
+        {"check": c.name, "ok": "yes" if c.ok else "NO", "detail": c.detail} for c in report.checks
+    ]
     create_table_artifact(rows, key=key, description=f"verification of {report.uri}")
 
 

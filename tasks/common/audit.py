@@ -54,30 +54,55 @@ def _audit_table_exists(conn: Connection) -> bool:
     """Both of safeops' own tables (audit rows, snapshot register), the audit table with
     its latest column (``signatures``): the DDL creates each idempotently and brings an
     older audit table up to date with its ALTER, under the same lock."""
-    return bool(conn.execute(text("""
+    return bool(
+        conn.execute(
+            text("""
         SELECT to_regclass('safeops.safeops_snapshots') IS NOT NULL
            AND EXISTS (SELECT 1 FROM pg_attribute
                        WHERE attrelid = to_regclass('safeops.safeops_audit')
-                         AND attname = 'signatures' AND NOT attisdropped)""")).scalar_one())
+                         AND attname = 'signatures' AND NOT attisdropped)""")
+        ).scalar_one()
+    )
 
 
-def write_audit(conn: Connection, *, flow_run_id: UUID | None, flow_name: str, target: str,
-                plan_hash: str, approval: Approval, counts: dict[str, Any],
-                snapshot_uri: str | None, started_at: datetime | None) -> int:
+def write_audit(
+    conn: Connection,
+    *,
+    flow_run_id: UUID | None,
+    flow_name: str,
+    target: str,
+    plan_hash: str,
+    approval: Approval,
+    counts: dict[str, Any],
+    snapshot_uri: str | None,
+    started_at: datetime | None,
+) -> int:
     ensure_audit_table(conn)
-    return int(conn.execute(text("""
+    return int(
+        conn.execute(
+            text("""
         INSERT INTO safeops.safeops_audit
             (flow_run_id, flow_name, target, plan_hash, approver, reason, approved_via,
              counts, snapshot_uri, started_at, identity, signatures)
         VALUES (:run, :flow, :target, :hash, :approver, :reason, :via,
                 CAST(:counts AS jsonb), :uri, :started, :identity, CAST(:signatures AS jsonb))
-        RETURNING id"""), {
-        "run": flow_run_id, "flow": flow_name, "target": target, "hash": plan_hash,
-        "approver": approval.approver, "reason": approval.reason, "via": approval.via,
-        "counts": json.dumps(counts), "uri": snapshot_uri, "started": started_at,
-        "identity": approval.identity,
-        "signatures": json.dumps([v.model_dump() for v in approval.signatures]),
-    }).scalar_one())
+        RETURNING id"""),
+            {
+                "run": flow_run_id,
+                "flow": flow_name,
+                "target": target,
+                "hash": plan_hash,
+                "approver": approval.approver,
+                "reason": approval.reason,
+                "via": approval.via,
+                "counts": json.dumps(counts),
+                "uri": snapshot_uri,
+                "started": started_at,
+                "identity": approval.identity,
+                "signatures": json.dumps([v.model_dump() for v in approval.signatures]),
+            },
+        ).scalar_one()
+    )
 
 
 @dataclass(frozen=True)
@@ -99,24 +124,41 @@ def audit_rows(conn: Connection) -> list[AuditRow]:
         return []
     has_signatures = _audit_table_exists(conn)
     extra = "identity, signatures" if has_signatures else "'unverified', '[]'::jsonb"
-    rows = conn.execute(text(f"""
+    rows = conn.execute(
+        text(f"""
         SELECT id, flow_run_id, flow_name, plan_hash, approver, approved_via, {extra},
                applied_at
-        FROM safeops.safeops_audit ORDER BY id""")).all()
-    return [AuditRow(int(r[0]), str(r[1]) if r[1] else None, str(r[2]), str(r[3]), str(r[4]),
-                     str(r[5]), str(r[6]), list(r[7] or []), r[8]) for r in rows]
+        FROM safeops.safeops_audit ORDER BY id""")
+    ).all()
+    return [
+        AuditRow(
+            int(r[0]),
+            str(r[1]) if r[1] else None,
+            str(r[2]),
+            str(r[3]),
+            str(r[4]),
+            str(r[5]),
+            str(r[6]),
+            list(r[7] or []),
+            r[8],
+        )
+        for r in rows
+    ]
 
 
-def applied_counts(conn: Connection, flow_run_id: UUID | None, flow_name: str,
-                   plan_hash: str) -> dict[str, int] | None:
+def applied_counts(
+    conn: Connection, flow_run_id: UUID | None, flow_name: str, plan_hash: str
+) -> dict[str, int] | None:
     """Counts of an apply this flow run already committed (a retry after a lost ack)."""
     if flow_run_id is None:
         return None
     ensure_audit_table(conn)
-    row = conn.execute(text("""
+    row = conn.execute(
+        text("""
         SELECT counts FROM safeops.safeops_audit
         WHERE flow_run_id = :run AND flow_name = :flow AND plan_hash = :hash
-        ORDER BY id DESC LIMIT 1"""), {"run": flow_run_id, "flow": flow_name, "hash": plan_hash}
+        ORDER BY id DESC LIMIT 1"""),
+        {"run": flow_run_id, "flow": flow_name, "hash": plan_hash},
     ).scalar_one_or_none()
     if row is None:
         return None
@@ -128,8 +170,9 @@ def applied_counts(conn: Connection, flow_run_id: UUID | None, flow_name: str,
     return dict(row)
 
 
-def recorded_for_snapshot(conn: Connection, flow_name: str, uri: str
-                          ) -> list[tuple[str, dict[str, Any]]]:
+def recorded_for_snapshot(
+    conn: Connection, flow_name: str, uri: str
+) -> list[tuple[str, dict[str, Any]]]:
     """(plan hash, counts) of the committed applies of ``flow_name`` whose undo point is this
     snapshot (matched by file name: names are unique in a store and survive a copy).
 
@@ -139,9 +182,12 @@ def recorded_for_snapshot(conn: Connection, flow_name: str, uri: str
     if conn.execute(text("SELECT to_regclass('safeops.safeops_audit')")).scalar_one() is None:
         return []
     name = uri.strip().rstrip("/").rsplit("/", 1)[-1]
-    rows = conn.execute(text("""
+    rows = conn.execute(
+        text("""
         SELECT plan_hash, counts FROM safeops.safeops_audit
         WHERE flow_name = :flow AND (snapshot_uri = :name
               OR right(snapshot_uri, length(:name) + 1) = '/' || :name)
-        ORDER BY id"""), {"flow": flow_name, "name": name}).all()
+        ORDER BY id"""),
+        {"flow": flow_name, "name": name},
+    ).all()
     return [(str(plan_hash), dict(counts or {})) for plan_hash, counts in rows]

@@ -61,14 +61,20 @@ class DestructiveRun:
     approved_plan_signature: str | None = None
     target_fingerprint: str | None = None
 
-    def planned(self, plan: Plan, snapshot_uri: str | None, *, nothing_to_do: bool,
-                nothing_message: str) -> bool:
+    def planned(
+        self, plan: Plan, snapshot_uri: str | None, *, nothing_to_do: bool, nothing_message: str
+    ) -> bool:
         """Show the plan, refuse a saved plan that differs; True when the run stops here
         (a dry run, or nothing to do), with its reports published."""
         events.emit("plan", plan=plan)
         check_saved_plan(plan, self.approved_plan_hash)
-        self.result = RunResult(flow=self.flow, target=plan.target, dry_run=self.dry_run,
-                                snapshot_uri=snapshot_uri, plan=plan)
+        self.result = RunResult(
+            flow=self.flow,
+            target=plan.target,
+            dry_run=self.dry_run,
+            snapshot_uri=snapshot_uri,
+            plan=plan,
+        )
         if nothing_to_do:
             self.result.message = nothing_message
         if self.dry_run or nothing_to_do:
@@ -80,12 +86,18 @@ class DestructiveRun:
         """The human step: the pause (or the saved plan that stands in for it)."""
         result = self.require_result()
         result.approval = request_approval(
-            result.plan, expected_confirmation=confirmation, what=what,
-            snapshot_uri=result.snapshot_uri, timeout_s=self.approval_timeout_s,
-            approved_plan_hash=self.approved_plan_hash, approved_by=self.approved_by,
-            approved_plan_signature=self.approved_plan_signature, flow=self.flow,
-            target_fingerprint=self.fingerprint(), target_description=describe_target(
-                self.target))
+            result.plan,
+            expected_confirmation=confirmation,
+            what=what,
+            snapshot_uri=result.snapshot_uri,
+            timeout_s=self.approval_timeout_s,
+            approved_plan_hash=self.approved_plan_hash,
+            approved_by=self.approved_by,
+            approved_plan_signature=self.approved_plan_signature,
+            flow=self.flow,
+            target_fingerprint=self.fingerprint(),
+            target_description=describe_target(self.target),
+        )
         return result.approval
 
     def fingerprint(self) -> str | None:
@@ -110,8 +122,9 @@ class DestructiveRun:
     def approval(self) -> Approval:
         approval = self.require_result().approval
         if approval is None:
-            raise SafeopsError("Internal error: apply reached without an approval; "
-                               "nothing changed.")
+            raise SafeopsError(
+                "Internal error: apply reached without an approval; nothing changed."
+            )
         return approval
 
     def applied(self, counts: dict[str, int]) -> None:
@@ -142,18 +155,32 @@ class DestructiveRun:
 
 
 @contextmanager
-def destructive_run(flow: str, target: str, *, dry_run: bool, approved_plan_hash: str | None,
-                    approved_by: str | None, approval_timeout_s: int, artifacts: str,
-                    scope: tuple[str, ...] = (), report_counts: Reporter | None = None,
-                    approved_plan_signature: str | None = None,
-                    ) -> Iterator[DestructiveRun]:
+def destructive_run(
+    flow: str,
+    target: str,
+    *,
+    dry_run: bool,
+    approved_plan_hash: str | None,
+    approved_by: str | None,
+    approval_timeout_s: int,
+    artifacts: str,
+    scope: tuple[str, ...] = (),
+    report_counts: Reporter | None = None,
+    approved_plan_signature: str | None = None,
+) -> Iterator[DestructiveRun]:
     """Validate the target, hold its slot for a live run (approval included), yield the run."""
     validate_target(target)
-    run = DestructiveRun(flow=flow, target=target, dry_run=dry_run,
-                         approved_plan_hash=approved_plan_hash, approved_by=approved_by,
-                         approval_timeout_s=approval_timeout_s, artifacts=artifacts,
-                         report_counts=report_counts,
-                         approved_plan_signature=approved_plan_signature)
+    run = DestructiveRun(
+        flow=flow,
+        target=target,
+        dry_run=dry_run,
+        approved_plan_hash=approved_plan_hash,
+        approved_by=approved_by,
+        approval_timeout_s=approval_timeout_s,
+        artifacts=artifacts,
+        report_counts=report_counts,
+        approved_plan_signature=approved_plan_signature,
+    )
     with one_at_a_time(target, *scope, enabled=not dry_run):
         yield run
 

@@ -15,16 +15,18 @@ def refuse_if_plan_moved(plan: Plan, approved_plan_hash: str, since: str) -> Non
     if plan.plan_hash != approved_plan_hash:
         now = ", ".join(f"{k}={v}" for k, v in plan.counts.items() if v)
         approved, current = tell_apart(approved_plan_hash, plan.plan_hash)
-        raise DriftDetected(f"Refused: {since} ({approved} → {current}; now "
-                            f"{now or 'nothing'}); nothing changed.")
+        raise DriftDetected(
+            f"Refused: {since} ({approved} → {current}; now {now or 'nothing'}); nothing changed."
+        )
 
 
 def require_as_planned(changed: dict[str, int], plan: Plan, verb: str) -> None:
     """Row counts of the statements must equal the plan, or the transaction rolls back."""
     expected = {k: plan.counts[k] for k in changed}
     if changed != expected:
-        raise SafeopsError(f"{verb} {changed} but the plan said {expected}; rolled back, "
-                           "nothing changed.")
+        raise SafeopsError(
+            f"{verb} {changed} but the plan said {expected}; rolled back, nothing changed."
+        )
 
 
 class FileCheck:
@@ -53,7 +55,8 @@ class FileCheck:
             raise SnapshotInvalid(
                 f"Snapshot {self.uri} failed the checksum check: the file hashes to "
                 f"{now}, the verified file to {verified} (changed since it was verified); "
-                "nothing changed.")
+                "nothing changed."
+            )
 
     def cancel(self) -> None:
         self._future.cancel()

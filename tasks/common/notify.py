@@ -52,16 +52,20 @@ def ui_link(flow_run_id: str | None) -> str | None:
 def approve_command(request: dict[str, Any]) -> str:
     """The exact command an approver runs (signed runs add their key by SAFEOPS_SIGNING_KEY
     or the agent, so the command is the same for everyone)."""
-    return (f"safeops approve {request.get('flowRunId', 'RUN_ID')} --confirm "
-            f"{shlex.quote(str(request.get('expectedConfirmation', '')))} "
-            f"--reason 'TICKET: why'")
+    return (
+        f"safeops approve {request.get('flowRunId', 'RUN_ID')} --confirm "
+        f"{shlex.quote(str(request.get('expectedConfirmation', '')))} "
+        f"--reason 'TICKET: why'"
+    )
 
 
 def message(event: str, request: dict[str, Any], detail: str = "") -> tuple[str, str]:
     """(subject, body): flow, target (masked), counts, plan hash, snapshot, deadline, link,
     and the approve command while an answer is still wanted."""
-    subject = (f"safeops: {request.get('flow', '?')} on {request.get('target', '?')} "
-               f"{EVENTS.get(event, event)}")
+    subject = (
+        f"safeops: {request.get('flow', '?')} on {request.get('target', '?')} "
+        f"{EVENTS.get(event, event)}"
+    )
     counts = ", ".join(f"{k}={v}" for k, v in (request.get("counts") or {}).items())
     lines = [
         subject,
@@ -79,8 +83,9 @@ def message(event: str, request: dict[str, Any], detail: str = "") -> tuple[str,
         lines.append(f"run: {link}")
     if event == "paused":
         lines.append(f"approve: {approve_command(request)}")
-        lines.append(f"reject:  safeops reject {request.get('flowRunId', 'RUN_ID')} "
-                     "--reason 'why not'")
+        lines.append(
+            f"reject:  safeops reject {request.get('flowRunId', 'RUN_ID')} --reason 'why not'"
+        )
     if detail:
         lines.append(detail)
     return subject, "\n".join(lines)
@@ -98,9 +103,13 @@ def notify_approvers(event: str, request: dict[str, Any], detail: str = "") -> b
         return True
     except Exception as exc:  # a courtesy: never fails, delays or approves a run
         text = _URL.sub("<url>", str(exc).strip().splitlines()[0] if str(exc).strip() else "")
-        _logger().warning("Approval notification (%s) through block %r failed: %s%s; the run "
-                          "goes on unchanged.", event, name, type(exc).__name__,
-                          f": {text[:200]}" if text else "")
+        _logger().warning(
+            "Approval notification (%s) through block %r failed: %s%s; the run goes on unchanged.",
+            event,
+            name,
+            type(exc).__name__,
+            f": {text[:200]}" if text else "",
+        )
         return False
 
 
@@ -113,9 +122,9 @@ def _load_block(name: str) -> Any:
 
     with get_client(sync_client=True) as client:
         docs = client.read_block_documents(include_secrets=False)
-    slugs = sorted({d.block_type.slug for d in docs
-                    if d.name == name and d.block_type is not None})
+    slugs = sorted({d.block_type.slug for d in docs if d.name == name and d.block_type is not None})
     if len(slugs) != 1:
-        raise LookupError(f"{len(slugs)} block types hold a block named {name!r}; "
-                          "write <block-type-slug>/<name>")
+        raise LookupError(
+            f"{len(slugs)} block types hold a block named {name!r}; write <block-type-slug>/<name>"
+        )
     return Block.load(f"{slugs[0]}/{name}", _sync=True)  # type: ignore[call-arg]

@@ -39,8 +39,9 @@ from safeops.core.snapshot_writer import SnapshotWriter
 from tasks.common.audit import ensure_audit_table
 from tasks.common.run_id import current_flow_run_id
 
-READ_ONLY_SQL = text("SELECT pg_is_in_recovery() "
-                     "OR current_setting('default_transaction_read_only') = 'on'")
+READ_ONLY_SQL = text(
+    "SELECT pg_is_in_recovery() OR current_setting('default_transaction_read_only') = 'on'"
+)
 
 
 def target_is_read_only(conn: Connection) -> bool:
@@ -48,31 +49,51 @@ def target_is_read_only(conn: Connection) -> bool:
     return bool(conn.execute(READ_ONLY_SQL).scalar_one())
 
 
-def record_snapshot(engine: Engine, *, kind: str, uri: str, writer: SnapshotWriter,
-                    totals: dict[str, Any], created_at: datetime, read_only: bool) -> bool:
+def record_snapshot(
+    engine: Engine,
+    *,
+    kind: str,
+    uri: str,
+    writer: SnapshotWriter,
+    totals: dict[str, Any],
+    created_at: datetime,
+    read_only: bool,
+) -> bool:
     """Register a published snapshot in its source database; False (and a notice) when
     that database takes no writes, so the snapshot stays untraced."""
     if not read_only:
         try:
             with transaction(engine) as conn:
                 ensure_audit_table(conn)
-                conn.execute(text("""
+                conn.execute(
+                    text("""
                     INSERT INTO safeops.safeops_snapshots
                         (kind, uri, summary_sha256, body_sha256, totals, flow_run_id,
                          created_at)
                     VALUES (:kind, :uri, :summary, :body, CAST(:totals AS jsonb), :run,
                             :created)"""),
-                    {"kind": kind, "uri": uri, "summary": writer.summary_sha256,
-                     "body": writer.sha256, "totals": json.dumps(totals),
-                     "run": current_flow_run_id(), "created": created_at})
+                    {
+                        "kind": kind,
+                        "uri": uri,
+                        "summary": writer.summary_sha256,
+                        "body": writer.sha256,
+                        "totals": json.dumps(totals),
+                        "run": current_flow_run_id(),
+                        "created": created_at,
+                    },
+                )
             return True
         except DBAPIError as exc:
-            if not isinstance(exc.orig, (psycopg.errors.ReadOnlySqlTransaction,
-                                         psycopg.errors.InsufficientPrivilege)):
+            if not isinstance(
+                exc.orig,
+                (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege),
+            ):
                 raise
-    notice = (f"snapshot {uri} is untraced: its source database takes no writes (a standby "
-              "or a read-only role), so it is not in the snapshot register; restoring it "
-              "needs --untraced")
+    notice = (
+        f"snapshot {uri} is untraced: its source database takes no writes (a standby "
+        "or a read-only role), so it is not in the snapshot register; restoring it "
+        "needs --untraced"
+    )
     events.emit("notice", text=notice)
     with contextlib.suppress(Exception):  # outside a run there is no run logger
         get_run_logger().warning(notice)
@@ -92,13 +113,20 @@ class Trace:
         if self.traced:
             return plan
         counts = {**plan.counts, "untraced_snapshot": 1}
-        return plan.model_copy(update={
-            "counts": counts,
-            "details": [*plan.details, "UNTRACED snapshot: not in this database's snapshot "
-                        f"register (summary sha256 {self.summary_sha256[:16]}…); restored on "
-                        "the operator's word (--untraced)"],
-            "plan_hash": plan_hash_of({"plan": plan.plan_hash, "untraced": True},
-                                      database=database)})
+        return plan.model_copy(
+            update={
+                "counts": counts,
+                "details": [
+                    *plan.details,
+                    "UNTRACED snapshot: not in this database's snapshot "
+                    f"register (summary sha256 {self.summary_sha256[:16]}…); restored on "
+                    "the operator's word (--untraced)",
+                ],
+                "plan_hash": plan_hash_of(
+                    {"plan": plan.plan_hash, "untraced": True}, database=database
+                ),
+            }
+        )
 
 
 # The undo points written before the register existed are traced by the audit row of
@@ -112,22 +140,32 @@ SELECT EXISTS (SELECT 1 FROM safeops.safeops_audit
 
 
 def _registered(conn: Connection, reader: SnapshotReader) -> bool:
-    if conn.execute(text("SELECT to_regclass('safeops.safeops_snapshots') IS NOT NULL")
-                    ).scalar_one() and conn.execute(
-            text("SELECT EXISTS (SELECT 1 FROM safeops.safeops_snapshots "
-                 "WHERE summary_sha256 = :digest)"),
-            {"digest": reader.summary_sha256}).scalar_one():
+    if (
+        conn.execute(
+            text("SELECT to_regclass('safeops.safeops_snapshots') IS NOT NULL")
+        ).scalar_one()
+        and conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM safeops.safeops_snapshots "
+                "WHERE summary_sha256 = :digest)"
+            ),
+            {"digest": reader.summary_sha256},
+        ).scalar_one()
+    ):
         return True
-    if not conn.execute(text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")
-                        ).scalar_one():
+    if not conn.execute(
+        text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")
+    ).scalar_one():
         return False
-    return bool(conn.execute(AUDITED_SQL, {
-        "body": reader.actual_sha256, "plan": str(reader.summary.get("planHash") or "")}
-    ).scalar_one())
+    return bool(
+        conn.execute(
+            AUDITED_SQL,
+            {"body": reader.actual_sha256, "plan": str(reader.summary.get("planHash") or "")},
+        ).scalar_one()
+    )
 
 
-def trace_of(conn: Connection, reader: SnapshotReader, uri: str, *,
-             allow_untraced: bool) -> Trace:
+def trace_of(conn: Connection, reader: SnapshotReader, uri: str, *, allow_untraced: bool) -> Trace:
     """Look the (already checksum-verified) file up in the register, or in the audit row
     of the apply that wrote it; refuse one found in neither unless ``allow_untraced``."""
     digest = reader.summary_sha256
@@ -137,5 +175,6 @@ def trace_of(conn: Connection, reader: SnapshotReader, uri: str, *,
             f"Refused: snapshot {uri} is not in this database's snapshot register (summary "
             f"sha256 {digest[:16]}…): a restore trusts only snapshots safeops wrote from this "
             "database; pass --untraced (allow_untraced) to restore it anyway, and the "
-            "approval and the audit row will say so; nothing changed.")
+            "approval and the audit row will say so; nothing changed."
+        )
     return Trace(traced=bool(registered), summary_sha256=digest)

@@ -21,19 +21,24 @@ AUDIT_PROTECTION_DAYS = 30
 def audited_snapshots(target: str, days: int = AUDIT_PROTECTION_DAYS) -> set[str]:
     """Snapshot URIs an apply referenced recently: undo points someone may still need."""
     with transaction(engine_for(target), read_only=True) as conn:
-        if not conn.execute(text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")
-                            ).scalar_one():
+        if not conn.execute(
+            text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")
+        ).scalar_one():
             return set()
-        rows = conn.execute(text(
-            "SELECT DISTINCT snapshot_uri FROM safeops.safeops_audit "
-            "WHERE snapshot_uri IS NOT NULL AND applied_at > now() - make_interval(days => :d)"),
-            {"d": days}).scalars()
+        rows = conn.execute(
+            text(
+                "SELECT DISTINCT snapshot_uri FROM safeops.safeops_audit "
+                "WHERE snapshot_uri IS NOT NULL AND applied_at > now() - make_interval(days => :d)"
+            ),
+            {"d": days},
+        ).scalars()
         return {str(r) for r in rows}
 
 
 @task(name="prune-snapshots", **TRANSIENT_RETRIES)
-def prune_snapshots(target: str, location: str | None, name_prefix: str,
-                    keep: int) -> dict[str, list[str]]:
+def prune_snapshots(
+    target: str, location: str | None, name_prefix: str, keep: int
+) -> dict[str, list[str]]:
     if keep < 1:
         raise BadInput(f"keep must be at least 1, got {keep}.")
     where = parse_location(location)
@@ -47,5 +52,9 @@ def prune_snapshots(target: str, location: str | None, name_prefix: str,
             continue
         remove(uri)
         pruned.append(uri)
-    return {"pruned": pruned, "kept_for_audit": kept_for_audit, "kept": uris[-keep:],
-            "leftover_parts_removed": remove_leftover_parts(where)}
+    return {
+        "pruned": pruned,
+        "kept_for_audit": kept_for_audit,
+        "kept": uris[-keep:],
+        "leftover_parts_removed": remove_leftover_parts(where),
+    }

@@ -19,8 +19,9 @@ def _is_transient(exc: BaseException) -> bool:
     if is_refusal(exc) or isinstance(exc, LoginRefused):
         return False
     # LockTimeout by type: a state's exception comes back unpickled, without its chain.
-    return (isinstance(exc, (DatabaseUnreachable, StoreUnavailable, LockTimeout))
-            or is_transient(exc))
+    return isinstance(exc, (DatabaseUnreachable, StoreUnavailable, LockTimeout)) or is_transient(
+        exc
+    )
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

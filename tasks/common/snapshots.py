@@ -21,8 +21,10 @@ def utc_stamp(moment: datetime) -> str:
 def source_fields(fp: Fingerprint, read_only: bool = False) -> dict[str, Any]:
     """Where the snapshot came from; ``sourceReadOnly`` only when it is true (a standby):
     such a snapshot could not be entered in its database's register (README)."""
-    fields: dict[str, Any] = {"sourceSystemIdentifier": fp.system_identifier,
-                              "sourceDatabase": fp.database}
+    fields: dict[str, Any] = {
+        "sourceSystemIdentifier": fp.system_identifier,
+        "sourceDatabase": fp.database,
+    }
     if read_only:
         fields["sourceReadOnly"] = True
     return fields
@@ -36,12 +38,19 @@ def new_writer(fmt: str, body_key: str, location: str | None) -> SnapshotWriter:
         return SnapshotWriter(fmt, body_key, folder)
 
 
-def finish_and_publish(writer: SnapshotWriter, *, name_prefix: str, created_at: datetime,
-                       summary: dict[str, Any], location: str | None) -> str:
+def finish_and_publish(
+    writer: SnapshotWriter,
+    *,
+    name_prefix: str,
+    created_at: datetime,
+    summary: dict[str, Any],
+    location: str | None,
+) -> str:
     """Write the file, put it in the store, return its URI (the flow announces it)."""
     where = parse_location(location)
-    parts = writer.finish({"createdAt": created_at.isoformat(timespec="seconds")
-                           .replace("+00:00", "Z"), **summary})
+    parts = writer.finish(
+        {"createdAt": created_at.isoformat(timespec="seconds").replace("+00:00", "Z"), **summary}
+    )
     try:
         uri = publish(parts, where, f"{name_prefix}-{utc_stamp(created_at)}.json")
     finally:
@@ -64,11 +73,12 @@ def summary_of(uri: str, fmt: str) -> dict[str, Any]:
 
 def check_source(reader: SnapshotReader, live: Fingerprint, force: bool = False) -> str | None:
     """None when the snapshot came from this database, else why not."""
-    recorded = Fingerprint(str(reader.summary.get("sourceSystemIdentifier")),
-                           str(reader.summary.get("sourceDatabase")))
+    recorded = Fingerprint(
+        str(reader.summary.get("sourceSystemIdentifier")), str(reader.summary.get("sourceDatabase"))
+    )
     if recorded == live:
         return None
-    problem = (f"snapshot was taken from database {recorded} but the target is {live}")
+    problem = f"snapshot was taken from database {recorded} but the target is {live}"
     if force:
         return None
     return problem

@@ -78,8 +78,10 @@ SELECT
 
 
 def _format_error(reader: SnapshotReader, exc: BaseException) -> SnapshotInvalid:
-    return SnapshotInvalid(f"Snapshot {reader.uri} failed the format check: its documents "
-                           f"do not fit the Medusa tables ({str(exc).strip().splitlines()[0]})")
+    return SnapshotInvalid(
+        f"Snapshot {reader.uri} failed the format check: its documents "
+        f"do not fit the Medusa tables ({str(exc).strip().splitlines()[0]})"
+    )
 
 
 def _copy_documents(conn: Connection, reader: SnapshotReader) -> None:
@@ -139,35 +141,59 @@ def load_snapshot(conn: Connection, reader: SnapshotReader) -> dict[str, int]:
                 conn.execute(text(statement))
     except Exception as exc:
         raise _format_error(reader, exc) from None
-    (products, d_products, images, d_images, links, d_links, pthumbs, vthumbs, d_vthumbs,
-     misowned, dangling) = conn.execute(LOADED_TOTALS_SQL).one()
-    loaded = {"totalProducts": products, "totalImages": images, "totalVariantLinks": links,
-              "totalProductThumbnails": pthumbs, "totalVariantThumbnails": vthumbs,
-              "totalThumbnails": pthumbs + vthumbs}
+    (
+        products,
+        d_products,
+        images,
+        d_images,
+        links,
+        d_links,
+        pthumbs,
+        vthumbs,
+        d_vthumbs,
+        misowned,
+        dangling,
+    ) = conn.execute(LOADED_TOTALS_SQL).one()
+    loaded = {
+        "totalProducts": products,
+        "totalImages": images,
+        "totalVariantLinks": links,
+        "totalProductThumbnails": pthumbs,
+        "totalVariantThumbnails": vthumbs,
+        "totalThumbnails": pthumbs + vthumbs,
+    }
     problems = []
     for key, value in loaded.items():
         if reader.summary.get(key) != value:
-            problems.append(f"{key} is {reader.summary.get(key)!r} in the summary but the body "
-                            f"holds {value}")
+            problems.append(
+                f"{key} is {reader.summary.get(key)!r} in the summary but the body holds {value}"
+            )
     if (products, images, links, vthumbs) != (d_products, d_images, d_links, d_vthumbs):
         problems.append("the body repeats ids")
     if misowned or dangling:
-        problems.append(f"{misowned} image(s) under the wrong product, {dangling} link(s) to "
-                        "images absent from the snapshot")
+        problems.append(
+            f"{misowned} image(s) under the wrong product, {dangling} link(s) to "
+            "images absent from the snapshot"
+        )
     if problems:
-        raise SnapshotInvalid(f"Snapshot {reader.uri} failed the totals check: "
-                              + "; ".join(problems))
+        raise SnapshotInvalid(
+            f"Snapshot {reader.uri} failed the totals check: " + "; ".join(problems)
+        )
     return loaded
 
 
 def snapshot_image_urls(conn: Connection) -> Iterator[tuple[str, str]]:
     """(image id, url) of the loaded snapshot, streamed, for object checks."""
-    result = conn.execute(text("SELECT id, url FROM _snap_image ORDER BY id")
-                          .execution_options(stream_results=True, yield_per=2000))
+    result = conn.execute(
+        text("SELECT id, url FROM _snap_image ORDER BY id").execution_options(
+            stream_results=True, yield_per=2000
+        )
+    )
     yield from ((image_id, url) for image_id, url in result)
 
 
 # ---------------------------------------------------------------- live comparison
+
 
 def match_live(conn: Connection, reader: SnapshotReader) -> dict[str, int] | None:
     """Stream the snapshot's documents against a fresh rendering of the live catalog.
@@ -203,55 +229,82 @@ def match_live(conn: Connection, reader: SnapshotReader) -> dict[str, int] | Non
 
 def clean_diffs() -> list[TableDiff]:
     """What compare_with_live reports when snapshot and live are equal."""
-    return [TableDiff(table=t) for t in ("image", "product_variant_product_image",
-                                         "product.thumbnail", "product_variant.thumbnail")]
+    return [
+        TableDiff(table=t)
+        for t in (
+            "image",
+            "product_variant_product_image",
+            "product.thumbnail",
+            "product_variant.thumbnail",
+        )
+    ]
 
 
-def _diff(conn: Connection, table: str, missing_sql: str, extra_sql: str,
-          changed_sql: str | None) -> TableDiff:
+def _diff(
+    conn: Connection, table: str, missing_sql: str, extra_sql: str, changed_sql: str | None
+) -> TableDiff:
     def count_first(sql: str) -> tuple[int, list[str]]:
-        n, first = conn.execute(text(
-            f"SELECT count(*), (array_agg(id ORDER BY id))[1:5] FROM ({sql}) q")).one()
+        n, first = conn.execute(
+            text(f"SELECT count(*), (array_agg(id ORDER BY id))[1:5] FROM ({sql}) q")
+        ).one()
         return int(n), list(first or [])
 
     missing, first_missing = count_first(missing_sql)
     extra, first_extra = count_first(extra_sql)
     changed, first_changed = count_first(changed_sql) if changed_sql else (0, [])
-    return TableDiff(table=table, missing=missing, extra=extra, changed=changed,
-                     first_missing=first_missing, first_extra=first_extra,
-                     first_changed=first_changed)
+    return TableDiff(
+        table=table,
+        missing=missing,
+        extra=extra,
+        changed=changed,
+        first_missing=first_missing,
+        first_extra=first_extra,
+        first_changed=first_changed,
+    )
 
 
 def compare_with_live(conn: Connection) -> list[TableDiff]:
     """Loaded snapshot vs the database: ids and, for rows in both, full content."""
     return [
-        _diff(conn, "image",
-              "SELECT s.id FROM _snap_image s WHERE NOT EXISTS "
-              "(SELECT 1 FROM image i WHERE i.id = s.id)",
-              "SELECT i.id FROM image i WHERE NOT EXISTS "
-              "(SELECT 1 FROM _snap_image s WHERE s.id = i.id)",
-              "SELECT s.id FROM _snap_image s JOIN image i ON i.id = s.id "
-              "WHERE ROW(s.*) IS DISTINCT FROM ROW(i.*)"),
-        _diff(conn, "product_variant_product_image",
-              "SELECT s.id FROM _snap_link s WHERE NOT EXISTS "
-              "(SELECT 1 FROM product_variant_product_image l WHERE l.id = s.id)",
-              "SELECT l.id FROM product_variant_product_image l WHERE NOT EXISTS "
-              "(SELECT 1 FROM _snap_link s WHERE s.id = l.id)",
-              "SELECT s.id FROM _snap_link s JOIN product_variant_product_image l ON l.id = s.id "
-              "WHERE ROW(s.*) IS DISTINCT FROM ROW(l.*)"),
-        _diff(conn, "product.thumbnail",
-              "SELECT s.id FROM _snap_product_thumb s LEFT JOIN product p ON p.id = s.id "
-              "WHERE p.thumbnail IS NULL",
-              "SELECT p.id FROM product p WHERE p.thumbnail IS NOT NULL AND NOT EXISTS "
-              "(SELECT 1 FROM _snap_product_thumb s WHERE s.id = p.id)",
-              "SELECT s.id FROM _snap_product_thumb s JOIN product p ON p.id = s.id "
-              "WHERE p.thumbnail IS NOT NULL AND p.thumbnail <> s.thumbnail"),
-        _diff(conn, "product_variant.thumbnail",
-              "SELECT s.id FROM _snap_variant_thumb s LEFT JOIN product_variant v ON v.id = s.id "
-              "WHERE v.thumbnail IS NULL",
-              "SELECT v.id FROM product_variant v WHERE v.thumbnail IS NOT NULL "
-              "AND v.product_id IS NOT NULL AND NOT EXISTS "
-              "(SELECT 1 FROM _snap_variant_thumb s WHERE s.id = v.id)",
-              "SELECT s.id FROM _snap_variant_thumb s JOIN product_variant v ON v.id = s.id "
-              "WHERE v.thumbnail IS NOT NULL AND v.thumbnail <> s.thumbnail"),
+        _diff(
+            conn,
+            "image",
+            "SELECT s.id FROM _snap_image s WHERE NOT EXISTS "
+            "(SELECT 1 FROM image i WHERE i.id = s.id)",
+            "SELECT i.id FROM image i WHERE NOT EXISTS "
+            "(SELECT 1 FROM _snap_image s WHERE s.id = i.id)",
+            "SELECT s.id FROM _snap_image s JOIN image i ON i.id = s.id "
+            "WHERE ROW(s.*) IS DISTINCT FROM ROW(i.*)",
+        ),
+        _diff(
+            conn,
+            "product_variant_product_image",
+            "SELECT s.id FROM _snap_link s WHERE NOT EXISTS "
+            "(SELECT 1 FROM product_variant_product_image l WHERE l.id = s.id)",
+            "SELECT l.id FROM product_variant_product_image l WHERE NOT EXISTS "
+            "(SELECT 1 FROM _snap_link s WHERE s.id = l.id)",
+            "SELECT s.id FROM _snap_link s JOIN product_variant_product_image l ON l.id = s.id "
+            "WHERE ROW(s.*) IS DISTINCT FROM ROW(l.*)",
+        ),
+        _diff(
+            conn,
+            "product.thumbnail",
+            "SELECT s.id FROM _snap_product_thumb s LEFT JOIN product p ON p.id = s.id "
+            "WHERE p.thumbnail IS NULL",
+            "SELECT p.id FROM product p WHERE p.thumbnail IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM _snap_product_thumb s WHERE s.id = p.id)",
+            "SELECT s.id FROM _snap_product_thumb s JOIN product p ON p.id = s.id "
+            "WHERE p.thumbnail IS NOT NULL AND p.thumbnail <> s.thumbnail",
+        ),
+        _diff(
+            conn,
+            "product_variant.thumbnail",
+            "SELECT s.id FROM _snap_variant_thumb s LEFT JOIN product_variant v ON v.id = s.id "
+            "WHERE v.thumbnail IS NULL",
+            "SELECT v.id FROM product_variant v WHERE v.thumbnail IS NOT NULL "
+            "AND v.product_id IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM _snap_variant_thumb s WHERE s.id = v.id)",
+            "SELECT s.id FROM _snap_variant_thumb s JOIN product_variant v ON v.id = s.id "
+            "WHERE v.thumbnail IS NOT NULL AND v.thumbnail <> s.thumbnail",
+        ),
     ]

@@ -33,7 +33,7 @@ def key_for_url(url: str, file_url: str) -> str | None:
     base = file_url.rstrip("/") + "/"
     if not url.startswith(base):
         return None
-    return "/".join(unquote(segment) for segment in url[len(base):].split("/"))
+    return "/".join(unquote(segment) for segment in url[len(base) :].split("/"))
 
 
 def head_missing(images: Iterable[tuple[str, str]], workers: int = 16) -> tuple[int, list[str]]:
@@ -110,7 +110,10 @@ def _is_not_found(exc: Exception) -> bool:
     from botocore.exceptions import ClientError
 
     return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
-        "404", "NoSuchKey", "NotFound")
+        "404",
+        "NoSuchKey",
+        "NotFound",
+    )
 
 
 def head_object(client: Any, bucket: str, key: str) -> ObjectInfo | None:
@@ -121,11 +124,15 @@ def head_object(client: Any, bucket: str, key: str) -> ObjectInfo | None:
         if _is_not_found(exc):
             return None
         raise
-    return ObjectInfo(key=key, size=int(head["ContentLength"]), etag=_unquote_etag(head["ETag"]),
-                      content_type=head.get("ContentType") or None,
-                      metadata=dict(head.get("Metadata") or {}),
-                      last_modified=head.get("LastModified"),
-                      headers={h: head[h] for h in _HEADERS_KEPT if head.get(h)})
+    return ObjectInfo(
+        key=key,
+        size=int(head["ContentLength"]),
+        etag=_unquote_etag(head["ETag"]),
+        content_type=head.get("ContentType") or None,
+        metadata=dict(head.get("Metadata") or {}),
+        last_modified=head.get("LastModified"),
+        headers={h: head[h] for h in _HEADERS_KEPT if head.get(h)},
+    )
 
 
 def list_objects(client: Any, bucket: str, prefix: str) -> list[ObjectInfo]:
@@ -133,9 +140,14 @@ def list_objects(client: Any, bucket: str, prefix: str) -> list[ObjectInfo]:
     out: list[ObjectInfo] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            out.append(ObjectInfo(key=obj["Key"], size=int(obj["Size"]),
-                                  etag=_unquote_etag(obj["ETag"]),
-                                  last_modified=obj.get("LastModified")))
+            out.append(
+                ObjectInfo(
+                    key=obj["Key"],
+                    size=int(obj["Size"]),
+                    etag=_unquote_etag(obj["ETag"]),
+                    last_modified=obj.get("LastModified"),
+                )
+            )
     return out
 
 
@@ -171,12 +183,14 @@ def _check_written(written: ObjectInfo | None, key: str, size: int, etag: str | 
     if written.size != size or (etag is not None and written.etag != etag):
         raise ObjectMismatch(
             f"Object {key} has size {written.size} and etag {written.etag} after writing; "
-            f"expected size {size}" + (f" and etag {etag}" if etag is not None else "") + ".")
+            f"expected size {size}" + (f" and etag {etag}" if etag is not None else "") + "."
+        )
     return written
 
 
-def copy_verified(client: Any, bucket: str, source: ObjectInfo, dest_key: str,
-                  metadata: dict[str, str]) -> ObjectInfo:
+def copy_verified(
+    client: Any, bucket: str, source: ObjectInfo, dest_key: str, metadata: dict[str, str]
+) -> ObjectInfo:
     """Server-side copy (no download) to a key that must not exist yet, then HEAD the
     copy: same size, and the source's etag unless the source was a multipart upload
     (whose etag is not the content's MD5). The source object is only read."""
@@ -184,12 +198,21 @@ def copy_verified(client: Any, bucket: str, source: ObjectInfo, dest_key: str,
         raise KeyTaken(f"Refusing to overwrite existing object {dest_key}.")
     extra = {h: v for h, v in source.headers.items() if h in _HEADERS_KEPT}
     client.copy_object(
-        Bucket=bucket, Key=dest_key, CopySource={"Bucket": bucket, "Key": source.key},
-        CopySourceIfMatch=f'"{source.etag}"', MetadataDirective="REPLACE",
+        Bucket=bucket,
+        Key=dest_key,
+        CopySource={"Bucket": bucket, "Key": source.key},
+        CopySourceIfMatch=f'"{source.etag}"',
+        MetadataDirective="REPLACE",
         ContentType=source.content_type or guess_content_type(source.key),
-        Metadata={**source.metadata, **metadata}, **extra)
-    return _check_written(head_object(client, bucket, dest_key), dest_key, source.size,
-                          None if source.multipart else source.etag)
+        Metadata={**source.metadata, **metadata},
+        **extra,
+    )
+    return _check_written(
+        head_object(client, bucket, dest_key),
+        dest_key,
+        source.size,
+        None if source.multipart else source.etag,
+    )
 
 
 def file_md5(path: Path) -> str:
@@ -200,23 +223,35 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def put_verified(client: Any, bucket: str, key: str, path: Path, content_type: str,
-                 metadata: dict[str, str]) -> ObjectInfo:
+def put_verified(
+    client: Any, bucket: str, key: str, path: Path, content_type: str, metadata: dict[str, str]
+) -> ObjectInfo:
     """Single PUT of a local file to a key that must not exist yet, checked by HEAD
     (size, and etag = the file's MD5)."""
     if head_object(client, bucket, key) is not None:
         raise KeyTaken(f"Refusing to overwrite existing object {key}.")
     size, md5 = path.stat().st_size, file_md5(path)
     with open(path, "rb") as body:
-        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type,
-                          Metadata=metadata)
+        client.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType=content_type, Metadata=metadata
+        )
     return _check_written(head_object(client, bucket, key), key, size, md5)
 
 
 # The types whose bytes decide (filetype reads their magic numbers); any other type
 # filetype may recognise (zip, mp4, ...) is left to the file name, as before.
-SNIFFED = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/avif",
-                     "image/heic", "image/tiff", "application/pdf"})
+SNIFFED = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/heic",
+        "image/tiff",
+        "application/pdf",
+    }
+)
 
 
 def sniff_content_type(path: Path) -> str:
@@ -244,8 +279,10 @@ def extension_for(name: str, content_type: str) -> str:
     """The file's own extension (lower-case) when it fits the content type, else the
     usual one for the type (a PNG named ``photo.jpg`` is stored as ``.png``)."""
     ext = extension_of(name)
-    if ext and (content_type == "application/octet-stream"
-                or mimetypes.guess_type(f"x{ext}")[0] == content_type):
+    if ext and (
+        content_type == "application/octet-stream"
+        or mimetypes.guess_type(f"x{ext}")[0] == content_type
+    ):
         return ext
     guessed = mimetypes.guess_extension(content_type) or ""
     return guessed if _EXT.match(guessed) else ext

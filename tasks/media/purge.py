@@ -74,31 +74,44 @@ def purge_plan(conn: Connection, target: str, *, count_products: bool = True) ->
     parts = {name: [int(n), digest or "0"] for name, n, digest in rows}
     if count_products:
         counts = {"products": count_products_in_scope(conn), **counts}
-    return Plan(kind="purge-product-media", target=target, counts=counts,
-                plan_hash=plan_hash_of({"purge-product-media": parts},
-                                       database=str(fingerprint(conn))))
+    return Plan(
+        kind="purge-product-media",
+        target=target,
+        counts=counts,
+        plan_hash=plan_hash_of({"purge-product-media": parts}, database=str(fingerprint(conn))),
+    )
 
 
 def require_snapshot_holds(plan: Plan, summary: dict[str, object], uri: str) -> None:
     """Every row the purge deletes must be in the file: the plan counts whole tables,
     the documents only rows under a product (all of them, given Medusa's foreign
     keys; a database without them could hold an image whose product is gone)."""
-    pairs = {"images": "totalImages", "variant_links": "totalVariantLinks",
-             "product_thumbnails": "totalProductThumbnails",
-             "variant_thumbnails": "totalVariantThumbnails"}
-    short = {k: (plan.counts[k], summary.get(v)) for k, v in pairs.items()
-             if plan.counts[k] != summary.get(v)}
+    pairs = {
+        "images": "totalImages",
+        "variant_links": "totalVariantLinks",
+        "product_thumbnails": "totalProductThumbnails",
+        "variant_thumbnails": "totalVariantThumbnails",
+    }
+    short = {
+        k: (plan.counts[k], summary.get(v))
+        for k, v in pairs.items()
+        if plan.counts[k] != summary.get(v)
+    }
     if short:
-        raise DriftDetected(f"Refused: the purge would delete rows snapshot {uri} does not "
-                            "hold (" + ", ".join(f"{k}: {n} live, {m} in the snapshot"
-                                                  for k, (n, m) in short.items())
-                            + "); nothing changed.")
+        raise DriftDetected(
+            f"Refused: the purge would delete rows snapshot {uri} does not "
+            "hold ("
+            + ", ".join(f"{k}: {n} live, {m} in the snapshot" for k, (n, m) in short.items())
+            + "); nothing changed."
+        )
 
 
 # ---------------------------------------------------------------- apply
 
-LOCK_SQL = text("LOCK TABLE product, product_variant, image, product_variant_product_image "
-                "IN SHARE ROW EXCLUSIVE MODE")
+LOCK_SQL = text(
+    "LOCK TABLE product, product_variant, image, product_variant_product_image "
+    "IN SHARE ROW EXCLUSIVE MODE"
+)
 
 
 def lock_media_tables(conn: Connection) -> None:
@@ -111,18 +124,30 @@ def lock_media_tables(conn: Connection) -> None:
 
 def delete_snapshot_rows(conn: Connection) -> dict[str, int]:
     """Exactly the snapshot's rows; callers have proven snapshot == live first."""
-    links = conn.execute(text("DELETE FROM product_variant_product_image l USING _snap_link s "
-                              "WHERE l.id = s.id")).rowcount
-    images = conn.execute(text("DELETE FROM image i USING _snap_image s WHERE i.id = s.id")
-                          ).rowcount
-    pthumbs = conn.execute(text(
-        "UPDATE product p SET thumbnail = NULL, updated_at = now() FROM _snap_product_thumb s "
-        "WHERE p.id = s.id AND p.thumbnail = s.thumbnail")).rowcount
-    vthumbs = conn.execute(text(
-        "UPDATE product_variant v SET thumbnail = NULL, updated_at = now() "
-        "FROM _snap_variant_thumb s WHERE v.id = s.id AND v.thumbnail = s.thumbnail")).rowcount
-    return {"images": images, "variant_links": links, "product_thumbnails": pthumbs,
-            "variant_thumbnails": vthumbs}
+    links = conn.execute(
+        text("DELETE FROM product_variant_product_image l USING _snap_link s WHERE l.id = s.id")
+    ).rowcount
+    images = conn.execute(
+        text("DELETE FROM image i USING _snap_image s WHERE i.id = s.id")
+    ).rowcount
+    pthumbs = conn.execute(
+        text(
+            "UPDATE product p SET thumbnail = NULL, updated_at = now() FROM _snap_product_thumb s "
+            "WHERE p.id = s.id AND p.thumbnail = s.thumbnail"
+        )
+    ).rowcount
+    vthumbs = conn.execute(
+        text(
+            "UPDATE product_variant v SET thumbnail = NULL, updated_at = now() "
+            "FROM _snap_variant_thumb s WHERE v.id = s.id AND v.thumbnail = s.thumbnail"
+        )
+    ).rowcount
+    return {
+        "images": images,
+        "variant_links": links,
+        "product_thumbnails": pthumbs,
+        "variant_thumbnails": vthumbs,
+    }
 
 
 def delete_matched_rows(conn: Connection) -> dict[str, int]:
@@ -133,17 +158,25 @@ def delete_matched_rows(conn: Connection) -> dict[str, int]:
     fallback runs them, with no join against a loaded copy."""
     links = conn.execute(text("DELETE FROM product_variant_product_image")).rowcount
     images = conn.execute(text("DELETE FROM image")).rowcount
-    pthumbs = conn.execute(text(
-        "UPDATE product SET thumbnail = NULL, updated_at = now() "
-        "WHERE thumbnail IS NOT NULL")).rowcount
-    vthumbs = conn.execute(text(
-        "UPDATE product_variant SET thumbnail = NULL, updated_at = now() "
-        "WHERE thumbnail IS NOT NULL AND product_id IS NOT NULL")).rowcount
-    return {"images": images, "variant_links": links, "product_thumbnails": pthumbs,
-            "variant_thumbnails": vthumbs}
+    pthumbs = conn.execute(
+        text("UPDATE product SET thumbnail = NULL, updated_at = now() WHERE thumbnail IS NOT NULL")
+    ).rowcount
+    vthumbs = conn.execute(
+        text(
+            "UPDATE product_variant SET thumbnail = NULL, updated_at = now() "
+            "WHERE thumbnail IS NOT NULL AND product_id IS NOT NULL"
+        )
+    ).rowcount
+    return {
+        "images": images,
+        "variant_links": links,
+        "product_thumbnails": pthumbs,
+        "variant_thumbnails": vthumbs,
+    }
 
 
 # ---------------------------------------------------------------- tasks
+
 
 @task(name="plan-media-purge", **TRANSIENT_RETRIES)
 def plan_media_purge(target: str) -> Plan:
@@ -159,9 +192,15 @@ def _ensure_equal(conn: object, uri: str) -> None:
 
 
 @task(name="apply-media-purge", **TRANSIENT_RETRIES)
-def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
-                      approval: Approval, started_at: datetime, verified_sha256: str = "",
-                      verified_plan_hash: str = "") -> dict[str, int]:
+def apply_media_purge(
+    target: str,
+    snapshot_uri: str,
+    approved_plan_hash: str,
+    approval: Approval,
+    started_at: datetime,
+    verified_sha256: str = "",
+    verified_plan_hash: str = "",
+) -> dict[str, int]:
     """One transaction: lock, prove snapshot == live == approved plan, delete, audit.
 
     Two proofs reach the same conclusion. Fast, when a verify of this run proved
@@ -174,11 +213,14 @@ def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
     rows under the lock, and name any drift."""
     flow_run_id = current_flow_run_id()
     settings = get_settings()
-    file_check = (FileCheck(snapshot_uri, verified_sha256)
-                  if verified_sha256 and verified_plan_hash else None)
+    file_check = (
+        FileCheck(snapshot_uri, verified_sha256) if verified_sha256 and verified_plan_hash else None
+    )
     try:
-        with open_snapshot(snapshot_uri, MEDIA_FORMAT) as reader, \
-                transaction(engine_for(target), lock_timeout_s=settings.lock_timeout_s) as conn:
+        with (
+            open_snapshot(snapshot_uri, MEDIA_FORMAT) as reader,
+            transaction(engine_for(target), lock_timeout_s=settings.lock_timeout_s) as conn,
+        ):
             done = applied_counts(conn, flow_run_id, "purge-product-media", approved_plan_hash)
             if done is not None:
                 return done  # this run committed before its connection dropped
@@ -200,12 +242,22 @@ def apply_media_purge(target: str, snapshot_uri: str, approved_plan_hash: str,
             refuse_if_plan_moved(plan, approved_plan_hash, "the plan changed since approval")
             applied = delete_matched_rows(conn) if matched else delete_snapshot_rows(conn)
             require_as_planned(applied, plan, "Purge changed")
-            write_audit(conn, flow_run_id=flow_run_id, flow_name="purge-product-media",
-                        target=describe_target(target), plan_hash=plan.plan_hash,
-                        approval=approval,
-                        counts={"planned": plan.counts, "applied": applied,
-                                "snapshotSha256": body_sha256, "proof": proof},
-                        snapshot_uri=snapshot_uri, started_at=started_at)
+            write_audit(
+                conn,
+                flow_run_id=flow_run_id,
+                flow_name="purge-product-media",
+                target=describe_target(target),
+                plan_hash=plan.plan_hash,
+                approval=approval,
+                counts={
+                    "planned": plan.counts,
+                    "applied": applied,
+                    "snapshotSha256": body_sha256,
+                    "proof": proof,
+                },
+                snapshot_uri=snapshot_uri,
+                started_at=started_at,
+            )
     finally:
         if file_check is not None:
             file_check.cancel()

@@ -140,33 +140,62 @@ def deleted_after(snapshot_created_at: object) -> datetime | None:
     return created - SINCE_MARGIN if created.tzinfo is not None else None
 
 
-def restore_plan(conn: Connection, target: str, body_sha256: str, *,
-                 snapshot_created_at: object) -> Plan:
+def restore_plan(
+    conn: Connection, target: str, body_sha256: str, *, snapshot_created_at: object
+) -> Plan:
     """Counts of what a restore inserts and skips, every snapshot image sorted by
     its product now: present, gone (no row), soft-deleted since the snapshot, or
     gained other images since (``snapshot_created_at``: the summary's createdAt)."""
     for statement in CLASSIFY_SQL:
         conn.execute(text(statement), {"deleted_after": deleted_after(snapshot_created_at)})
-    (img_new, img_present, img_orphan, link_new, link_present, pt_set, pt_kept, vt_set, vt_kept,
-     thumb_orphan, img_soft, prod_soft, thumb_soft, img_after_newer, prod_newer) = (
-        int(v) for v in conn.execute(RESTORE_PLAN_SQL).one())
-    counts = {"images": img_new, "variant_links": link_new, "product_thumbnails": pt_set,
-              "variant_thumbnails": vt_set,
-              # how the images counted above come back (subsets of "images")
-              "images_product_soft_deleted": img_soft, "products_soft_deleted": prod_soft,
-              "images_after_newer_images": img_after_newer,
-              "products_with_newer_images": prod_newer}
-    skipped = {"images_already_present": img_present, "images_product_gone": img_orphan,
-               "variant_links_already_present": link_present,
-               "product_thumbnails_kept": pt_kept, "variant_thumbnails_kept": vt_kept,
-               "thumbnails_owner_gone": thumb_orphan,
-               "thumbnails_product_soft_deleted": thumb_soft}
+    (
+        img_new,
+        img_present,
+        img_orphan,
+        link_new,
+        link_present,
+        pt_set,
+        pt_kept,
+        vt_set,
+        vt_kept,
+        thumb_orphan,
+        img_soft,
+        prod_soft,
+        thumb_soft,
+        img_after_newer,
+        prod_newer,
+    ) = (int(v) for v in conn.execute(RESTORE_PLAN_SQL).one())
+    counts = {
+        "images": img_new,
+        "variant_links": link_new,
+        "product_thumbnails": pt_set,
+        "variant_thumbnails": vt_set,
+        # how the images counted above come back (subsets of "images")
+        "images_product_soft_deleted": img_soft,
+        "products_soft_deleted": prod_soft,
+        "images_after_newer_images": img_after_newer,
+        "products_with_newer_images": prod_newer,
+    }
+    skipped = {
+        "images_already_present": img_present,
+        "images_product_gone": img_orphan,
+        "variant_links_already_present": link_present,
+        "product_thumbnails_kept": pt_kept,
+        "variant_thumbnails_kept": vt_kept,
+        "thumbnails_owner_gone": thumb_orphan,
+        "thumbnails_product_soft_deleted": thumb_soft,
+    }
     notes = [f"{v} {k.replace('_', ' ')}" for k, v in skipped.items() if v]
-    return Plan(kind="restore-product-media", target=target, counts={**counts, **skipped},
-                plan_hash=plan_hash_of({"restore-product-media": {**counts, **skipped},
-                                        "snapshot": body_sha256},
-                                       database=str(fingerprint(conn))),
-                notes=notes)
+    return Plan(
+        kind="restore-product-media",
+        target=target,
+        counts={**counts, **skipped},
+        plan_hash=plan_hash_of(
+            {"restore-product-media": {**counts, **skipped}, "snapshot": body_sha256},
+            database=str(fingerprint(conn)),
+        ),
+        notes=notes,
+    )
 
 
 # The loaded rows are first made what Medusa would hold now (restore_plan's
@@ -177,7 +206,8 @@ def restore_plan(conn: Connection, target: str, body_sha256: str, *,
 # of such products (and run only when the plan counted any).
 SOFT_DELETE_WITH_PRODUCT_SQL = text(
     "UPDATE _snap_image s SET deleted_at = sd.deleted_at FROM _restore_since sd "
-    "WHERE sd.id = s.product_id AND s.deleted_at IS NULL")
+    "WHERE sd.id = s.product_id AND s.deleted_at IS NULL"
+)
 RANK_AFTER_NEWER_SQL = text("""
 UPDATE _snap_image s SET rank = o.rank
 FROM (SELECT x.id, n.top_rank + row_number() OVER (PARTITION BY x.product_id
@@ -209,24 +239,40 @@ def insert_snapshot_rows(conn: Connection, plan: Plan) -> dict[str, int]:
         conn.execute(SOFT_DELETE_WITH_PRODUCT_SQL)
     if plan.counts["images_after_newer_images"]:
         conn.execute(RANK_AFTER_NEWER_SQL)
-    images = conn.execute(text(
-        "INSERT INTO image SELECT s.* FROM _snap_image s "
-        "WHERE EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)"
-        + _skip_present(plan, "images_already_present"))).rowcount
-    links = conn.execute(text(
-        "INSERT INTO product_variant_product_image SELECT s.* FROM _snap_link s "
-        "WHERE EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)"
-        + _skip_present(plan, "variant_links_already_present"))).rowcount
-    pthumbs = conn.execute(text(
-        "UPDATE product p SET thumbnail = s.thumbnail, updated_at = now() "
-        "FROM _snap_product_thumb s WHERE p.id = s.id AND p.thumbnail IS NULL "
-        "AND NOT EXISTS (SELECT 1 FROM _restore_since sd WHERE sd.id = p.id)")).rowcount
-    vthumbs = conn.execute(text(
-        "UPDATE product_variant v SET thumbnail = s.thumbnail, updated_at = now() "
-        "FROM _snap_variant_thumb s WHERE v.id = s.id AND v.thumbnail IS NULL "
-        "AND NOT EXISTS (SELECT 1 FROM _restore_since sd WHERE sd.id = s.product_id)")).rowcount
-    return {"images": images, "variant_links": links, "product_thumbnails": pthumbs,
-            "variant_thumbnails": vthumbs}
+    images = conn.execute(
+        text(
+            "INSERT INTO image SELECT s.* FROM _snap_image s "
+            "WHERE EXISTS (SELECT 1 FROM product p WHERE p.id = s.product_id)"
+            + _skip_present(plan, "images_already_present")
+        )
+    ).rowcount
+    links = conn.execute(
+        text(
+            "INSERT INTO product_variant_product_image SELECT s.* FROM _snap_link s "
+            "WHERE EXISTS (SELECT 1 FROM image i WHERE i.id = s.image_id)"
+            + _skip_present(plan, "variant_links_already_present")
+        )
+    ).rowcount
+    pthumbs = conn.execute(
+        text(
+            "UPDATE product p SET thumbnail = s.thumbnail, updated_at = now() "
+            "FROM _snap_product_thumb s WHERE p.id = s.id AND p.thumbnail IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM _restore_since sd WHERE sd.id = p.id)"
+        )
+    ).rowcount
+    vthumbs = conn.execute(
+        text(
+            "UPDATE product_variant v SET thumbnail = s.thumbnail, updated_at = now() "
+            "FROM _snap_variant_thumb s WHERE v.id = s.id AND v.thumbnail IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM _restore_since sd WHERE sd.id = s.product_id)"
+        )
+    ).rowcount
+    return {
+        "images": images,
+        "variant_links": links,
+        "product_thumbnails": pthumbs,
+        "variant_thumbnails": vthumbs,
+    }
 
 
 def _skip_present(plan: Plan, count: str) -> str:
@@ -235,15 +281,21 @@ def _skip_present(plan: Plan, count: str) -> str:
 
 # ---------------------------------------------------------------- tasks
 
+
 @task(name="plan-media-restore", **TRANSIENT_RETRIES)
 def plan_media_restore(target: str, uri: str, force: bool, allow_untraced: bool = False) -> Plan:
-    with open_snapshot(uri, MEDIA_FORMAT) as reader, \
-            read_snapshot(engine_for(target)) as conn:
+    with open_snapshot(uri, MEDIA_FORMAT) as reader, read_snapshot(engine_for(target)) as conn:
         return _traced_plan(conn, target, uri, reader, force, allow_untraced)
 
 
-def _traced_plan(conn: Connection, target: str, uri: str, reader: SnapshotReader, force: bool,
-                 allow_untraced: bool) -> Plan:
+def _traced_plan(
+    conn: Connection,
+    target: str,
+    uri: str,
+    reader: SnapshotReader,
+    force: bool,
+    allow_untraced: bool,
+) -> Plan:
     """The plan of a snapshot proven ours: same database (unless forced), intact, not
     edited since its purge recorded it, and in the snapshot register (unless the operator
     vouches for it: --untraced; a forced, foreign snapshot cannot be in this register)."""
@@ -252,8 +304,12 @@ def _traced_plan(conn: Connection, target: str, uri: str, reader: SnapshotReader
     load_snapshot(conn, reader)
     refuse_if_edited(conn, uri, reader.actual_sha256)
     trace = trace_of(conn, reader, uri, allow_untraced=allow_untraced or force)
-    plan = restore_plan(conn, describe_target(target), reader.actual_sha256,
-                        snapshot_created_at=reader.summary.get("createdAt"))
+    plan = restore_plan(
+        conn,
+        describe_target(target),
+        reader.actual_sha256,
+        snapshot_created_at=reader.summary.get("createdAt"),
+    )
     plan.details.extend(image_hosts(conn))
     return trace.mark(plan, str(fp))
 
@@ -279,24 +335,40 @@ def image_hosts(conn: Connection) -> list[str]:
 
 
 @task(name="apply-media-restore", **TRANSIENT_RETRIES)
-def apply_media_restore(target: str, uri: str, force: bool, approved_plan_hash: str,
-                        approval: Approval, started_at: datetime,
-                        allow_untraced: bool = False) -> dict[str, int]:
+def apply_media_restore(
+    target: str,
+    uri: str,
+    force: bool,
+    approved_plan_hash: str,
+    approval: Approval,
+    started_at: datetime,
+    allow_untraced: bool = False,
+) -> dict[str, int]:
     flow_run_id = current_flow_run_id()
     settings = get_settings()
-    with open_snapshot(uri, MEDIA_FORMAT) as reader, \
-            transaction(engine_for(target), lock_timeout_s=settings.lock_timeout_s) as conn:
+    with (
+        open_snapshot(uri, MEDIA_FORMAT) as reader,
+        transaction(engine_for(target), lock_timeout_s=settings.lock_timeout_s) as conn,
+    ):
         done = applied_counts(conn, flow_run_id, "restore-product-media", approved_plan_hash)
         if done is not None:
             return done
         lock_media_tables(conn)
         plan = _traced_plan(conn, target, uri, reader, force, allow_untraced)
-        refuse_if_plan_moved(plan, approved_plan_hash,
-                             "the database changed since the restore was planned")
+        refuse_if_plan_moved(
+            plan, approved_plan_hash, "the database changed since the restore was planned"
+        )
         applied = insert_snapshot_rows(conn, plan)
         require_as_planned(applied, plan, "Restore changed")
-        write_audit(conn, flow_run_id=flow_run_id, flow_name="restore-product-media",
-                    target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
-                    counts={"planned": plan.counts, "applied": applied}, snapshot_uri=uri,
-                    started_at=started_at)
+        write_audit(
+            conn,
+            flow_run_id=flow_run_id,
+            flow_name="restore-product-media",
+            target=describe_target(target),
+            plan_hash=plan.plan_hash,
+            approval=approval,
+            counts={"planned": plan.counts, "applied": applied},
+            snapshot_uri=uri,
+            started_at=started_at,
+        )
     return applied

@@ -79,8 +79,12 @@ ORDER BY p.id
 # price for passing rows up from parallel workers keeps it from ever sharing the
 # rendering and digests (3.3 s instead of 4.8 s for the 1M-image snapshot query
 # on two cores). Parallel workers stay bounded by max_parallel_workers_per_gather.
-BULK_SETTINGS = ("SET LOCAL jit = off", "SET LOCAL work_mem = '64MB'",
-                 "SET LOCAL parallel_tuple_cost = 0.001", "SET LOCAL parallel_setup_cost = 10")
+BULK_SETTINGS = (
+    "SET LOCAL jit = off",
+    "SET LOCAL work_mem = '64MB'",
+    "SET LOCAL parallel_tuple_cost = 0.001",
+    "SET LOCAL parallel_setup_cost = 10",
+)
 
 
 def tune_for_bulk(conn: Connection) -> None:
@@ -92,13 +96,25 @@ def tune_for_bulk(conn: Connection) -> None:
 def estimate_products(conn: Connection) -> int:
     """The planner's row estimate of product: a progress bar's total needs no count
     (an exact one costs a scan per snapshot); the last tick sets the real total."""
-    return max(int(conn.execute(text(
-        "SELECT reltuples FROM pg_class WHERE oid = 'product'::regclass")).scalar_one()), 0)
+    return max(
+        int(
+            conn.execute(
+                text("SELECT reltuples FROM pg_class WHERE oid = 'product'::regclass")
+            ).scalar_one()
+        ),
+        0,
+    )
 
 
 # Summary totals, in the order the summary lists them.
-TOTAL_KEYS = ("totalProducts", "totalImages", "totalVariantLinks", "totalThumbnails",
-              "totalProductThumbnails", "totalVariantThumbnails")
+TOTAL_KEYS = (
+    "totalProducts",
+    "totalImages",
+    "totalVariantLinks",
+    "totalThumbnails",
+    "totalProductThumbnails",
+    "totalVariantThumbnails",
+)
 Row = tuple[bytes, int, int, int, bool]  # document, images, links, variant thumbs, thumbnail?
 
 
@@ -115,8 +131,10 @@ def live_documents(conn: Connection) -> Generator[Row, None, None]:
     transaction: only for errors."""
     tune_for_bulk(conn)
     raw = conn.connection.driver_connection
-    with raw.cursor() as cur, cur.copy(  # type: ignore[union-attr]
-            f"COPY ({SNAPSHOT_SQL.text}) TO STDOUT (FORMAT BINARY)") as copy:
+    with (
+        raw.cursor() as cur,  # type: ignore[union-attr]
+        cur.copy(f"COPY ({SNAPSHOT_SQL.text}) TO STDOUT (FORMAT BINARY)") as copy,
+    ):
         copy.set_types(["bytea", "int8", "int8", "int8", "bool"])
         yield from copy.rows()
 
@@ -135,13 +153,25 @@ class Totals:
         self.pthumbs += row[4]
 
     def as_summary(self) -> dict[str, int]:
-        return dict(zip(TOTAL_KEYS, (self.products, self.images, self.links,
-                                     self.pthumbs + self.vthumbs, self.pthumbs, self.vthumbs),
-                        strict=True))
+        return dict(
+            zip(
+                TOTAL_KEYS,
+                (
+                    self.products,
+                    self.images,
+                    self.links,
+                    self.pthumbs + self.vthumbs,
+                    self.pthumbs,
+                    self.vthumbs,
+                ),
+                strict=True,
+            )
+        )
 
 
-def stream_snapshot(conn: Connection, writer: SnapshotWriter,
-                    on_product: Callable[[int], None] | None = None) -> dict[str, int]:
+def stream_snapshot(
+    conn: Connection, writer: SnapshotWriter, on_product: Callable[[int], None] | None = None
+) -> dict[str, int]:
     """Write every product document; returns the totals for the summary."""
     totals = Totals()
     live = live_documents(conn)
@@ -156,7 +186,6 @@ def stream_snapshot(conn: Connection, writer: SnapshotWriter,
     return totals.as_summary()
 
 
-
 SNAPSHOT_PREFIX = "medusa-media-snapshot"
 
 
@@ -168,16 +197,30 @@ def take_media_snapshot(target: str, snapshot_location: str | None = None) -> Sn
     try:
         with read_snapshot(engine_for(target)) as conn:
             fp = fingerprint(conn)
-            progress = Progress("media-snapshot-progress", estimate_products(conn),
-                                "products written to the snapshot")
+            progress = Progress(
+                "media-snapshot-progress",
+                estimate_products(conn),
+                "products written to the snapshot",
+            )
             totals = stream_snapshot(conn, writer, progress.update)
             progress.finish(totals["totalProducts"])
             read_only = target_is_read_only(conn)
-        uri = finish_and_publish(writer, name_prefix=SNAPSHOT_PREFIX, created_at=created,
-                                 summary={**totals, **source_fields(fp, read_only)},
-                                 location=snapshot_location)
-        record_snapshot(engine_for(target), kind=MEDIA_FORMAT, uri=uri, writer=writer,
-                        totals=totals, created_at=created, read_only=read_only)
+        uri = finish_and_publish(
+            writer,
+            name_prefix=SNAPSHOT_PREFIX,
+            created_at=created,
+            summary={**totals, **source_fields(fp, read_only)},
+            location=snapshot_location,
+        )
+        record_snapshot(
+            engine_for(target),
+            kind=MEDIA_FORMAT,
+            uri=uri,
+            writer=writer,
+            totals=totals,
+            created_at=created,
+            read_only=read_only,
+        )
     except BaseException:
         writer.discard()
         raise

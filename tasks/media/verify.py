@@ -8,6 +8,7 @@ fails it (``refuse_if_edited``) with the same reason the verify reports.
 from __future__ import annotations
 
 from prefect import task
+from sqlalchemy import Connection
 
 from safeops.core.db import engine_for, fingerprint, read_snapshot
 from safeops.core.errors import SnapshotInvalid
@@ -29,12 +30,12 @@ from tasks.media.snapshot import MEDIA_FORMAT
 
 
 @task(name="verify-media-snapshot", **TRANSIENT_RETRIES)
-def verify_media_snapshot(target: str, uri: str, *, require_live_match: bool = True,
-                          check_objects: bool = False) -> VerifyReport:
+def verify_media_snapshot(
+    target: str, uri: str, *, require_live_match: bool = True, check_objects: bool = False
+) -> VerifyReport:
     """Integrity failures raise SnapshotInvalid at once; source, live-match and
     object checks are collected so the report can show all of them."""
-    with open_snapshot(uri, MEDIA_FORMAT) as reader, \
-            read_snapshot(engine_for(target)) as conn:
+    with open_snapshot(uri, MEDIA_FORMAT) as reader, read_snapshot(engine_for(target)) as conn:
         # Fast path: the body equals a fresh rendering of the live catalog, so
         # totals, ids and contents all hold without loading it. Anything else
         # (or an object check, which reads the loaded urls) loads it and names
@@ -48,50 +49,72 @@ def verify_media_snapshot(target: str, uri: str, *, require_live_match: bool = T
             reader = again
         else:
             totals = matched
-        checks = [Check(name="format", ok=True, detail=f"{MEDIA_FORMAT} v1"),
-                  Check(name="checksum", ok=True, detail=f"sha256 {reader.actual_sha256[:16]}…"),
-                  Check(name="totals", ok=True,
-                        detail=", ".join(f"{k}={v}" for k, v in totals.items()))]
+        checks = [
+            Check(name="format", ok=True, detail=f"{MEDIA_FORMAT} v1"),
+            Check(name="checksum", ok=True, detail=f"sha256 {reader.actual_sha256[:16]}…"),
+            Check(name="totals", ok=True, detail=", ".join(f"{k}={v}" for k, v in totals.items())),
+        ]
         problem = check_source(reader, fingerprint(conn))
-        checks.append(Check(name="source", ok=problem is None,
-                            detail=problem or "taken from this database"))
+        checks.append(
+            Check(name="source", ok=problem is None, detail=problem or "taken from this database")
+        )
         edited = edited_since_purge(conn, uri, reader.actual_sha256)
-        checks.append(Check(name="audit", ok=edited is None,
-                            detail=edited or "agrees with every audit row naming it"))
+        checks.append(
+            Check(
+                name="audit",
+                ok=edited is None,
+                detail=edited or "agrees with every audit row naming it",
+            )
+        )
         # pydantic copies the list: later checks go to report.checks, not `checks`.
-        report = VerifyReport(uri=uri, checks=checks, totals=totals,
-                              file_sha256=reader.file_sha256)
+        report = VerifyReport(uri=uri, checks=checks, totals=totals, file_sha256=reader.file_sha256)
         if require_live_match:
             report.diffs = clean_diffs() if matched is not None else compare_with_live(conn)
             dirty = describe_diffs(report.diffs)
-            report.checks.append(Check(name="live-match", ok=not dirty,
-                                       detail=dirty or "id sets equal the live database's"))
+            report.checks.append(
+                Check(
+                    name="live-match",
+                    ok=not dirty,
+                    detail=dirty or "id sets equal the live database's",
+                )
+            )
             if not dirty:
                 # In the view that proved file == live: what an apply re-derives under
                 # its lock to know the rows are still these, without re-reading the file.
-                report.plan_hash = purge_plan(conn, describe_target(target),
-                                              count_products=False).plan_hash
+                report.plan_hash = purge_plan(
+                    conn, describe_target(target), count_products=False
+                ).plan_hash
         if check_objects:
             missing, first = head_missing(snapshot_image_urls(conn))
             report.missing_objects, report.first_missing_objects = missing, first
-            report.checks.append(Check(name="objects", ok=missing == 0,
-                                       detail=f"{missing} object(s) missing"
-                                       + (f" ({', '.join(first)})" if first else "")))
+            report.checks.append(
+                Check(
+                    name="objects",
+                    ok=missing == 0,
+                    detail=f"{missing} object(s) missing"
+                    + (f" ({', '.join(first)})" if first else ""),
+                )
+            )
     return report
 
 
-def edited_since_purge(conn: object, uri: str, sha256: str) -> str | None:
+def edited_since_purge(conn: Connection, uri: str, sha256: str) -> str | None:
     """Why the file is not the undo point a purge recorded (None when it is, or when no
     purge recorded it): its checksum is in the purge's audit row, committed with the purge."""
-    recorded = {str(c["snapshotSha256"]) for _, c in recorded_for_snapshot(
-        conn, "purge-product-media", uri) if c.get("snapshotSha256")}  # type: ignore[arg-type]
+    recorded = {
+        str(c["snapshotSha256"])
+        for _, c in recorded_for_snapshot(conn, "purge-product-media", uri)
+        if c.get("snapshotSha256")
+    }
     if recorded and sha256 not in recorded:
-        return (f"the purge that wrote it recorded sha256 {min(recorded)[:16]}…, the file "
-                f"now hashes to {sha256[:16]}… (edited since)")
+        return (
+            f"the purge that wrote it recorded sha256 {min(recorded)[:16]}…, the file "
+            f"now hashes to {sha256[:16]}… (edited since)"
+        )
     return None
 
 
-def refuse_if_edited(conn: object, uri: str, sha256: str) -> None:
+def refuse_if_edited(conn: Connection, uri: str, sha256: str) -> None:
     problem = edited_since_purge(conn, uri, sha256)
     if problem:
         raise SnapshotInvalid(f"Snapshot {uri} failed the audit check: {problem}")

@@ -28,15 +28,26 @@ def parse_site_id(site_id: Any) -> str:
 
 def site_row(conn: Connection, site_id: str, lock: bool = False) -> tuple[str, str] | None:
     """(slug, name) of the site; FOR UPDATE also blocks new content for it (FK key-share)."""
-    row = conn.execute(text("SELECT slug, name FROM sites WHERE id = CAST(:site AS uuid)"
-                            + (" FOR UPDATE" if lock else "")), {"site": site_id}).one_or_none()
+    row = conn.execute(
+        text(
+            "SELECT slug, name FROM sites WHERE id = CAST(:site AS uuid)"
+            + (" FOR UPDATE" if lock else "")
+        ),
+        {"site": site_id},
+    ).one_or_none()
     return (row[0], row[1]) if row else None
 
 
 def published_posts(conn: Connection, site_id: str) -> int:
-    return int(conn.execute(text(
-        "SELECT count(*) FROM content WHERE site_id = :site AND type = 'post' "
-        "AND status = 'published'"), {"site": site_id}).scalar_one())
+    return int(
+        conn.execute(
+            text(
+                "SELECT count(*) FROM content WHERE site_id = :site AND type = 'post' "
+                "AND status = 'published'"
+            ),
+            {"site": site_id},
+        ).scalar_one()
+    )
 
 
 def require_site(conn: Connection, site_id: str, lock: bool = False) -> tuple[str, str]:
@@ -48,8 +59,10 @@ def require_site(conn: Connection, site_id: str, lock: bool = False) -> tuple[st
 
 def eligibility(published: int) -> dict[str, Any]:
     if published:
-        reason = (f"Reset impossible: {published} published post(s); only sites without "
-                  "published content can be reset")
+        reason = (
+            f"Reset impossible: {published} published post(s); only sites without "
+            "published content can be reset"
+        )
     else:
         reason = "Reset allowed: the site has 0 published posts"
     return {"canReset": published == 0, "publishedCount": published, "reason": reason}

@@ -68,8 +68,7 @@ WHERE schemaname <> 'safeops' AND schemaname NOT LIKE 'pg\_temp\_%'""")
 
 
 def table_writes(conn: Connection) -> Writes:
-    return {str(name): (int(i), int(u), int(d))
-            for name, i, u, d in conn.execute(TABLE_WRITES_SQL)}
+    return {str(name): (int(i), int(u), int(d)) for name, i, u, d in conn.execute(TABLE_WRITES_SQL)}
 
 
 def expected_writes(counts: dict[str, int]) -> Writes:
@@ -82,8 +81,11 @@ def expected_writes(counts: dict[str, int]) -> Writes:
     return {
         b["seo_entries"].table: (0, 0, counts["seo_entries"]),
         b["term_links"].table: (0, 0, counts["term_links"]),
-        b["pages"].table: (0, counts["posts_losing_author"]
-                           + counts["posts_losing_content_type"], counts["pages"]),
+        b["pages"].table: (
+            0,
+            counts["posts_losing_author"] + counts["posts_losing_content_type"],
+            counts["pages"],
+        ),
         b["categories"].table: (0, counts["detached_terms"], counts["categories"]),
         b["authors"].table: (0, 0, counts["authors"]),
         b["content_types"].table: (0, 0, counts["content_types"]),
@@ -123,8 +125,12 @@ class KeptRowsGuard:
             before = self._before.get(table, NO_WRITES)
             did = tuple(a - b for a, b in zip(after.get(table, NO_WRITES), before, strict=True))
             if did != expected.get(table, NO_WRITES):
-                wrong.append(f"{table} inserted/updated/deleted {'/'.join(map(str, did))}, "
-                             f"planned {'/'.join(map(str, expected.get(table, NO_WRITES)))}")
+                wrong.append(
+                    f"{table} inserted/updated/deleted {'/'.join(map(str, did))}, "
+                    f"planned {'/'.join(map(str, expected.get(table, NO_WRITES)))}"
+                )
         if wrong:
-            raise SafeopsError("Reset would have changed rows it must keep; rolled back, "
-                               "nothing changed (" + "; ".join(wrong) + ").")
+            raise SafeopsError(
+                "Reset would have changed rows it must keep; rolled back, "
+                "nothing changed (" + "; ".join(wrong) + ")."
+            )

@@ -46,10 +46,10 @@ def lock_site_for_reset(conn: Connection, site_id: str) -> None:
     flight). The published count is then re-read by a fresh READ COMMITTED
     statement, which sees every publish that committed before the locks."""
     tune_for_site(conn)
-    conn.execute(text("SELECT 1 FROM sites WHERE id = CAST(:site AS uuid) FOR UPDATE"),
-                 {"site": site_id})
-    conn.execute(text("SELECT 1 FROM content WHERE site_id = :site FOR UPDATE"),
-                 {"site": site_id})
+    conn.execute(
+        text("SELECT 1 FROM sites WHERE id = CAST(:site AS uuid) FOR UPDATE"), {"site": site_id}
+    )
+    conn.execute(text("SELECT 1 FROM content WHERE site_id = :site FOR UPDATE"), {"site": site_id})
 
 
 # Kinds an apply changes without deleting them: their rows stay, so no DELETE can
@@ -76,14 +76,14 @@ def lock_changed_rows(conn: Connection, site_id: str) -> tuple[Parts, dict[str, 
         kind = BY_NAME[name]
         locked = f"(SELECT t.* FROM {kind.table} t WHERE {kind.where} FOR UPDATE OF t)"
         extra = POST_EFFECTS if name == "post_refs" else ""
-        row = conn.execute(text(digest_sql(kind, locked, "true", extra)),
-                           {"site": site_id}).one()
+        row = conn.execute(text(digest_sql(kind, locked, "true", extra)), {"site": site_id}).one()
         parts[name] = [int(row[0]), str(row[1])]
         if name == "post_refs":
             effects["posts_losing_author"] = int(row[2])
             effects["posts_losing_content_type"] = int(row[3])
     effects["posts_losing_category_links"] = int(
-        conn.execute(CATEGORY_LINKS_OF_POSTS, {"site": site_id}).scalar_one())
+        conn.execute(CATEGORY_LINKS_OF_POSTS, {"site": site_id}).scalar_one()
+    )
     return parts, effects
 
 
@@ -93,9 +93,11 @@ def _deleting_digest_sql(kind: Kind) -> str:
     that a concurrent edit could make disagree with them. Each deleted row returns
     only its hash, the very expression digest_sql sums over a kind's rows, so no
     copy of the deleted rows is kept for the sum (a third of the digest's cost)."""
-    return (f"WITH gone AS (DELETE FROM {kind.table} t WHERE {kind.where} "
-            f"RETURNING {row_hash(kind)} AS h) "
-            "SELECT count(*), COALESCE(sum(h), 0)::text FROM gone")
+    return (
+        f"WITH gone AS (DELETE FROM {kind.table} t WHERE {kind.where} "
+        f"RETURNING {row_hash(kind)} AS h) "
+        "SELECT count(*), COALESCE(sum(h), 0)::text FROM gone"
+    )
 
 
 def delete_digested(conn: Connection, site_id: str) -> Parts:
@@ -104,12 +106,21 @@ def delete_digested(conn: Connection, site_id: str) -> Parts:
     parts: Parts = {}
     for name in DELETED_KINDS:
         if name == "term_links":
-            conn.execute(text(f"UPDATE terms t SET parent_id = NULL "
-                              f"WHERE {BY_NAME['detached_terms'].where}"), p)
+            conn.execute(
+                text(
+                    f"UPDATE terms t SET parent_id = NULL WHERE {BY_NAME['detached_terms'].where}"
+                ),
+                p,
+            )
         n, digest = conn.execute(text(_deleting_digest_sql(BY_NAME[name])), p).one()
         parts[name] = [int(n), str(digest)]
-    conn.execute(text("UPDATE sites SET active_blueprint_version = NULL, setup_status = 'draft' "
-                      "WHERE id = :site"), p)
+    conn.execute(
+        text(
+            "UPDATE sites SET active_blueprint_version = NULL, setup_status = 'draft' "
+            "WHERE id = :site"
+        ),
+        p,
+    )
     return parts
 
 
@@ -138,42 +149,61 @@ SELECT
 def leftovers(conn: Connection, site_id: str) -> dict[str, int]:
     tune_for_site(conn)
     row = conn.execute(LEFTOVERS_SQL, {"site": site_id}).one()
-    return dict(zip(("categories", "authors", "pages", "content_types", "orphan_seo_entries",
-                     "published_posts"), (int(v) for v in row), strict=True))
+    return dict(
+        zip(
+            (
+                "categories",
+                "authors",
+                "pages",
+                "content_types",
+                "orphan_seo_entries",
+                "published_posts",
+            ),
+            (int(v) for v in row),
+            strict=True,
+        )
+    )
 
 
-def _require_approved_snapshot(conn: Connection, uri: str, site_id: str,
-                               approved_plan_hash: str) -> None:
+def _require_approved_snapshot(
+    conn: Connection, uri: str, site_id: str, approved_plan_hash: str
+) -> None:
     """The summary alone names what the undo point is for: its rows were proven against
     it by the verify, and FileCheck proves the file is still those verified bytes."""
     with open_snapshot(uri, SITE_FORMAT) as reader:
         refuse_foreign(reader, fingerprint(conn), force=False)
         summary = reader.summary
     if summary.get("siteId") != site_id or summary.get("planHash") != approved_plan_hash:
-        raise SnapshotInvalid(f"Snapshot {uri} failed the plan-hash check: it records site "
-                              f"{summary.get('siteId')} and plan "
-                              f"{str(summary.get('planHash'))[:16]}…, the approved reset is of "
-                              f"site {site_id} with plan {approved_plan_hash[:16]}…; nothing "
-                              "changed.")
+        raise SnapshotInvalid(
+            f"Snapshot {uri} failed the plan-hash check: it records site "
+            f"{summary.get('siteId')} and plan "
+            f"{str(summary.get('planHash'))[:16]}…, the approved reset is of "
+            f"site {site_id} with plan {approved_plan_hash[:16]}…; nothing "
+            "changed."
+        )
 
 
-def _reset_locked(conn: Connection, site_id: str, target: str, file_check: FileCheck,
-                  approved_plan_hash: str) -> Plan:
+def _reset_locked(
+    conn: Connection, site_id: str, target: str, file_check: FileCheck, approved_plan_hash: str
+) -> Plan:
     """Delete under the site's locks; the plan of what actually changed, proven approved."""
     require_site(conn, site_id)
     lock_site_for_reset(conn, site_id)
     published = published_posts(conn, site_id)
     if published:
-        raise ResetNotAllowed(eligibility(published)["reason"] + " (published since the "
-                              "check; nothing changed)")
+        raise ResetNotAllowed(
+            eligibility(published)["reason"] + " (published since the check; nothing changed)"
+        )
     kept = KeptRowsGuard(conn, site_id)
     changed, effects = lock_changed_rows(conn, site_id)
     file_check.require_unchanged()
     deleted = delete_digested(conn, site_id)
-    plan = plan_of_parts(site_id, {**changed, **deleted}, effects, describe_target(target),
-                         str(fingerprint(conn)))
-    refuse_if_plan_moved(plan, approved_plan_hash,
-                         "the site's structure changed since it was approved")
+    plan = plan_of_parts(
+        site_id, {**changed, **deleted}, effects, describe_target(target), str(fingerprint(conn))
+    )
+    refuse_if_plan_moved(
+        plan, approved_plan_hash, "the site's structure changed since it was approved"
+    )
     kept.require_only(expected_writes(plan.counts))
     left = leftovers(conn, site_id)
     if any(left.values()):
@@ -182,9 +212,15 @@ def _reset_locked(conn: Connection, site_id: str, target: str, file_check: FileC
 
 
 @task(name="apply-site-reset", **TRANSIENT_RETRIES)
-def apply_site_reset(target: str, site_id: str, snapshot_uri: str, approved_plan_hash: str,
-                     verified_sha256: str, approval: Approval,
-                     started_at: datetime) -> dict[str, int]:
+def apply_site_reset(
+    target: str,
+    site_id: str,
+    snapshot_uri: str,
+    approved_plan_hash: str,
+    verified_sha256: str,
+    approval: Approval,
+    started_at: datetime,
+) -> dict[str, int]:
     """One READ COMMITTED transaction that deletes exactly the approved rows or nothing.
 
     The undo point is not re-read into the database: ``verified_sha256`` is the
@@ -202,8 +238,7 @@ def apply_site_reset(target: str, site_id: str, snapshot_uri: str, approved_plan
     flow_run_id = current_flow_run_id()
     file_check = FileCheck(snapshot_uri, verified_sha256)
     try:
-        with transaction(engine_for(target),
-                         lock_timeout_s=get_settings().lock_timeout_s) as conn:
+        with transaction(engine_for(target), lock_timeout_s=get_settings().lock_timeout_s) as conn:
             done = applied_counts(conn, flow_run_id, "reset-site-structure", approved_plan_hash)
             if done is not None:
                 return done
@@ -212,11 +247,17 @@ def apply_site_reset(target: str, site_id: str, snapshot_uri: str, approved_plan
             # These counts are the statements' own, already bound by the approved hash:
             # comparing them with the plan (require_as_planned) would compare it with itself.
             deleted = {k: plan.counts[k] for k in DELETED_KINDS}
-            write_audit(conn, flow_run_id=flow_run_id, flow_name="reset-site-structure",
-                        target=describe_target(target), plan_hash=plan.plan_hash,
-                        approval=approval,
-                        counts={"site_id": site_id, "planned": plan.counts, "deleted": deleted},
-                        snapshot_uri=snapshot_uri, started_at=started_at)
+            write_audit(
+                conn,
+                flow_run_id=flow_run_id,
+                flow_name="reset-site-structure",
+                target=describe_target(target),
+                plan_hash=plan.plan_hash,
+                approval=approval,
+                counts={"site_id": site_id, "planned": plan.counts, "deleted": deleted},
+                snapshot_uri=snapshot_uri,
+                started_at=started_at,
+            )
     finally:
         file_check.cancel()
     return deleted

@@ -51,8 +51,11 @@ WITH RECURSIVE free AS (
   UNION
   SELECT f.id FROM free f JOIN ok ON f.parent_id = ok.id
 )"""
-SUBCATEGORIES_BLOCKED_SQL = text(RESTORABLE_CATEGORIES + """
-SELECT (SELECT count(*) FROM free) - (SELECT count(*) FROM ok)""")
+SUBCATEGORIES_BLOCKED_SQL = text(
+    RESTORABLE_CATEGORIES
+    + """
+SELECT (SELECT count(*) FROM free) - (SELECT count(*) FROM ok)"""
+)
 
 PRESENT_SQL = text("""
 SELECT
@@ -80,10 +83,15 @@ def restore_present(conn: Connection) -> dict[str, int]:
 
 def _insert_missing(conn: Connection, table: str, temp: str, unique_on: str) -> int:
     """Rows of the snapshot whose id is absent and whose unique key is free."""
-    return int(conn.execute(text(
-        f"INSERT INTO {table} SELECT s.* FROM {temp} s "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.id = s.id) "
-        f"AND NOT EXISTS (SELECT 1 FROM {table} x WHERE {unique_on})")).rowcount)
+    return int(
+        conn.execute(
+            text(
+                f"INSERT INTO {table} SELECT s.* FROM {temp} s "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.id = s.id) "
+                f"AND NOT EXISTS (SELECT 1 FROM {table} x WHERE {unique_on})"
+            )
+        ).rowcount
+    )
 
 
 def insert_structure(conn: Connection, site_id: str) -> dict[str, int]:
@@ -92,61 +100,110 @@ def insert_structure(conn: Connection, site_id: str) -> dict[str, int]:
     if not site_row(conn, site_id, lock=True):
         raise SafeopsError(f"Site {site_id} no longer exists; nothing to restore into.")
     out = {
-        "content_types": _insert_missing(conn, "content_type", "_snap_content_types",
-                                         "x.site_id = s.site_id AND x.key = s.key"),
-        "authors": _insert_missing(conn, "authors", "_snap_authors",
-                                   "x.site_id = s.site_id AND x.slug = s.slug"),
-        "categories": int(conn.execute(text(
-            RESTORABLE_CATEGORIES + " INSERT INTO terms SELECT s.* FROM _snap_categories s "
-            "WHERE s.id IN (SELECT id FROM ok)")).rowcount),
+        "content_types": _insert_missing(
+            conn, "content_type", "_snap_content_types", "x.site_id = s.site_id AND x.key = s.key"
+        ),
+        "authors": _insert_missing(
+            conn, "authors", "_snap_authors", "x.site_id = s.site_id AND x.slug = s.slug"
+        ),
+        "categories": int(
+            conn.execute(
+                text(
+                    RESTORABLE_CATEGORIES + " INSERT INTO terms SELECT s.* FROM _snap_categories s "
+                    "WHERE s.id IN (SELECT id FROM ok)"
+                )
+            ).rowcount
+        ),
     }
     # A page's author or content type skipped as a conflict: the page goes back without
     # it, as its ON DELETE SET NULL link would have it; inserting it would break the FK.
-    conn.execute(text(
-        "UPDATE _snap_pages s SET author_id = NULL WHERE s.author_id IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM authors a WHERE a.id = s.author_id)"))
-    conn.execute(text(
-        "UPDATE _snap_pages s SET content_type_id = NULL WHERE s.content_type_id IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM content_type x WHERE x.id = s.content_type_id)"))
-    out["pages"] = _insert_missing(conn, "content", "_snap_pages",
-                                   "x.site_id = s.site_id AND x.type = s.type "
-                                   "AND x.slug = s.slug")
-    out["seo_entries"] = int(conn.execute(text(
-        "INSERT INTO seo_meta SELECT s.* FROM _snap_seo_entries s "
-        "WHERE NOT EXISTS (SELECT 1 FROM seo_meta x WHERE x.id = s.id "
-        "   OR (x.entity_type = s.entity_type AND x.entity_id = s.entity_id)) "
-        "AND ((s.entity_type = 'term' AND EXISTS (SELECT 1 FROM terms e WHERE e.id = s.entity_id))"
-        " OR (s.entity_type = 'author' AND EXISTS (SELECT 1 FROM authors e "
-        "     WHERE e.id = s.entity_id))"
-        " OR (s.entity_type = 'content' AND EXISTS (SELECT 1 FROM content e "
-        "     WHERE e.id = s.entity_id)))")).rowcount)
-    out["term_links"] = int(conn.execute(text(
-        "INSERT INTO content_terms SELECT s.* FROM _snap_term_links s "
-        "WHERE EXISTS (SELECT 1 FROM content c WHERE c.id = s.content_id) "
-        "AND EXISTS (SELECT 1 FROM terms t WHERE t.id = s.term_id) "
-        "ON CONFLICT DO NOTHING")).rowcount)
-    out["post_authors"] = int(conn.execute(text(
-        "UPDATE content c SET author_id = s.author_id FROM _snap_post_refs s "
-        "WHERE c.id = s.id AND c.author_id IS NULL AND s.author_id IS NOT NULL "
-        "AND EXISTS (SELECT 1 FROM authors a WHERE a.id = s.author_id)")).rowcount)
-    out["post_content_types"] = int(conn.execute(text(
-        "UPDATE content c SET content_type_id = s.content_type_id FROM _snap_post_refs s "
-        "WHERE c.id = s.id AND c.content_type_id IS NULL AND s.content_type_id IS NOT NULL "
-        "AND EXISTS (SELECT 1 FROM content_type x WHERE x.id = s.content_type_id)")).rowcount)
-    out["tags_reattached"] = int(conn.execute(text(
-        "UPDATE terms t SET parent_id = s.parent_id FROM _snap_detached_terms s "
-        "WHERE t.id = s.id AND t.parent_id IS NULL "
-        "AND EXISTS (SELECT 1 FROM terms p WHERE p.id = s.parent_id)")).rowcount)
-    out["site_state"] = int(conn.execute(text(
-        "UPDATE sites x SET active_blueprint_version = s.active_blueprint_version, "
-        "setup_status = s.setup_status FROM _snap_site_state s "
-        "WHERE x.id = s.id AND x.active_blueprint_version IS NULL "
-        "AND (x.active_blueprint_version, x.setup_status) IS DISTINCT FROM "
-        "(s.active_blueprint_version, s.setup_status)")).rowcount)
+    conn.execute(
+        text(
+            "UPDATE _snap_pages s SET author_id = NULL WHERE s.author_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM authors a WHERE a.id = s.author_id)"
+        )
+    )
+    conn.execute(
+        text(
+            "UPDATE _snap_pages s SET content_type_id = NULL WHERE s.content_type_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM content_type x WHERE x.id = s.content_type_id)"
+        )
+    )
+    out["pages"] = _insert_missing(
+        conn,
+        "content",
+        "_snap_pages",
+        "x.site_id = s.site_id AND x.type = s.type AND x.slug = s.slug",
+    )
+    out["seo_entries"] = int(
+        conn.execute(
+            text(
+                "INSERT INTO seo_meta SELECT s.* FROM _snap_seo_entries s "
+                "WHERE NOT EXISTS (SELECT 1 FROM seo_meta x WHERE x.id = s.id "
+                "   OR (x.entity_type = s.entity_type AND x.entity_id = s.entity_id)) "
+                "AND ((s.entity_type = 'term' AND EXISTS (SELECT 1 FROM terms e "
+                "     WHERE e.id = s.entity_id))"
+                " OR (s.entity_type = 'author' AND EXISTS (SELECT 1 FROM authors e "
+                "     WHERE e.id = s.entity_id))"
+                " OR (s.entity_type = 'content' AND EXISTS (SELECT 1 FROM content e "
+                "     WHERE e.id = s.entity_id)))"
+            )
+        ).rowcount
+    )
+    out["term_links"] = int(
+        conn.execute(
+            text(
+                "INSERT INTO content_terms SELECT s.* FROM _snap_term_links s "
+                "WHERE EXISTS (SELECT 1 FROM content c WHERE c.id = s.content_id) "
+                "AND EXISTS (SELECT 1 FROM terms t WHERE t.id = s.term_id) "
+                "ON CONFLICT DO NOTHING"
+            )
+        ).rowcount
+    )
+    out["post_authors"] = int(
+        conn.execute(
+            text(
+                "UPDATE content c SET author_id = s.author_id FROM _snap_post_refs s "
+                "WHERE c.id = s.id AND c.author_id IS NULL AND s.author_id IS NOT NULL "
+                "AND EXISTS (SELECT 1 FROM authors a WHERE a.id = s.author_id)"
+            )
+        ).rowcount
+    )
+    out["post_content_types"] = int(
+        conn.execute(
+            text(
+                "UPDATE content c SET content_type_id = s.content_type_id FROM _snap_post_refs s "
+                "WHERE c.id = s.id AND c.content_type_id IS NULL AND s.content_type_id IS NOT NULL "
+                "AND EXISTS (SELECT 1 FROM content_type x WHERE x.id = s.content_type_id)"
+            )
+        ).rowcount
+    )
+    out["tags_reattached"] = int(
+        conn.execute(
+            text(
+                "UPDATE terms t SET parent_id = s.parent_id FROM _snap_detached_terms s "
+                "WHERE t.id = s.id AND t.parent_id IS NULL "
+                "AND EXISTS (SELECT 1 FROM terms p WHERE p.id = s.parent_id)"
+            )
+        ).rowcount
+    )
+    out["site_state"] = int(
+        conn.execute(
+            text(
+                "UPDATE sites x SET active_blueprint_version = s.active_blueprint_version, "
+                "setup_status = s.setup_status FROM _snap_site_state s "
+                "WHERE x.id = s.id AND x.active_blueprint_version IS NULL "
+                "AND (x.active_blueprint_version, x.setup_status) IS DISTINCT FROM "
+                "(s.active_blueprint_version, s.setup_status)"
+            )
+        ).rowcount
+    )
     return out
 
 
-RESTORE_TODO_SQL = text(RESTORABLE_CATEGORIES + """
+RESTORE_TODO_SQL = text(
+    RESTORABLE_CATEGORIES
+    + """
 SELECT
   (SELECT count(*) FROM _snap_content_types s WHERE NOT EXISTS
      (SELECT 1 FROM content_type x WHERE x.id = s.id OR (x.site_id = s.site_id AND x.key = s.key))),
@@ -167,17 +224,20 @@ SELECT
   (SELECT count(*) FROM _snap_site_state s JOIN sites x ON x.id = s.id
      WHERE (x.active_blueprint_version, x.setup_status) IS DISTINCT FROM
            (s.active_blueprint_version, s.setup_status))
-""")
+"""
+)
 
 
 def restore_todo(conn: Connection) -> dict[str, int]:
     row = conn.execute(RESTORE_TODO_SQL).one()
-    return dict(zip((*NAMES, "term_links", "post_refs", "site_state"), (int(v) for v in row),
-                    strict=True))
+    return dict(
+        zip((*NAMES, "term_links", "post_refs", "site_state"), (int(v) for v in row), strict=True)
+    )
 
 
-def _restore_plan(conn: Connection, target: str, reader: Any, uri: str,
-                  skip_conflicts: bool, allow_untraced: bool) -> tuple[str, Plan]:
+def _restore_plan(
+    conn: Connection, target: str, reader: Any, uri: str, skip_conflicts: bool, allow_untraced: bool
+) -> tuple[str, Plan]:
     site_id, _ = load_verified(conn, uri, reader)
     trace = trace_of(conn, reader, uri, allow_untraced=allow_untraced)
     require_site(conn, site_id)
@@ -189,36 +249,52 @@ def _restore_plan(conn: Connection, target: str, reader: Any, uri: str,
         raise RestoreConflict(
             "Refused: the site gained structure that conflicts with the snapshot ("
             + ", ".join(f"{k}={v}" for k, v in conflicts.items() if v)
-            + "); remove it or pass skip_conflicts; nothing changed.")
-    counts = {**todo, **{f"{k}_already_present": v for k, v in present.items()},
-              **{f"{k}_conflicting": v for k, v in conflicts.items()}}
+            + "); remove it or pass skip_conflicts; nothing changed."
+        )
+    counts = {
+        **todo,
+        **{f"{k}_already_present": v for k, v in present.items()},
+        **{f"{k}_conflicting": v for k, v in conflicts.items()},
+    }
     notes = [f"{v} {k} skipped (conflict)" for k, v in conflicts.items() if v]
-    plan = Plan(kind="restore-site-structure", target=describe_target(target),
-                         counts=counts, notes=notes,
-                         plan_hash=plan_hash_of({"restore-site-structure": counts,
-                                                 "snapshot": reader.actual_sha256},
-                                                database=str(fingerprint(conn))))
+    plan = Plan(
+        kind="restore-site-structure",
+        target=describe_target(target),
+        counts=counts,
+        notes=notes,
+        plan_hash=plan_hash_of(
+            {"restore-site-structure": counts, "snapshot": reader.actual_sha256},
+            database=str(fingerprint(conn)),
+        ),
+    )
     return site_id, trace.mark(plan, str(fingerprint(conn)))
 
 
 @task(name="plan-site-restore", **TRANSIENT_RETRIES)
-def plan_site_restore(target: str, uri: str, skip_conflicts: bool,
-                      allow_untraced: bool = False) -> tuple[str, str, Plan]:
-    with open_snapshot(uri, SITE_FORMAT) as reader, \
-            read_snapshot(engine_for(target)) as conn:
+def plan_site_restore(
+    target: str, uri: str, skip_conflicts: bool, allow_untraced: bool = False
+) -> tuple[str, str, Plan]:
+    with open_snapshot(uri, SITE_FORMAT) as reader, read_snapshot(engine_for(target)) as conn:
         refuse_foreign(reader, fingerprint(conn), force=False)
-        site_id, plan = _restore_plan(conn, target, reader, uri, skip_conflicts,
-                                      allow_untraced)
+        site_id, plan = _restore_plan(conn, target, reader, uri, skip_conflicts, allow_untraced)
         return site_id, str(reader.summary.get("siteSlug")), plan
 
 
 @task(name="apply-site-restore", **TRANSIENT_RETRIES)
-def apply_site_restore(target: str, uri: str, skip_conflicts: bool, approved_plan_hash: str,
-                       approval: Approval, started_at: datetime,
-                       allow_untraced: bool = False) -> dict[str, int]:
+def apply_site_restore(
+    target: str,
+    uri: str,
+    skip_conflicts: bool,
+    approved_plan_hash: str,
+    approval: Approval,
+    started_at: datetime,
+    allow_untraced: bool = False,
+) -> dict[str, int]:
     flow_run_id = current_flow_run_id()
-    with open_snapshot(uri, SITE_FORMAT) as reader, \
-            transaction(engine_for(target), lock_timeout_s=get_settings().lock_timeout_s) as conn:
+    with (
+        open_snapshot(uri, SITE_FORMAT) as reader,
+        transaction(engine_for(target), lock_timeout_s=get_settings().lock_timeout_s) as conn,
+    ):
         done = applied_counts(conn, flow_run_id, "restore-site-structure", approved_plan_hash)
         if done is not None:
             return done
@@ -226,11 +302,19 @@ def apply_site_restore(target: str, uri: str, skip_conflicts: bool, approved_pla
         site_id = str(reader.summary.get("siteId"))
         require_site(conn, parse_site_id(site_id), lock=True)
         _, plan = _restore_plan(conn, target, reader, uri, skip_conflicts, allow_untraced)
-        refuse_if_plan_moved(plan, approved_plan_hash,
-                             "the site changed since the restore was planned")
+        refuse_if_plan_moved(
+            plan, approved_plan_hash, "the site changed since the restore was planned"
+        )
         restored = insert_structure(conn, site_id)
-        write_audit(conn, flow_run_id=flow_run_id, flow_name="restore-site-structure",
-                    target=describe_target(target), plan_hash=plan.plan_hash, approval=approval,
-                    counts={"site_id": site_id, "planned": plan.counts, "restored": restored},
-                    snapshot_uri=uri, started_at=started_at)
+        write_audit(
+            conn,
+            flow_run_id=flow_run_id,
+            flow_name="restore-site-structure",
+            target=describe_target(target),
+            plan_hash=plan.plan_hash,
+            approval=approval,
+            counts={"site_id": site_id, "planned": plan.counts, "restored": restored},
+            snapshot_uri=uri,
+            started_at=started_at,
+        )
     return restored

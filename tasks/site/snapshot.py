@@ -45,9 +45,11 @@ def stream_snapshot_docs(conn: Connection, site_id: str) -> Iterator[tuple[str, 
     for kind in KINDS:
         statement = text(
             f"SELECT json_build_object('kind', '{kind.name}', 'row', {kind.row_expr()})::text "
-            f"FROM {kind.table} t WHERE {kind.where} ORDER BY {kind.key}")
-        result = conn.execute(statement.execution_options(stream_results=True, yield_per=1000),
-                              {"site": site_id})
+            f"FROM {kind.table} t WHERE {kind.where} ORDER BY {kind.key}"
+        )
+        result = conn.execute(
+            statement.execution_options(stream_results=True, yield_per=1000), {"site": site_id}
+        )
         for (doc,) in result:
             yield kind.name, doc
 
@@ -64,26 +66,39 @@ def load_snapshot(conn: Connection, documents: Iterator[bytes], uri: str) -> dic
         with conn.begin_nested():
             # Each document is parsed once, into jsonb (OFFSET 0 keeps the cast
             # from being inlined into both extractions, which would parse twice).
-            conn.execute(text("CREATE TEMP TABLE _snap_json ON COMMIT DROP AS "
-                              "SELECT j->>'kind' AS kind, j->'row' AS row "
-                              "FROM (SELECT doc::jsonb AS j FROM _snap_doc OFFSET 0) d"))
+            conn.execute(
+                text(
+                    "CREATE TEMP TABLE _snap_json ON COMMIT DROP AS "
+                    "SELECT j->>'kind' AS kind, j->'row' AS row "
+                    "FROM (SELECT doc::jsonb AS j FROM _snap_doc OFFSET 0) d"
+                )
+            )
             for kind in KINDS:
                 cols = ", ".join(f"r.{c}" for c in kind.columns) if kind.columns else "r.*"
-                conn.execute(text(
-                    f"CREATE TEMP TABLE {kind.temp} ON COMMIT DROP AS SELECT {cols} "
-                    f"FROM _snap_json j, jsonb_populate_record(NULL::{kind.table}, j.row) r "
-                    f"WHERE j.kind = '{kind.name}'"))
-            unknown = conn.execute(text(
-                "SELECT count(*) FROM _snap_json WHERE kind <> ALL(:kinds)"),
-                {"kinds": [k.name for k in KINDS]}).scalar_one()
+                conn.execute(
+                    text(
+                        f"CREATE TEMP TABLE {kind.temp} ON COMMIT DROP AS SELECT {cols} "
+                        f"FROM _snap_json j, jsonb_populate_record(NULL::{kind.table}, j.row) r "
+                        f"WHERE j.kind = '{kind.name}'"
+                    )
+                )
+            unknown = conn.execute(
+                text("SELECT count(*) FROM _snap_json WHERE kind <> ALL(:kinds)"),
+                {"kinds": [k.name for k in KINDS]},
+            ).scalar_one()
     except Exception as exc:
-        raise SnapshotInvalid(f"Snapshot {uri} failed the format check: its documents do not "
-                              f"fit the CMS tables ({str(exc).splitlines()[0]})") from None
+        raise SnapshotInvalid(
+            f"Snapshot {uri} failed the format check: its documents do not "
+            f"fit the CMS tables ({str(exc).splitlines()[0]})"
+        ) from None
     if unknown:
-        raise SnapshotInvalid(f"Snapshot {uri} failed the format check: {unknown} document(s) "
-                              "of unknown kind")
-    return {k.name: int(conn.execute(text(f"SELECT count(*) FROM {k.temp}")).scalar_one())
-            for k in KINDS}
+        raise SnapshotInvalid(
+            f"Snapshot {uri} failed the format check: {unknown} document(s) of unknown kind"
+        )
+    return {
+        k.name: int(conn.execute(text(f"SELECT count(*) FROM {k.temp}")).scalar_one())
+        for k in KINDS
+    }
 
 
 def snapshot_site_id(conn: Connection) -> str:
@@ -93,8 +108,9 @@ def snapshot_site_id(conn: Connection) -> str:
     return str(row[0][0])
 
 
-def snapshot_plan_hash(conn: Connection, site_id: str,
-                       version: int = DIGEST_VERSION) -> tuple[str, dict[str, int]]:
+def snapshot_plan_hash(
+    conn: Connection, site_id: str, version: int = DIGEST_VERSION
+) -> tuple[str, dict[str, int]]:
     """The plan hash recomputed from a loaded snapshot (must equal the recorded one),
     with the digest version the snapshot was written with."""
     plan = plan_from(conn, site_id, SNAPSHOT, "", version)
@@ -102,8 +118,9 @@ def snapshot_plan_hash(conn: Connection, site_id: str,
 
 
 @task(name="snapshot-site-structure", **TRANSIENT_RETRIES)
-def snapshot_site(target: str, site_id: str,
-                  snapshot_location: str | None) -> tuple[SnapshotRef, Plan]:
+def snapshot_site(
+    target: str, site_id: str, snapshot_location: str | None
+) -> tuple[SnapshotRef, Plan]:
     """Plan and snapshot in one REPEATABLE READ view, so the file holds exactly
     the rows the plan hash describes."""
     created = now_utc()
@@ -122,16 +139,32 @@ def snapshot_site(target: str, site_id: str,
                 totals[kind] = totals.get(kind, 0) + 1
             fp = fingerprint(conn)
             read_only = target_is_read_only(conn)
-        summary = {"siteId": site_id, "siteSlug": slug, "siteName": name,
-                   "planHash": plan.plan_hash, "planDigest": DIGEST_VERSION,
-                   "totalRows": writer.count,
-                   **{f"total_{k.name}": totals.get(k.name, 0) for k in KINDS},
-                   **source_fields(fp, read_only)}
-        uri = finish_and_publish(writer, name_prefix=f"{SNAPSHOT_PREFIX}-{slug[:40]}",
-                                 created_at=created, summary=summary,
-                                 location=snapshot_location)
-        record_snapshot(engine_for(target), kind=SITE_FORMAT, uri=uri, writer=writer,
-                        totals=totals, created_at=created, read_only=read_only)
+        summary = {
+            "siteId": site_id,
+            "siteSlug": slug,
+            "siteName": name,
+            "planHash": plan.plan_hash,
+            "planDigest": DIGEST_VERSION,
+            "totalRows": writer.count,
+            **{f"total_{k.name}": totals.get(k.name, 0) for k in KINDS},
+            **source_fields(fp, read_only),
+        }
+        uri = finish_and_publish(
+            writer,
+            name_prefix=f"{SNAPSHOT_PREFIX}-{slug[:40]}",
+            created_at=created,
+            summary=summary,
+            location=snapshot_location,
+        )
+        record_snapshot(
+            engine_for(target),
+            kind=SITE_FORMAT,
+            uri=uri,
+            writer=writer,
+            totals=totals,
+            created_at=created,
+            read_only=read_only,
+        )
     except BaseException:
         writer.discard()
         raise
@@ -141,44 +174,57 @@ def snapshot_site(target: str, site_id: str,
 def load_verified(conn: Connection, uri: str, reader: Any) -> tuple[str, dict[str, int]]:
     """Load a site snapshot and prove it against its own summary (hash and totals)."""
     loaded = load_snapshot(conn, reader.documents(), uri)
-    problems = [f"{k} is {reader.summary.get('total_' + k)!r} in the summary but the body holds "
-                f"{v}" for k, v in loaded.items() if reader.summary.get("total_" + k) != v]
+    problems = [
+        f"{k} is {reader.summary.get('total_' + k)!r} in the summary but the body holds {v}"
+        for k, v in loaded.items()
+        if reader.summary.get("total_" + k) != v
+    ]
     if problems:
         raise SnapshotInvalid(f"Snapshot {uri} failed the totals check: " + "; ".join(problems))
     site_id = snapshot_site_id(conn)
     if site_id != reader.summary.get("siteId"):
-        raise SnapshotInvalid(f"Snapshot {uri} failed the totals check: its rows belong to site "
-                              f"{site_id}, the summary says {reader.summary.get('siteId')}")
+        raise SnapshotInvalid(
+            f"Snapshot {uri} failed the totals check: its rows belong to site "
+            f"{site_id}, the summary says {reader.summary.get('siteId')}"
+        )
     version = reader.summary.get("planDigest", 1)
     if not isinstance(version, int):
-        raise SnapshotInvalid(f"Snapshot {uri} failed the format check: planDigest "
-                              f"{version!r} is not a version number")
+        raise SnapshotInvalid(
+            f"Snapshot {uri} failed the format check: planDigest "
+            f"{version!r} is not a version number"
+        )
     derived, _ = snapshot_plan_hash(conn, site_id, version)
     if derived != reader.summary.get("planHash"):
-        raise SnapshotInvalid(f"Snapshot {uri} failed the plan-hash check: its rows hash to "
-                              f"{derived[:16]}…, the summary records "
-                              f"{str(reader.summary.get('planHash'))[:16]}…")
+        raise SnapshotInvalid(
+            f"Snapshot {uri} failed the plan-hash check: its rows hash to "
+            f"{derived[:16]}…, the summary records "
+            f"{str(reader.summary.get('planHash'))[:16]}…"
+        )
     recorded = {h for h, _ in recorded_for_snapshot(conn, "reset-site-structure", uri)}
     if recorded and reader.summary.get("planHash") not in recorded:
-        raise SnapshotInvalid(f"Snapshot {uri} failed the audit check: the reset that wrote it "
-                              f"recorded plan {min(recorded)[:16]}…, the file now records "
-                              f"{str(reader.summary.get('planHash'))[:16]}… (edited since)")
+        raise SnapshotInvalid(
+            f"Snapshot {uri} failed the audit check: the reset that wrote it "
+            f"recorded plan {min(recorded)[:16]}…, the file now records "
+            f"{str(reader.summary.get('planHash'))[:16]}… (edited since)"
+        )
     return site_id, loaded
 
 
 @task(name="verify-site-snapshot", **TRANSIENT_RETRIES)
 def verify_site_snapshot(target: str, uri: str, expected_plan_hash: str | None) -> VerifyReport:
-    with open_snapshot(uri, SITE_FORMAT) as reader, \
-            read_snapshot(engine_for(target)) as conn:
+    with open_snapshot(uri, SITE_FORMAT) as reader, read_snapshot(engine_for(target)) as conn:
         refuse_foreign(reader, fingerprint(conn), force=False)
         _, loaded = load_verified(conn, uri, reader)
-        checks = [Check(name="format", ok=True, detail=SITE_FORMAT),
-                  Check(name="checksum", ok=True, detail=f"sha256 {reader.actual_sha256[:16]}…"),
-                  Check(name="totals", ok=True,
-                        detail=", ".join(f"{k}={v}" for k, v in loaded.items())),
-                  Check(name="plan-hash", ok=True, detail="rows hash to the recorded plan")]
+        checks = [
+            Check(name="format", ok=True, detail=SITE_FORMAT),
+            Check(name="checksum", ok=True, detail=f"sha256 {reader.actual_sha256[:16]}…"),
+            Check(name="totals", ok=True, detail=", ".join(f"{k}={v}" for k, v in loaded.items())),
+            Check(name="plan-hash", ok=True, detail="rows hash to the recorded plan"),
+        ]
         if expected_plan_hash is not None and reader.summary.get("planHash") != expected_plan_hash:
-            raise SnapshotInvalid(f"Snapshot {uri} failed the plan-hash check: it records "
-                                  f"{reader.summary.get('planHash')}, the plan is "
-                                  f"{expected_plan_hash}")
+            raise SnapshotInvalid(
+                f"Snapshot {uri} failed the plan-hash check: it records "
+                f"{reader.summary.get('planHash')}, the plan is "
+                f"{expected_plan_hash}"
+            )
     return VerifyReport(uri=uri, checks=checks, totals=loaded, file_sha256=reader.file_sha256)

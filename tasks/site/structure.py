@@ -50,26 +50,46 @@ class Kind:
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("seo_entries", "seo_meta",
-         f"(t.entity_type = 'term' AND t.entity_id IN ({CATEGORIES})) "
-         f"OR (t.entity_type = 'author' AND t.entity_id IN ({AUTHORS})) "
-         f"OR (t.entity_type = 'content' AND t.entity_id IN ({PAGES}))", "t.id::text"),
+    Kind(
+        "seo_entries",
+        "seo_meta",
+        f"(t.entity_type = 'term' AND t.entity_id IN ({CATEGORIES})) "
+        f"OR (t.entity_type = 'author' AND t.entity_id IN ({AUTHORS})) "
+        f"OR (t.entity_type = 'content' AND t.entity_id IN ({PAGES}))",
+        "t.id::text",
+    ),
     Kind("categories", "terms", "t.site_id = :site AND t.type = 'category'", "t.id::text"),
     Kind("authors", "authors", "t.site_id = :site", "t.id::text"),
     Kind("pages", "content", "t.site_id = :site AND t.type = 'page'", "t.id::text"),
     Kind("content_types", "content_type", "t.site_id = :site", "t.id::text"),
-    Kind("term_links", "content_terms",
-         f"t.term_id IN ({CATEGORIES}) OR t.content_id IN ({PAGES})",
-         "t.content_id::text || '/' || t.term_id::text"),
-    Kind("post_refs", "content",
-         f"t.type = 'post' AND (t.author_id IN ({AUTHORS}) "
-         f"OR t.content_type_id IN ({CONTENT_TYPES}))", "t.id::text",
-         ("id", "author_id", "content_type_id")),
-    Kind("detached_terms", "terms",
-         f"t.parent_id IN ({CATEGORIES}) AND NOT (t.site_id = :site AND t.type = 'category')",
-         "t.id::text", ("id", "parent_id")),
-    Kind("site_state", "sites", "t.id = :site", "t.id::text",
-         ("id", "active_blueprint_version", "setup_status")),
+    Kind(
+        "term_links",
+        "content_terms",
+        f"t.term_id IN ({CATEGORIES}) OR t.content_id IN ({PAGES})",
+        "t.content_id::text || '/' || t.term_id::text",
+    ),
+    Kind(
+        "post_refs",
+        "content",
+        f"t.type = 'post' AND (t.author_id IN ({AUTHORS}) "
+        f"OR t.content_type_id IN ({CONTENT_TYPES}))",
+        "t.id::text",
+        ("id", "author_id", "content_type_id"),
+    ),
+    Kind(
+        "detached_terms",
+        "terms",
+        f"t.parent_id IN ({CATEGORIES}) AND NOT (t.site_id = :site AND t.type = 'category')",
+        "t.id::text",
+        ("id", "parent_id"),
+    ),
+    Kind(
+        "site_state",
+        "sites",
+        "t.id = :site",
+        "t.id::text",
+        ("id", "active_blueprint_version", "setup_status"),
+    ),
 )
 BY_NAME = {k.name: k for k in KINDS}
 # What the original success alert listed.
@@ -93,8 +113,10 @@ def tune_for_site(conn: Connection) -> None:
 
 # The key of each kind in its native types: ordering uuids is cheaper than
 # ordering their text, and both orders are total (the keys are unique).
-_NATIVE_ORDER = {"t.id::text": "t.id",
-                 "t.content_id::text || '/' || t.term_id::text": "t.content_id, t.term_id"}
+_NATIVE_ORDER = {
+    "t.id::text": "t.id",
+    "t.content_id::text || '/' || t.term_id::text": "t.content_id, t.term_id",
+}
 
 
 # How a kind's rows are digested for the plan hash. 2 (current): the count and a sum
@@ -115,33 +137,44 @@ def row_hash(kind: Kind) -> str:
     return f"hashtextextended(({kind.row_expr()})::text, 0)"
 
 
-def digest_sql(kind: Kind, source: str, where: str, extra: str = "",
-                version: int = DIGEST_VERSION) -> str:
+def digest_sql(
+    kind: Kind, source: str, where: str, extra: str = "", version: int = DIGEST_VERSION
+) -> str:
     """SELECT of (count, digest[, extra]) over the kind's rows in ``source``."""
     if version == 1:
         order = _NATIVE_ORDER.get(kind.key, kind.key)
-        digest = (f"md5(COALESCE(string_agg(({kind.row_expr()})::text, ',' ORDER BY {order}), "
-                  "''))")
+        digest = f"md5(COALESCE(string_agg(({kind.row_expr()})::text, ',' ORDER BY {order}), ''))"
     elif version in (2, 3):
         digest = f"COALESCE(sum({row_hash(kind)}), 0)::text"
     else:
         raise SnapshotInvalid(f"Unknown plan digest version {version!r}.")
-    return (f"SELECT count(*), {digest}" + (f", {extra}" if extra else "")
-            + f" FROM {source} t WHERE {where}")
+    return (
+        f"SELECT count(*), {digest}"
+        + (f", {extra}" if extra else "")
+        + f" FROM {source} t WHERE {where}"
+    )
 
 
 Parts = dict[str, list[int | str]]  # kind name -> [row count, md5 of its rows' text]
 
 # What the SET NULL links of a site's authors and content types do to posts (any site).
-POST_EFFECTS = (f"count(*) FILTER (WHERE t.author_id IN ({AUTHORS})), "
-                f"count(*) FILTER (WHERE t.content_type_id IN ({CONTENT_TYPES}))")
+POST_EFFECTS = (
+    f"count(*) FILTER (WHERE t.author_id IN ({AUTHORS})), "
+    f"count(*) FILTER (WHERE t.content_type_id IN ({CONTENT_TYPES}))"
+)
 CATEGORY_LINKS_OF_POSTS = text(f"""
     SELECT count(*) FROM content_terms ct JOIN content c ON c.id = ct.content_id
     WHERE c.type = 'post' AND ct.term_id IN ({CATEGORIES})""")
 
 
-def plan_of_parts(site_id: str, parts: Parts, effects: dict[str, int], target: str,
-                  database: str, version: int = DIGEST_VERSION) -> Plan:
+def plan_of_parts(
+    site_id: str,
+    parts: Parts,
+    effects: dict[str, int],
+    target: str,
+    database: str,
+    version: int = DIGEST_VERSION,
+) -> Plan:
     """The one place a reset plan and its hash are assembled, whether its parts were
     read from live rows, from a loaded snapshot, or from the rows an apply deleted:
     a hash computed any other way could disagree with saved plans and old snapshots."""
@@ -150,35 +183,51 @@ def plan_of_parts(site_id: str, parts: Parts, effects: dict[str, int], target: s
     hashed: dict[str, object] = {"reset-site-structure": parts, "site": site_id}
     if version != 1:  # version 1 hashes stay exactly what they were
         hashed["digest"] = version
-    return Plan(kind="reset-site-structure", target=target, counts=counts,
-                plan_hash=plan_hash_of(hashed, database=database if version >= 3 else ""))
+    return Plan(
+        kind="reset-site-structure",
+        target=target,
+        counts=counts,
+        plan_hash=plan_hash_of(hashed, database=database if version >= 3 else ""),
+    )
 
 
 def post_effects(conn: Connection, site_id: str) -> dict[str, int]:
     """Posts the reset changes without deleting them (counts shown before approval)."""
-    losing_author, losing_type = conn.execute(text(
-        f"SELECT {POST_EFFECTS} FROM content t WHERE {BY_NAME['post_refs'].where}"),
-        {"site": site_id}).one()
+    losing_author, losing_type = conn.execute(
+        text(f"SELECT {POST_EFFECTS} FROM content t WHERE {BY_NAME['post_refs'].where}"),
+        {"site": site_id},
+    ).one()
     links = conn.execute(CATEGORY_LINKS_OF_POSTS, {"site": site_id}).scalar_one()
-    state = conn.execute(text(
-        "SELECT count(*) FROM sites WHERE id = CAST(:site AS uuid) AND "
-        "(active_blueprint_version, setup_status) IS DISTINCT FROM (NULL, 'draft')"),
-        {"site": site_id}).scalar_one()
-    return {"posts_losing_author": int(losing_author),
-            "posts_losing_content_type": int(losing_type),
-            "posts_losing_category_links": int(links),
-            # 1 while the blueprint state still has to go back to draft: with it, an
-            # all-zero plan means the site is reset already and there is nothing to do.
-            "site_state_to_reset": int(state)}
+    state = conn.execute(
+        text(
+            "SELECT count(*) FROM sites WHERE id = CAST(:site AS uuid) AND "
+            "(active_blueprint_version, setup_status) IS DISTINCT FROM (NULL, 'draft')"
+        ),
+        {"site": site_id},
+    ).scalar_one()
+    return {
+        "posts_losing_author": int(losing_author),
+        "posts_losing_content_type": int(losing_type),
+        "posts_losing_category_links": int(links),
+        # 1 while the blueprint state still has to go back to draft: with it, an
+        # all-zero plan means the site is reset already and there is nothing to do.
+        "site_state_to_reset": int(state),
+    }
 
 
-def plan_from(conn: Connection, site_id: str, source_of: dict[str, tuple[str, str]],
-               target: str, version: int = DIGEST_VERSION) -> Plan:
+def plan_from(
+    conn: Connection,
+    site_id: str,
+    source_of: dict[str, tuple[str, str]],
+    target: str,
+    version: int = DIGEST_VERSION,
+) -> Plan:
     parts: Parts = {}
     for kind in KINDS:
         source, where = source_of[kind.name]
-        n, digest = conn.execute(text(digest_sql(kind, source, where, version=version)),
-                                 {"site": site_id}).one()
+        n, digest = conn.execute(
+            text(digest_sql(kind, source, where, version=version)), {"site": site_id}
+        ).one()
         parts[kind.name] = [int(n), str(digest)]
     effects = post_effects(conn, site_id) if source_of is LIVE else {}
     return plan_of_parts(site_id, parts, effects, target, str(fingerprint(conn)), version)

@@ -41,8 +41,9 @@ def statements(conn: Connection) -> list[str]:
 
 
 def table_exists(conn: Connection) -> bool:
-    return bool(conn.execute(text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")
-                             ).scalar_one())
+    return bool(
+        conn.execute(text("SELECT to_regclass('safeops.safeops_audit') IS NOT NULL")).scalar_one()
+    )
 
 
 def test_first_write_creates_then_checks_stop(engine: Any) -> None:
@@ -78,6 +79,17 @@ def test_a_rolled_back_create_is_not_remembered(engine: Any) -> None:
     with engine.connect() as conn, conn.begin():
         assert not table_exists(conn)
         # So the next write checks, and creates, it again.
-        assert write_audit(conn, flow_run_id=None, flow_name="t", target="t", plan_hash="h",
-                           approval=Approval(approver="a", reason="r", via="pause"),
-                           counts={}, snapshot_uri=None, started_at=None) == 1
+        assert (
+            write_audit(
+                conn,
+                flow_run_id=None,
+                flow_name="t",
+                target="t",
+                plan_hash="h",
+                approval=Approval(approver="a", reason="r", via="pause"),
+                counts={},
+                snapshot_uri=None,
+                started_at=None,
+            )
+            == 1
+        )

@@ -73,8 +73,9 @@ SITE_RESET_MODEL = [
 ]
 
 
-def checksums(conn_or_url: psycopg.Connection[Any] | str, tables: list[str],
-              ignore: tuple[str, ...] = STAMPS) -> dict[str, str]:
+def checksums(
+    conn_or_url: psycopg.Connection[Any] | str, tables: list[str], ignore: tuple[str, ...] = STAMPS
+) -> dict[str, str]:
     """count:md5 of every row of each table (as jsonb, minus the ``ignore`` keys)."""
     if isinstance(conn_or_url, str):
         with psycopg.connect(conn_or_url) as conn:
@@ -86,7 +87,8 @@ def checksums(conn_or_url: psycopg.Connection[Any] | str, tables: list[str],
     for table in tables:
         row = conn.execute(
             f"SELECT count(*), md5(COALESCE(string_agg((to_jsonb(t){drop})::text, '|' "
-            f"ORDER BY (to_jsonb(t){drop})::text), '')) FROM {table} t").fetchone()
+            f"ORDER BY (to_jsonb(t){drop})::text), '')) FROM {table} t"
+        ).fetchone()
         assert row is not None
         out[table] = f"{row[0]}:{row[1]}"
     return out
@@ -127,6 +129,7 @@ def reset_model(site_id: str) -> Callable[[Any], None]:
 
         for statement in SITE_RESET_MODEL:
             conn.execute(text(statement), {"site": site_id})
+
     return apply
 
 
@@ -146,9 +149,17 @@ class States:
             return "before"
         if current == self.applied:
             return "applied"
-        mixed = {t: ("before" if current[t] == self.before[t] else
-                     "applied" if current[t] == self.applied[t] else "neither")
-                 for t in self.tables if self.before[t] != self.applied[t]}
+        mixed = {
+            t: (
+                "before"
+                if current[t] == self.before[t]
+                else "applied"
+                if current[t] == self.applied[t]
+                else "neither"
+            )
+            for t in self.tables
+            if self.before[t] != self.applied[t]
+        }
         raise AssertionError(f"database is in between before and applied: {mixed}")
 
 
@@ -168,7 +179,9 @@ def install_stall(url: str, table: str, seconds: float) -> None:
     """A BEFORE DELETE row trigger on ``table`` that sleeps once (the first row ever, counted
     by a sequence, which a rollback does not undo), so the apply parks mid-transaction after
     its earlier statements ran; a retry or re-run is not stalled again."""
-    execute(url, f"""
+    execute(
+        url,
+        f"""
         CREATE SEQUENCE faults_stall_seq;
         CREATE FUNCTION faults_stall() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
@@ -176,18 +189,21 @@ def install_stall(url: str, table: str, seconds: float) -> None:
             RETURN OLD;
         END $$;
         CREATE TRIGGER faults_stall BEFORE DELETE ON {table}
-            FOR EACH ROW EXECUTE FUNCTION faults_stall();""")
+            FOR EACH ROW EXECUTE FUNCTION faults_stall();""",
+    )
 
 
-def wait_for_stall(url: str, timeout_s: float = 120,
-                   alive: Callable[[], bool] = lambda: True) -> tuple[int, str]:
+def wait_for_stall(
+    url: str, timeout_s: float = 120, alive: Callable[[], bool] = lambda: True
+) -> tuple[int, str]:
     """(pid, query) of the safeops backend sleeping in the stall trigger."""
     deadline = time.monotonic() + timeout_s
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < deadline:
             row = conn.execute(
                 "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name = 'safeops' AND wait_event = 'PgSleep'").fetchone()
+                "AND application_name = 'safeops' AND wait_event = 'PgSleep'"
+            ).fetchone()
             if row:
                 return int(row[0]), str(row[1])
             assert alive(), "the run ended without reaching the stalled statement"
@@ -220,8 +236,13 @@ def task_runs(flow_run_id: UUID, name: str, timeout_s: float = 30) -> list[Any]:
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
-            runs = [r for r in client.read_task_runs(flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[flow_run_id]))) if r.name.startswith(name)]
+            runs = [
+                r
+                for r in client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                )
+                if r.name.startswith(name)
+            ]
             if runs and all(r.state and r.state.is_final() for r in runs):
                 return runs
             if time.monotonic() > deadline:
@@ -246,9 +267,12 @@ def runs_of(flow_name: str, since: Any) -> list[Any]:
     )
 
     with get_client(sync_client=True) as client:
-        return list(client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since))))
+        return list(
+            client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
+            )
+        )
 
 
 # ---------------------------------------------------------------- the CLI
@@ -262,9 +286,16 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """The real CLI in its own process (own session, so it can be SIGKILLed alone)."""
-    return subprocess.Popen([sys.executable, "-m", "safeops.cli", *args], cwd=ROOT,
-                            env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "safeops.cli", *args],
+        cwd=ROOT,
+        env=cli_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen[str], timeout_s: float = 240) -> tuple[int, str, str]:
@@ -331,15 +362,16 @@ def read_snapshot_file(path: str | Path) -> tuple[dict[str, Any], str, list[byte
         i += 1
     body_key = json.loads(lines[i][:-3])
     docs = []
-    for line in lines[i + 1:]:
+    for line in lines[i + 1 :]:
         if line == b"]":
             break
         docs.append(line[:-1] if line.endswith(b",") else line)
     return summary, body_key, docs
 
 
-def write_snapshot_file(path: str | Path, summary: dict[str, Any], body_key: str,
-                        docs: list[bytes]) -> None:
+def write_snapshot_file(
+    path: str | Path, summary: dict[str, Any], body_key: str, docs: list[bytes]
+) -> None:
     """Write a snapshot whose summary matches its body: the checksum recomputed, as a
     careful forger (or a buggy tool) would."""
     from safeops.core.snapshot_writer import SnapshotWriter
@@ -348,8 +380,9 @@ def write_snapshot_file(path: str | Path, summary: dict[str, Any], body_key: str
     try:
         for doc in docs:
             writer.add(doc)
-        rest = {k: v for k, v in summary.items() if k not in ("format", "formatVersion",
-                                                              "bodySha256")}
+        rest = {
+            k: v for k, v in summary.items() if k not in ("format", "formatVersion", "bodySha256")
+        }
         parts = writer.finish(rest)
         with open(path, "wb") as out:
             parts.write_to(out.fileno())
@@ -363,10 +396,10 @@ def change_one_byte(path: str | Path, needle: bytes, replacement: bytes) -> None
     start = data.index(b": [\n") + 4
     at = data.index(needle, start)
     assert len(needle) == len(replacement) and needle != replacement
-    Path(path).write_bytes(data[:at] + replacement + data[at + len(needle):])
+    Path(path).write_bytes(data[:at] + replacement + data[at + len(needle) :])
 
 
 def truncate_mid_body(path: str | Path) -> None:
     data = Path(path).read_bytes()
     start = data.index(b": [\n") + 4
-    Path(path).write_bytes(data[:start + (len(data) - start) // 2])
+    Path(path).write_bytes(data[: start + (len(data) - start) // 2])

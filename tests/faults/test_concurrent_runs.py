@@ -13,8 +13,9 @@ from tests.faults.conftest import States, finish, site_states, start_cli
 from tests.pg import audit_rows
 
 
-def test_two_purges_and_two_resets_at_once(medusa_url: str, cms: tuple[str, dict[str, str]],
-                                           exports: Path, media_states: States) -> None:
+def test_two_purges_and_two_resets_at_once(
+    medusa_url: str, cms: tuple[str, dict[str, str]], exports: Path, media_states: States
+) -> None:
     url, sites = cms
     site = site_states(url, sites["atelier"])
     purges = [start_cli("media", "purge", "--live", "--yes") for _ in range(2)]
@@ -25,8 +26,11 @@ def test_two_purges_and_two_resets_at_once(medusa_url: str, cms: tuple[str, dict
     # Media: exactly one run deleted anything; the other found nothing (it waited) or
     # was refused (exit 3), and the catalog is fully purged, once.
     applied = [out for code, out, _ in purge_runs if code == 0 and "Applied: images=" in out]
-    others = [(code, out, err) for code, out, err in purge_runs
-              if not (code == 0 and "Applied: images=" in out)]
+    others = [
+        (code, out, err)
+        for code, out, err in purge_runs
+        if not (code == 0 and "Applied: images=" in out)
+    ]
     assert len(applied) == 1 and len(others) == 1, purge_runs
     code, out, err = others[0]
     assert (code == 0 and "Nothing to purge" in out) or code == 3, (code, out, err)
@@ -41,5 +45,5 @@ def test_two_purges_and_two_resets_at_once(medusa_url: str, cms: tuple[str, dict
         assert code in (0, 3), (code, out, err)
     assert site.now() == "applied"
     audits = audit_rows(url, "reset-site-structure")
-    deleted_counts = [r[3]["deleted"]["categories"] for r in audits]
+    deleted_counts = [r[3]["deleted"]["categories"] for r in audits]  # type: ignore[index]
     assert sorted(deleted_counts)[-1] == 4 and sum(deleted_counts) == 4, audits

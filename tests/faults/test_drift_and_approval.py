@@ -26,12 +26,17 @@ Cms = tuple[str, dict[str, str]]
 # ---------------------------------------------------------------- 5. drift during the pause
 
 
-def test_product_deleted_during_the_pause_is_refused_as_drift(medusa_url: str,
-                                                              exports: Path) -> None:
-    product = str(scalar(medusa_url, "SELECT product_id FROM image GROUP BY product_id "
-                                     "ORDER BY count(*) DESC, product_id LIMIT 1"))
-    images = int(scalar(medusa_url, "SELECT count(*) FROM image WHERE product_id = %s",
-                        product))  # type: ignore[call-overload]
+def test_product_deleted_during_the_pause_is_refused_as_drift(
+    medusa_url: str, exports: Path
+) -> None:
+    product = str(
+        scalar(
+            medusa_url,
+            "SELECT product_id FROM image GROUP BY product_id "
+            "ORDER BY count(*) DESC, product_id LIMIT 1",
+        )
+    )
+    images = int(scalar(medusa_url, "SELECT count(*) FROM image WHERE product_id = %s", product))  # type: ignore[call-overload]
     during: dict[str, str] = {}
 
     def delete_product(_: dict[str, Any]) -> None:
@@ -48,8 +53,9 @@ def test_product_deleted_during_the_pause_is_refused_as_drift(medusa_url: str,
     assert audit_rows(medusa_url) == []
 
 
-def reset_with_a_change_during_the_pause(url: str, site: str,
-                                        sql: str) -> tuple[Any, dict[str, str]]:
+def reset_with_a_change_during_the_pause(
+    url: str, site: str, sql: str
+) -> tuple[Any, dict[str, str]]:
     """`safeops site reset --live --yes` whose approval pause first runs ``sql`` (over
     the site's id): the CLI run, and the tables as that change left them."""
     during: dict[str, str] = {}
@@ -66,8 +72,10 @@ def reset_with_a_change_during_the_pause(url: str, site: str,
 def test_category_added_during_the_pause_is_refused_as_drift(cms: Cms, exports: Path) -> None:
     url, sites = cms
     run, during = reset_with_a_change_during_the_pause(
-        url, sites["atelier"], "INSERT INTO terms (site_id, type, name, slug) "
-                               "VALUES (%s, 'category', 'Late', 'late')")
+        url,
+        sites["atelier"],
+        "INSERT INTO terms (site_id, type, name, slug) VALUES (%s, 'category', 'Late', 'late')",
+    )
     assert run.code == 3, run
     line = run.error_line
     assert "structure changed since it was approved" in line and "categories=5" in line
@@ -80,8 +88,11 @@ def test_page_edited_during_the_pause_is_refused_as_drift(cms: Cms, exports: Pat
     hash to the approved plan, so the deletes roll back."""
     url, sites = cms
     run, during = reset_with_a_change_during_the_pause(
-        url, sites["atelier"], "UPDATE content SET title = title || ' (edited)' "
-                               "WHERE site_id = %s AND type = 'page' AND slug = 'about'")
+        url,
+        sites["atelier"],
+        "UPDATE content SET title = title || ' (edited)' "
+        "WHERE site_id = %s AND type = 'page' AND slug = 'about'",
+    )
     assert run.code == 3, run
     line = run.error_line
     assert "structure changed since it was approved" in line and "pages=3" in line
@@ -93,8 +104,9 @@ def test_page_edited_during_the_pause_is_refused_as_drift(cms: Cms, exports: Pat
 # ---------------------------------------------------------------- 7. approvals at the CLI
 
 
-def test_cli_approver_outside_the_allowlist_exits_4(medusa_url: str, exports: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_approver_outside_the_allowlist_exits_4(
+    medusa_url: str, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SAFEOPS_APPROVERS", "bob,carol")
     monkeypatch.setenv("SAFEOPS_APPROVER", "mallory")
     before = checksums(medusa_url, MEDUSA_TABLES)
@@ -124,8 +136,9 @@ def at_a_terminal(monkeypatch: pytest.MonkeyPatch, person: SlowTerminal) -> None
     monkeypatch.setattr(safeops.console.runner.console, "input", person)
 
 
-def test_cli_wrong_typed_confirmation_exits_4(cms: Cms, exports: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_wrong_typed_confirmation_exits_4(
+    cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, sites = cms
     before = checksums(url, CMS_TABLES)
     at_a_terminal(monkeypatch, SlowTerminal("gazette"))
@@ -136,8 +149,9 @@ def test_cli_wrong_typed_confirmation_exits_4(cms: Cms, exports: Path,
     assert audit_rows(url) == []
 
 
-def test_cli_approval_timeout_exits_4(medusa_url: str, exports: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_approval_timeout_exits_4(
+    medusa_url: str, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Nobody types before the deadline: the run times out; the late answer is ignored."""
     before = checksums(medusa_url, MEDUSA_TABLES)
     images = int(scalar(medusa_url, "SELECT count(*) FROM image"))  # type: ignore[call-overload]

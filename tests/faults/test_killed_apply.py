@@ -57,7 +57,8 @@ def kill_backend_when_stalled(states: States) -> tuple[threading.Thread, dict[st
 
 
 def test_purge_backend_terminated_mid_apply_rolls_back_and_the_retry_completes(
-        medusa_url: str, exports: Path, media_states: States) -> None:
+    medusa_url: str, exports: Path, media_states: States
+) -> None:
     install_stall(medusa_url, "image", 60)
     killer, seen = kill_backend_when_stalled(media_states)
     with answer_approval(approve_as()) as approvals:
@@ -77,7 +78,8 @@ def test_purge_backend_terminated_mid_apply_rolls_back_and_the_retry_completes(
 
 
 def test_site_reset_backend_terminated_mid_apply_rolls_back_and_the_retry_completes(
-        cms: Cms, exports: Path) -> None:
+    cms: Cms, exports: Path
+) -> None:
     url, sites = cms
     states = site_states(url, sites["atelier"])
     install_stall(url, "content", 60)
@@ -110,8 +112,13 @@ def sigkill_cli_when_stalled(states: States, *args: str) -> dict[str, Any]:
             os.killpg(proc.pid, signal.SIGKILL)
     # The backend notices its client is gone within a second (client_connection_check_interval).
     wait_backend_gone(states.url, pid)
-    return {"query": query, "killed_at": killed_at, "code": code, "stdout": out,
-            "after_death": states.now()}
+    return {
+        "query": query,
+        "killed_at": killed_at,
+        "code": code,
+        "stdout": out,
+        "after_death": states.now(),
+    }
 
 
 def rerun(url: str, fn: Any, timeout_s: float = 120) -> Any:
@@ -140,7 +147,8 @@ def rerun(url: str, fn: Any, timeout_s: float = 120) -> Any:
 
 
 def test_purge_cli_sigkilled_mid_apply_changes_nothing_and_a_rerun_completes(
-        medusa_url: str, exports: Path, media_states: States) -> None:
+    medusa_url: str, exports: Path, media_states: States
+) -> None:
     install_stall(medusa_url, "image", 3)
     killed = sigkill_cli_when_stalled(media_states, "media", "purge", "--live", "--yes")
     assert killed["code"] == -signal.SIGKILL
@@ -155,7 +163,8 @@ def test_purge_cli_sigkilled_mid_apply_changes_nothing_and_a_rerun_completes(
 
 
 def test_site_reset_cli_sigkilled_mid_apply_changes_nothing_and_a_rerun_completes(
-        cms: Cms, exports: Path) -> None:
+    cms: Cms, exports: Path
+) -> None:
     url, sites = cms
     states = site_states(url, sites["atelier"])
     install_stall(url, "content", 3)
@@ -193,8 +202,10 @@ def lose_the_first_commit_ack(monkeypatch: pytest.MonkeyPatch, module: Any) -> l
         real_commit(self)
         if armed == ["armed"]:
             armed.append("lost")
-            raise psycopg.OperationalError("consuming input failed: server closed the "
-                                           "connection unexpectedly (injected after COMMIT)")
+            raise psycopg.OperationalError(
+                "consuming input failed: server closed the "
+                "connection unexpectedly (injected after COMMIT)"
+            )
 
     monkeypatch.setattr(module, "write_audit", write_audit)
     monkeypatch.setattr(psycopg.Connection, "commit", commit)
@@ -202,8 +213,8 @@ def lose_the_first_commit_ack(monkeypatch: pytest.MonkeyPatch, module: Any) -> l
 
 
 def test_purge_whose_commit_ack_is_lost_reports_its_own_audit_counts(
-        medusa_url: str, exports: Path, media_states: States,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    medusa_url: str, exports: Path, media_states: States, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tasks.media.purge
 
     armed = lose_the_first_commit_ack(monkeypatch, tasks.media.purge)
@@ -211,8 +222,9 @@ def test_purge_whose_commit_ack_is_lost_reports_its_own_audit_counts(
         result = purge_product_media(dry_run=False)
     assert armed == ["armed", "lost"]  # the retry found the audit row, wrote no second one
     plan = result.plan.counts
-    assert result.applied == {k: plan[k] for k in ("images", "variant_links",
-                                                   "product_thumbnails", "variant_thumbnails")}
+    assert result.applied == {
+        k: plan[k] for k in ("images", "variant_links", "product_thumbnails", "variant_thumbnails")
+    }
     assert media_states.now() == "applied"
     assert [r[0] for r in audit_rows(medusa_url)] == [approvals[0]["flow_run_id"]]
     (apply_run,) = task_runs(approvals[0]["flow_run_id"], "apply-media-purge")
@@ -220,7 +232,8 @@ def test_purge_whose_commit_ack_is_lost_reports_its_own_audit_counts(
 
 
 def test_site_reset_whose_commit_ack_is_lost_reports_its_own_audit_counts(
-        cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tasks.site.reset
 
     url, sites = cms
@@ -229,7 +242,13 @@ def test_site_reset_whose_commit_ack_is_lost_reports_its_own_audit_counts(
     with answer_approval(approve_as()) as approvals:
         result = reset_site_structure(sites["atelier"], dry_run=False)
     assert armed == ["armed", "lost"]
-    assert result.applied == {"categories": 4, "authors": 2, "pages": 3, "content_types": 2,
-                              "seo_entries": 9, "term_links": 5}
+    assert result.applied == {
+        "categories": 4,
+        "authors": 2,
+        "pages": 3,
+        "content_types": 2,
+        "seo_entries": 9,
+        "term_links": 5,
+    }
     assert states.now() == "applied"
     assert [r[0] for r in audit_rows(url)] == [approvals[0]["flow_run_id"]]

@@ -20,8 +20,7 @@ from tests.pg import fresh_database, table_checksums
 
 
 @pytest.fixture()
-def twin_medusa(pg_admin: str, medusa_url: str,
-                monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def twin_medusa(pg_admin: str, medusa_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A byte-for-byte copy of ``medusa_url``'s database (CREATE DATABASE … TEMPLATE):
     target ``twin``."""
     name = medusa_url.rsplit("/", 1)[1].split("?")[0]
@@ -31,9 +30,9 @@ def twin_medusa(pg_admin: str, medusa_url: str,
 
 
 def test_a_purge_plan_reviewed_on_a_twin_database_is_refused_on_this_one(
-        medusa_url: str, twin_medusa: str, exports: Path) -> None:
-    assert table_checksums(medusa_url, MEDUSA_TABLES) == table_checksums(twin_medusa,
-                                                                         MEDUSA_TABLES)
+    medusa_url: str, twin_medusa: str, exports: Path
+) -> None:
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == table_checksums(twin_medusa, MEDUSA_TABLES)
     reviewed = purge_product_media(target="twin").plan
     here = purge_product_media(target="medusa").plan
     assert reviewed.counts == here.counts
@@ -41,18 +40,27 @@ def test_a_purge_plan_reviewed_on_a_twin_database_is_refused_on_this_one(
 
     before = table_checksums(medusa_url, MEDUSA_TABLES)
     with pytest.raises(PlanMismatch, match="does not match"):
-        purge_product_media(target="medusa", dry_run=False,
-                            approved_plan_hash=reviewed.plan_hash, approved_by="alice")
+        purge_product_media(
+            target="medusa",
+            dry_run=False,
+            approved_plan_hash=reviewed.plan_hash,
+            approved_by="alice",
+        )
     assert table_checksums(medusa_url, MEDUSA_TABLES) == before
     # The same hash still approves the database it was reviewed on.
-    done = purge_product_media(target="twin", dry_run=False,
-                               approved_plan_hash=reviewed.plan_hash, approved_by="alice")
+    done = purge_product_media(
+        target="twin", dry_run=False, approved_plan_hash=reviewed.plan_hash, approved_by="alice"
+    )
     assert done.applied["images"] == reviewed.counts["images"]
 
 
 def test_a_site_reset_plan_reviewed_on_a_copy_is_refused_on_the_original(
-        pg_admin: str, cms: tuple[str, dict[str, str]], cms_template: tuple[str, dict[str, str]],
-        exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg_admin: str,
+    cms: tuple[str, dict[str, str]],
+    cms_template: tuple[str, dict[str, str]],
+    exports: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     url, sites = cms
     with fresh_database(pg_admin, template=cms_template[0]) as copy:
         monkeypatch.setenv("CMS_COPY_DATABASE_URL", copy)
@@ -63,6 +71,11 @@ def test_a_site_reset_plan_reviewed_on_a_copy_is_refused_on_the_original(
 
         before = table_checksums(url, CMS_TABLES)
         with pytest.raises(PlanMismatch, match="does not match"):
-            reset_site_structure(sites["atelier"], target="cms", dry_run=False,
-                                 approved_plan_hash=reviewed.plan_hash, approved_by="alice")
+            reset_site_structure(
+                sites["atelier"],
+                target="cms",
+                dry_run=False,
+                approved_plan_hash=reviewed.plan_hash,
+                approved_by="alice",
+            )
         assert table_checksums(url, CMS_TABLES) == before

@@ -43,8 +43,9 @@ class Race:
         with self.clock_lock:
             return next(self.clock)
 
-    def round(self, n: int, kind: str, draft: str, new_post: str,
-              pause: list[float]) -> dict[str, Any]:
+    def round(
+        self, n: int, kind: str, draft: str, new_post: str, pause: list[float]
+    ) -> dict[str, Any]:
         from tasks.site.check import published_posts
         from tasks.site.reset import delete_structure, lock_site_for_reset
 
@@ -70,13 +71,16 @@ class Race:
             start.wait()
             time.sleep(pause[4])
             if kind == "publish-draft":
-                self.publisher.execute("UPDATE content SET status = 'published', "
-                                       "published_at = now() WHERE id = %s", (draft,))
+                self.publisher.execute(
+                    "UPDATE content SET status = 'published', published_at = now() WHERE id = %s",
+                    (draft,),
+                )
             else:
                 self.publisher.execute(
                     "INSERT INTO content (id, site_id, type, status, title, slug, "
                     "published_at) VALUES (%s, %s, 'post', 'published', 'Breaking', %s, now())",
-                    (new_post, site, f"breaking-{n}"))
+                    (new_post, site, f"breaking-{n}"),
+                )
             time.sleep(pause[5])
             self.publisher.commit()
             seen["published_at"] = self.tick()  # the publish committed before this
@@ -97,20 +101,26 @@ def test_a_site_with_a_published_post_is_never_reset(cms: tuple[str, dict[str, s
 
     url, sites = cms
     site = sites["atelier"]
-    version = int(scalar(url, "SELECT active_blueprint_version FROM sites WHERE id = %s",
-                         site))  # type: ignore[call-overload]
+    version = int(scalar(url, "SELECT active_blueprint_version FROM sites WHERE id = %s", site))  # type: ignore[call-overload]
     with psycopg.connect(url) as conn:
-        drafts = [str(r[0]) for r in conn.execute(
-            "SELECT id FROM content WHERE site_id = %s AND type = 'post' AND status = 'draft'",
-            (site,))]
+        drafts = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT id FROM content WHERE site_id = %s AND type = 'post' AND status = 'draft'",
+                (site,),
+            )
+        ]
     assert drafts
     rng = random.Random(SEED)
     engine = engine_for("cms")
     outcomes: Counter[str] = Counter()
     violations: list[str] = []
     try:
-        with engine.connect() as reset_conn, engine.connect() as fixer, \
-                psycopg.connect(url) as publisher:
+        with (
+            engine.connect() as reset_conn,
+            engine.connect() as fixer,
+            psycopg.connect(url) as publisher,
+        ):
             race = Race(url, site, reset_conn, publisher)
             for n in range(ROUNDS):
                 kind = rng.choice(("publish-draft", "insert-published"))
@@ -121,22 +131,36 @@ def test_a_site_with_a_published_post_is_never_reset(cms: tuple[str, dict[str, s
 
                 deleted = "deleted" in seen
                 if deleted and seen["published_at"] < seen["pre_commit"]:
-                    violations.append(f"round {n} ({kind}, pauses {pause}): the reset "
-                                      "committed after a publish it did not see")
-                published_now = int(scalar(  # type: ignore[call-overload]
-                    url, "SELECT count(*) FROM content WHERE site_id = %s AND type = 'post' "
-                         "AND status = 'published'", site))
-                structure_now = int(scalar(  # type: ignore[call-overload]
-                    url, "SELECT count(*) FROM terms WHERE site_id = %s AND type = 'category'",
-                    site))
+                    violations.append(
+                        f"round {n} ({kind}, pauses {pause}): the reset "
+                        "committed after a publish it did not see"
+                    )
+                published_now = int(
+                    scalar(  # type: ignore[call-overload]
+                        url,
+                        "SELECT count(*) FROM content WHERE site_id = %s AND type = 'post' "
+                        "AND status = 'published'",
+                        site,
+                    )
+                )
+                structure_now = int(
+                    scalar(  # type: ignore[call-overload]
+                        url,
+                        "SELECT count(*) FROM terms WHERE site_id = %s AND type = 'category'",
+                        site,
+                    )
+                )
                 assert published_now == 1
                 assert structure_now == (0 if deleted else 4), (n, seen)
                 outcomes["reset, then published" if deleted else "refused: published"] += 1
 
                 # Back to the starting point: the post unpublished, the structure re-applied.
                 if kind == "publish-draft":
-                    execute(url, "UPDATE content SET status = 'draft', published_at = NULL "
-                                 "WHERE id = %s", draft)
+                    execute(
+                        url,
+                        "UPDATE content SET status = 'draft', published_at = NULL WHERE id = %s",
+                        draft,
+                    )
                 else:
                     execute(url, "DELETE FROM content WHERE id = %s", new_post)
                 if deleted:

@@ -18,11 +18,13 @@ Cms = tuple[str, dict[str, str]]
 
 
 def test_the_model_and_the_products_delete_leave_the_same_tables_on_every_seeded_site(
-        cms: Cms) -> None:
+    cms: Cms,
+) -> None:
     from tasks.site.reset import delete_structure
 
     url, sites = cms
     for slug, site in sites.items():
+
         def product(conn: Any, site: str = site) -> None:
             delete_structure(conn, site)
 
@@ -41,10 +43,14 @@ def test_a_reset_that_also_deletes_a_posts_seo_meta_is_caught_in_between(cms: Cm
     try:
         with transaction(engine) as conn:
             delete_structure(conn, atelier)
-            gone = conn.execute(text(
-                "DELETE FROM seo_meta WHERE entity_type = 'content' AND entity_id = "
-                "(SELECT id FROM content WHERE site_id = :site AND type = 'post' "
-                "ORDER BY id LIMIT 1)"), {"site": atelier}).rowcount
+            gone = conn.execute(
+                text(
+                    "DELETE FROM seo_meta WHERE entity_type = 'content' AND entity_id = "
+                    "(SELECT id FROM content WHERE site_id = :site AND type = 'post' "
+                    "ORDER BY id LIMIT 1)"
+                ),
+                {"site": atelier},
+            ).rowcount
     finally:
         engine.dispose()
     assert gone == 1

@@ -46,7 +46,8 @@ def insert_rows(url: str, table: str, saved: list[tuple[Any, ...]]) -> None:
 
 
 def test_media_restore_after_some_images_were_put_back_by_hand(
-        medusa_url: str, exports: Path, media_states: States) -> None:
+    medusa_url: str, exports: Path, media_states: States
+) -> None:
     from flows.media_purge import purge_product_media
 
     total = int(scalar(medusa_url, "SELECT count(*) FROM image"))  # type: ignore[call-overload]
@@ -57,16 +58,17 @@ def test_media_restore_after_some_images_were_put_back_by_hand(
     # An operator re-created five images from a backup, with their ids; one with a new url.
     insert_rows(medusa_url, "image", saved)
     edited = saved[0][0]
-    execute(medusa_url, "UPDATE image SET url = 'http://new-host/kept.jpg' WHERE id = %s",
-            edited)
+    execute(medusa_url, "UPDATE image SET url = 'http://new-host/kept.jpg' WHERE id = %s", edited)
 
     run = cli("media", "restore", uri, "--live", "--yes")
     assert run.code == 0, run
     assert f"Applied: images={total - 5}," in run.stdout.replace("\n", " ")
     assert "5 images already present" in run.stdout
     assert scalar(medusa_url, "SELECT count(*) FROM image") == total  # no duplicate
-    assert scalar(medusa_url, "SELECT url FROM image WHERE id = %s", edited) \
-        == "http://new-host/kept.jpg"  # the hand-made row is never clobbered
+    assert (
+        scalar(medusa_url, "SELECT url FROM image WHERE id = %s", edited)
+        == "http://new-host/kept.jpg"
+    )  # the hand-made row is never clobbered
     execute(medusa_url, "UPDATE image SET url = %s WHERE id = %s", saved[0][1], edited)
     assert media_states.now() == "before"  # everything else is back as it was
 
@@ -119,8 +121,11 @@ BAD_URIS = {
     "s3:///key.json": "s3://bucket/key.json",
     "": "empty",
 }
-BAD_LOCATIONS = {"gopher://host/x": "Unknown snapshot scheme 'gopher'",
-                 "s3://": "names no bucket", "/tmp/../etc": "path traversal"}
+BAD_LOCATIONS = {
+    "gopher://host/x": "Unknown snapshot scheme 'gopher'",
+    "s3://": "names no bucket",
+    "/tmp/../etc": "path traversal",
+}
 
 
 def test_bad_snapshot_uris_are_bad_input(medusa_url: str, exports: Path) -> None:
@@ -137,10 +142,10 @@ def test_bad_snapshot_uris_are_bad_input(medusa_url: str, exports: Path) -> None
             parse_location(location)
 
     before = checksums(medusa_url, MEDUSA_TABLES)
-    for args, says in ((("media", "restore", "exports/../../etc/passwd", "--live", "--yes"),
-                        "path traversal"),
-                       (("media", "snapshot", "--to", "gopher://host/x"),
-                        "Unknown snapshot scheme 'gopher'")):
+    for args, says in (
+        (("media", "restore", "exports/../../etc/passwd", "--live", "--yes"), "path traversal"),
+        (("media", "snapshot", "--to", "gopher://host/x"), "Unknown snapshot scheme 'gopher'"),
+    ):
         run = cli(*args)
         assert run.code == 2, run
         assert says in run.error_line
@@ -149,23 +154,29 @@ def test_bad_snapshot_uris_are_bad_input(medusa_url: str, exports: Path) -> None
 
 
 @pytest.mark.parametrize("command", ["verify", "purge"])
-def test_missing_bucket_is_bad_input(medusa_url: str, s3_server: str, command: str,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_bucket_is_bad_input(
+    medusa_url: str, s3_server: str, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Reading from it (verify, restore) and writing a snapshot to it (purge)."""
     monkeypatch.setenv("SAFEOPS_S3_ENDPOINT_URL", s3_server)
     uri = "s3://no-such-bucket/snapshots/medusa-media-snapshot-20261122T000000Z.json"
     monkeypatch.setenv("SAFEOPS_SNAPSHOT_URI", "s3://no-such-bucket/snapshots")
     before = checksums(medusa_url, MEDUSA_TABLES)
-    args = {"verify": ("media", "verify", uri),
-            "purge": ("media", "purge", "--live", "--yes")}[command]
+    args = {"verify": ("media", "verify", uri), "purge": ("media", "purge", "--live", "--yes")}[
+        command
+    ]
     run = cli(*args)
     assert run.code == 2, run
     assert "Bucket does not exist" in run.error_line and s3_server in run.error_line
     assert checksums(medusa_url, MEDUSA_TABLES) == before
 
 
-NOT_SNAPSHOTS = [b"hello, this is not json\n", b"<html></html>\n", b'{"just": "json"}\n',
-                 b"\x89PNG\r\n\x1a\n"]
+NOT_SNAPSHOTS = [
+    b"hello, this is not json\n",
+    b"<html></html>\n",
+    b'{"just": "json"}\n',
+    b"\x89PNG\r\n\x1a\n",
+]
 
 
 def test_a_file_that_is_not_a_snapshot_is_bad_input(medusa_url: str, exports: Path) -> None:
@@ -183,8 +194,10 @@ def test_a_file_that_is_not_a_snapshot_is_bad_input(medusa_url: str, exports: Pa
     path = exports / "medusa-media-snapshot-20261122T000000Z.json"
     path.write_bytes(NOT_SNAPSHOTS[0])
     before = checksums(medusa_url, MEDUSA_TABLES)
-    for args in (("media", "verify", str(path)),
-                 ("media", "restore", str(path), "--live", "--yes")):
+    for args in (
+        ("media", "verify", str(path)),
+        ("media", "restore", str(path), "--live", "--yes"),
+    ):
         run = cli(*args)
         assert run.code == 2, run
         assert "not a safeops snapshot" in run.error_line
@@ -192,8 +205,11 @@ def test_a_file_that_is_not_a_snapshot_is_bad_input(medusa_url: str, exports: Pa
 
 
 def test_purge_of_an_empty_catalog_is_a_clean_no_op(medusa_url: str, exports: Path) -> None:
-    execute(medusa_url, "DELETE FROM image; UPDATE product SET thumbnail = NULL; "
-                        "UPDATE product_variant SET thumbnail = NULL")
+    execute(
+        medusa_url,
+        "DELETE FROM image; UPDATE product SET thumbnail = NULL; "
+        "UPDATE product_variant SET thumbnail = NULL",
+    )
     before = checksums(medusa_url, MEDUSA_TABLES)
     run = cli("media", "purge", "--live", "--yes")
     assert run.code == 0, run
@@ -204,18 +220,22 @@ def test_purge_of_an_empty_catalog_is_a_clean_no_op(medusa_url: str, exports: Pa
 
 
 def test_duplicate_image_urls_are_purged_and_restored_row_for_row(
-        medusa_url: str, exports: Path, media_states: States) -> None:
+    medusa_url: str, exports: Path, media_states: States
+) -> None:
     """Medusa's image.url is not unique: two products (and one product twice) share one file.
     Rows are keyed by id, never by url, so every duplicate goes and comes back."""
     shared = str(scalar(medusa_url, "SELECT url FROM image ORDER BY id LIMIT 1"))
     products = [r[0] for r in rows(medusa_url, "SELECT id FROM product ORDER BY id LIMIT 2")]
     for n, product in enumerate([*products, products[0]]):
-        execute(medusa_url, "INSERT INTO image (id, url, rank, product_id) "
-                            "VALUES (%s, %s, 90, %s)", f"img_DUPLICATEURL{n:014d}", shared,
-                product)
+        execute(
+            medusa_url,
+            "INSERT INTO image (id, url, rank, product_id) VALUES (%s, %s, 90, %s)",
+            f"img_DUPLICATEURL{n:014d}",
+            shared,
+            product,
+        )
     states = States(medusa_url, MEDUSA_TABLES, media_states.applied_fn)
-    copies = int(scalar(medusa_url, "SELECT count(*) FROM image WHERE url = %s",
-                        shared))  # type: ignore[call-overload]
+    copies = int(scalar(medusa_url, "SELECT count(*) FROM image WHERE url = %s", shared))  # type: ignore[call-overload]
     assert copies == 4
 
     from flows.media_purge import purge_product_media

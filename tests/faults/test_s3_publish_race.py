@@ -34,8 +34,9 @@ def finished(tmp_path: Path, writer_no: int, pad: int) -> tuple[SnapshotWriter, 
     return writer, writer.finish({"createdAt": "2026-01-02T03:04:05Z"})
 
 
-def race(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_bucket: str, write_op: str,
-         pad: int) -> tuple[dict[str, str], dict[str, bytes], Counter[str]]:
+def race(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_bucket: str, write_op: str, pad: int
+) -> tuple[dict[str, str], dict[str, bytes], Counter[str]]:
     """Publish twice at once, the writes ordered as described in the module docstring.
 
     ``write_op`` is the request that makes the object visible (PutObject, or
@@ -85,8 +86,10 @@ def race(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_bucket: str, write_
         finally:
             writer.discard()
 
-    threads = [threading.Thread(target=run, args=(who, n), name=who)
-               for n, who in enumerate(("first", "second"))]
+    threads = [
+        threading.Thread(target=run, args=(who, n), name=who)
+        for n, who in enumerate(("first", "second"))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -108,7 +111,8 @@ def stored(bucket: str, uri: str) -> bytes:
 
 
 def test_two_publishes_racing_for_one_name_both_land_and_neither_is_overwritten(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_bucket: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_bucket: str
+) -> None:
     uris, expected, refused = race(monkeypatch, tmp_path, s3_bucket, "PutObject", pad=50_000)
 
     prefix = f"s3://{s3_bucket}/snapshots/"
@@ -120,7 +124,8 @@ def test_two_publishes_racing_for_one_name_both_land_and_neither_is_overwritten(
 
 
 def test_racing_multipart_publishes_complete_create_only_and_leave_no_upload(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_bucket: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_bucket: str
+) -> None:
     """Above one part's size the body goes as a multipart upload whose completion is
     create-only; the refused upload is aborted, so no invisible parts stay behind."""
     import boto3
@@ -128,8 +133,9 @@ def test_racing_multipart_publishes_complete_create_only_and_leave_no_upload(
     from safeops.core.settings import get_settings
 
     monkeypatch.setattr(snapshot_store, "S3_PART", 5 << 20)  # S3's smallest part
-    uris, expected, refused = race(monkeypatch, tmp_path, s3_bucket,
-                                   "CompleteMultipartUpload", pad=11 << 20)
+    uris, expected, refused = race(
+        monkeypatch, tmp_path, s3_bucket, "CompleteMultipartUpload", pad=11 << 20
+    )
 
     assert len(uris) == 2 and len(set(uris.values())) == 2
     assert refused == {"second": 1}
@@ -141,7 +147,8 @@ def test_racing_multipart_publishes_complete_create_only_and_leave_no_upload(
 
 
 def test_a_large_snapshot_is_not_joined_on_local_disk_before_upload(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_bucket: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_bucket: str
+) -> None:
     """The parts are streamed as they are: no ``.part`` copy of the joined file."""
     import tempfile
 

@@ -98,7 +98,8 @@ def test_s3_down_while_the_site_snapshot_is_written(cms: Cms, s3_down: str) -> N
 
 
 def test_media_snapshot_with_its_summary_edited_to_match_fails_the_live_match(
-        medusa_url: str, exports: Path) -> None:
+    medusa_url: str, exports: Path
+) -> None:
     """A body edited and its checksum recomputed passes format, checksum and totals; the
     live comparison still refuses it, naming the changed row."""
     from flows.media_snapshot import snapshot_product_media
@@ -113,8 +114,10 @@ def test_media_snapshot_with_its_summary_edited_to_match_fails_the_live_match(
 
     run = cli("media", "verify", uri)
     assert run.code == 3, run
-    assert "live-match" in run.error_line and f"1 changed since the snapshot ({image_id})" \
-        in run.error_line
+    assert (
+        "live-match" in run.error_line
+        and f"1 changed since the snapshot ({image_id})" in run.error_line
+    )
 
 
 NOT_JSON = {  # same length, so a stale checksum stays the only other damage
@@ -125,7 +128,8 @@ NOT_JSON = {  # same length, so a stale checksum stays the only other damage
 
 @pytest.mark.parametrize("case", sorted(NOT_JSON))
 def test_media_body_that_is_not_json_fails_the_format_check_only_if_its_checksum_holds(
-        medusa_url: str, exports: Path, case: str) -> None:
+    medusa_url: str, exports: Path, case: str
+) -> None:
     """Restore parses the documents as they are copied in, before the body's end (and so
     its checksum) is reached: a damaged body is still reported by its checksum, and only
     a body whose checksum holds by the format check. Verify reaches the same load once
@@ -145,10 +149,14 @@ def test_media_body_that_is_not_json_fails_the_format_check_only_if_its_checksum
 
     summary, key, docs = read_snapshot_file(stale)  # the same damage, checksum recomputed
     write_snapshot_file(uri, summary, key, docs)
-    for run in (lambda: restore_product_media(uri, dry_run=True),
-                lambda: verify_product_media_snapshot(uri)):
-        with pytest.raises(SnapshotInvalid, match="failed the format check: its documents "
-                                                  "do not fit the Medusa tables"):
+    for run in (
+        lambda: restore_product_media(uri, dry_run=True),
+        lambda: verify_product_media_snapshot(uri),
+    ):
+        with pytest.raises(
+            SnapshotInvalid,
+            match="failed the format check: its documents do not fit the Medusa tables",
+        ):
             run()
     assert checksums(medusa_url, MEDUSA_TABLES) == before
 
@@ -168,21 +176,29 @@ def edit_url(uri: str) -> None:
 def other_source(uri: str) -> None:
     text = Path(uri).read_text()
     summary, _, _ = read_snapshot_file(uri)
-    Path(uri).write_text(text.replace(f'"sourceDatabase": "{summary["sourceDatabase"]}"',
-                                      '"sourceDatabase": "another_shop"', 1))
+    Path(uri).write_text(
+        text.replace(
+            f'"sourceDatabase": "{summary["sourceDatabase"]}"',
+            '"sourceDatabase": "another_shop"',
+            1,
+        )
+    )
 
 
 def edit_total_images(uri: str) -> None:
     text = Path(uri).read_text()
     summary, _, _ = read_snapshot_file(uri)
     total = summary["totalImages"]
-    Path(uri).write_text(text.replace(f'"totalImages": {total},',
-                                      f'"totalImages": {total + 1},', 1))
+    Path(uri).write_text(
+        text.replace(f'"totalImages": {total},', f'"totalImages": {total + 1},', 1)
+    )
 
 
 TAMPER: dict[str, tuple[Callable[[str], None], str]] = {
-    "checksum": (lambda uri: change_one_byte(uri, b"/medusa-media/", b"/medusa-medib/"),
-                 "checksum check"),
+    "checksum": (
+        lambda uri: change_one_byte(uri, b"/medusa-media/", b"/medusa-medib/"),
+        "checksum check",
+    ),
     "truncated": (truncate_mid_body, "changed since it was verified"),
     # The apply demands the very bytes its verify accepted: any edit after the verify,
     # even one that keeps the body checksum right, is refused before anything is compared.
@@ -194,7 +210,8 @@ TAMPER: dict[str, tuple[Callable[[str], None], str]] = {
 
 @pytest.mark.parametrize("case", list(TAMPER))
 def test_purge_refuses_when_its_snapshot_is_tampered_during_the_pause(
-        medusa_url: str, exports: Path, case: str) -> None:
+    medusa_url: str, exports: Path, case: str
+) -> None:
     tamper, named = TAMPER[case]
     before = checksums(medusa_url, MEDUSA_TABLES)
     with on_event("approval", lambda data: tamper(data["snapshot_uri"])):
@@ -238,10 +255,14 @@ def site_plan_hash_of(docs: list[bytes], summary: dict[str, object]) -> str:
 SITE_TAMPER: dict[str, tuple[Callable[[str], None], str]] = {
     "checksum": (lambda uri: change_one_byte(uri, b"Guides", b"Guidez"), "checksum check"),
     "truncated": (truncate_mid_body, "truncation check"),
-    "summary edited to match": (lambda uri: rehash_site(uri, recompute_plan_hash=False),
-                                "plan-hash check"),
+    "summary edited to match": (
+        lambda uri: rehash_site(uri, recompute_plan_hash=False),
+        "plan-hash check",
+    ),
     "summary and plan hash edited to match": (
-        lambda uri: rehash_site(uri, recompute_plan_hash=True), "audit check"),
+        lambda uri: rehash_site(uri, recompute_plan_hash=True),
+        "audit check",
+    ),
 }
 
 
@@ -258,8 +279,11 @@ def test_site_restore_refuses_a_tampered_snapshot(cms: Cms, exports: Path) -> No
     assert uri
     after_reset = checksums(url, CMS_TABLES)
     for n, (case, (tamper, named)) in enumerate(SITE_TAMPER.items()):
-        copy = uri if case == "summary and plan hash edited to match" \
+        copy = (
+            uri
+            if case == "summary and plan hash edited to match"
             else uri.replace(".json", f"-{n}.json")
+        )
         if copy != uri:
             shutil.copy(uri, copy)
         tamper(copy)
@@ -271,8 +295,12 @@ def test_site_restore_refuses_a_tampered_snapshot(cms: Cms, exports: Path) -> No
 
 
 def test_site_restore_refuses_another_databases_snapshot(
-        cms: Cms, pg_admin: str, cms_template: tuple[str, dict[str, str]], exports: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    cms: Cms,
+    pg_admin: str,
+    cms_template: tuple[str, dict[str, str]],
+    exports: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from flows.site_reset import reset_site_structure
 
     url, sites = cms
@@ -302,17 +330,22 @@ def rename_site_in_summary(uri: str) -> None:
 # is already refused by the summary's plan-hash check.
 RESET_TAMPER: dict[str, tuple[Callable[[str], None], str]] = {
     "checksum": (SITE_TAMPER["checksum"][0], "changed since it was verified"),
-    "summary edited to match": (SITE_TAMPER["summary edited to match"][0],
-                                "changed since it was verified"),
+    "summary edited to match": (
+        SITE_TAMPER["summary edited to match"][0],
+        "changed since it was verified",
+    ),
     "summary line changed": (rename_site_in_summary, "changed since it was verified"),
     "summary and plan hash edited to match": (
-        SITE_TAMPER["summary and plan hash edited to match"][0], "plan-hash check"),
+        SITE_TAMPER["summary and plan hash edited to match"][0],
+        "plan-hash check",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(RESET_TAMPER))
 def test_site_reset_refuses_when_its_snapshot_is_tampered_during_the_pause(
-        cms: Cms, exports: Path, case: str) -> None:
+    cms: Cms, exports: Path, case: str
+) -> None:
     """The undo point must still be intact when the deletes run."""
     url, sites = cms
     tamper, named = RESET_TAMPER[case]
@@ -326,8 +359,7 @@ def test_site_reset_refuses_when_its_snapshot_is_tampered_during_the_pause(
     assert audit_rows(url) == []
 
 
-def test_site_reset_apply_refuses_a_file_edited_after_its_verify(cms: Cms,
-                                                                 exports: Path) -> None:
+def test_site_reset_apply_refuses_a_file_edited_after_its_verify(cms: Cms, exports: Path) -> None:
     """The task itself, handed the verify's file hash: a summary-only edit (which neither
     the body checksum nor the plan hash can see) is refused and nothing changes."""
     from datetime import UTC, datetime
@@ -345,8 +377,9 @@ def test_site_reset_apply_refuses_a_file_edited_after_its_verify(cms: Cms,
     before = checksums(url, CMS_TABLES)
     approval = Approval(approver="alice", reason="test", via="saved-plan")
     with pytest.raises(SnapshotInvalid, match="changed since it was verified"):
-        apply_site_reset.fn("cms", site, ref.uri, plan.plan_hash, verified.file_sha256,
-                            approval, datetime.now(UTC))
+        apply_site_reset.fn(
+            "cms", site, ref.uri, plan.plan_hash, verified.file_sha256, approval, datetime.now(UTC)
+        )
     assert checksums(url, CMS_TABLES) == before
     assert audit_rows(url) == []
 
@@ -355,7 +388,8 @@ def test_site_reset_apply_refuses_a_file_edited_after_its_verify(cms: Cms,
 
 
 def test_media_restore_refuses_a_snapshot_edited_to_match_after_the_purge(
-        medusa_url: str, exports: Path) -> None:
+    medusa_url: str, exports: Path
+) -> None:
     """After a purge there is no live row to compare with: the purge's audit row, which
     records the snapshot's checksum, is what proves the file is the one that was taken."""
     from flows.media_purge import purge_product_media

@@ -53,7 +53,8 @@ def registered(url: str) -> int:
 
 
 def test_a_forged_snapshot_under_another_name_is_refused_and_the_genuine_one_restores(
-        medusa_url: str, exports: Path) -> None:
+    medusa_url: str, exports: Path
+) -> None:
     with answer_approval(approve_as()):
         purged = purge_product_media(dry_run=False)
     assert purged.snapshot_uri and registered(medusa_url) >= 1  # the undo point, at least
@@ -74,12 +75,21 @@ def test_a_forged_snapshot_under_another_name_is_refused_and_the_genuine_one_res
     with answer_approval(approve_as()):
         restored = restore_product_media(purged.snapshot_uri, dry_run=False)
     assert restored.applied["images"] == purged.plan.counts["images"]
-    assert int(scalar(medusa_url, "SELECT count(*) FROM image WHERE url LIKE %s",  # type: ignore[call-overload]
-                      EVIL + "%")) == 0
+    assert (
+        int(
+            scalar(
+                medusa_url,
+                "SELECT count(*) FROM image WHERE url LIKE %s",  # type: ignore[call-overload]
+                EVIL + "%",
+            )
+        )
+        == 0
+    )
 
 
 def test_an_untraced_restore_says_so_in_the_approval_the_plan_and_the_audit_row(
-        medusa_url: str, exports: Path) -> None:
+    medusa_url: str, exports: Path
+) -> None:
     with answer_approval(approve_as()):
         purged = purge_product_media(dry_run=False)
     assert purged.snapshot_uri
@@ -95,22 +105,28 @@ def test_an_untraced_restore_says_so_in_the_approval_the_plan_and_the_audit_row(
     with answer_approval(approve_as()) as seen:
         done = restore_product_media(str(forged), dry_run=False, allow_untraced=True)
     what = seen[0]["what"]
-    assert any("UNTRACED" in line for line in what) and any("evil.example" in line
-                                                            for line in what), what
+    assert any("UNTRACED" in line for line in what) and any(
+        "evil.example" in line for line in what
+    ), what
     assert done.applied["images"] == purged.plan.counts["images"]
-    counts: Any = scalar(medusa_url, "SELECT counts FROM safeops.safeops_audit "
-                         "WHERE flow_name = 'restore-product-media' ORDER BY id DESC LIMIT 1")
+    counts: Any = scalar(
+        medusa_url,
+        "SELECT counts FROM safeops.safeops_audit "
+        "WHERE flow_name = 'restore-product-media' ORDER BY id DESC LIMIT 1",
+    )
     assert counts["planned"]["untraced_snapshot"] == 1
 
 
 def test_a_snapshot_of_a_read_only_target_says_so_and_needs_untraced(
-        medusa_url: str, exports: Path) -> None:
+    medusa_url: str, exports: Path
+) -> None:
     name = medusa_url.rsplit("/", 1)[1].split("?")[0]
     notices: list[str] = []
     execute(medusa_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
     try:
-        with events.listening(lambda kind, data: notices.append(data["text"])
-                              if kind == "notice" else None):
+        with events.listening(
+            lambda kind, data: notices.append(data["text"]) if kind == "notice" else None
+        ):
             ref = snapshot_product_media()
     finally:
         with psycopg.connect(medusa_url, autocommit=True) as conn:
@@ -123,8 +139,9 @@ def test_a_snapshot_of_a_read_only_target_says_so_and_needs_untraced(
 
     # One image edited before the purge: its undo point differs from the read-only
     # snapshot (an identical body would be traced by the purge's audit row, rightly).
-    execute(medusa_url, "UPDATE image SET url = url || '?v=2' "
-                        "WHERE id = (SELECT min(id) FROM image)")
+    execute(
+        medusa_url, "UPDATE image SET url = url || '?v=2' WHERE id = (SELECT min(id) FROM image)"
+    )
     with answer_approval(approve_as()):
         purge_product_media(dry_run=False)
     with pytest.raises(SnapshotUntraced):
@@ -134,7 +151,8 @@ def test_a_snapshot_of_a_read_only_target_says_so_and_needs_untraced(
 
 
 def test_an_undo_point_written_before_the_register_is_traced_by_its_audit_row(
-        medusa_url: str, exports: Path) -> None:
+    medusa_url: str, exports: Path
+) -> None:
     with answer_approval(approve_as()):
         purged = purge_product_media(dry_run=False)
     assert purged.snapshot_uri
@@ -144,7 +162,8 @@ def test_an_undo_point_written_before_the_register_is_traced_by_its_audit_row(
 
 
 def test_site_restore_refuses_a_snapshot_missing_from_the_register_unless_untraced(
-        cms: tuple[str, dict[str, str]], exports: Path) -> None:
+    cms: tuple[str, dict[str, str]], exports: Path
+) -> None:
     url, sites = cms
     with answer_approval(approve_as()):
         reset = reset_site_structure(sites["atelier"], dry_run=False)

@@ -26,7 +26,8 @@ AWS_SECRET = "AwsFaultsMarker-2Lm"
 
 
 def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
-        exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The closed port in a real process (all it prints, with the task's 3 retries at
     SAFEOPS_RETRY_DELAY_S=0.1); the unknown database in-process (not retried)."""
     from prefect.types._datetime import now
@@ -36,16 +37,21 @@ def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
     closed = free_port()
     medusa = f"postgresql://shop_admin:{PASSWORD}@127.0.0.1:{closed}/shop"
     since = now("UTC")
-    proc = start_cli("media", "purge", env={"MEDUSA_DATABASE_URL": medusa,
-                                            "SAFEOPS_RETRY_DELAY_S": "0.1"})
+    proc = start_cli(
+        "media", "purge", env={"MEDUSA_DATABASE_URL": medusa, "SAFEOPS_RETRY_DELAY_S": "0.1"}
+    )
     monkeypatch.setattr(check_site, "retry_delay_seconds", [0.1, 0.1, 0.1])
-    monkeypatch.setenv("CMS_DATABASE_URL", f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/"
-                                           "safeops_no_such_database")
+    monkeypatch.setenv(
+        "CMS_DATABASE_URL",
+        f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/safeops_no_such_database",
+    )
     unknown = cli("site", "check", "00000000-0000-4000-8000-000000000000")
     code, out, err = finish(proc)
 
-    runs = {"closed port": (code, out, err),
-            "no database": (unknown.code, unknown.stdout, unknown.stderr)}
+    runs = {
+        "closed port": (code, out, err),
+        "no database": (unknown.code, unknown.stdout, unknown.stderr),
+    }
     for name, (code, out, err) in runs.items():
         assert code == 1, (name, out, err)
         assert PASSWORD not in out + err, name
@@ -56,8 +62,10 @@ def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
     assert 'database "safeops_no_such_database" does not exist' in runs["no database"][2]
     # A closed port may be a server restarting: retried, then failed. A database that
     # does not exist is configuration: no retry can fix it, so it fails at once.
-    for flow_name, task_name, attempts_made in (("purge-product-media", "snapshot-media", 4),
-                                                ("check-site-reset", "check-site-reset", 1)):
+    for flow_name, task_name, attempts_made in (
+        ("purge-product-media", "snapshot-media", 4),
+        ("check-site-reset", "check-site-reset", 1),
+    ):
         (run,) = runs_of(flow_name, since)
         (attempts,) = task_runs(run.id, task_name)
         assert attempts.run_count == attempts_made and run.state.is_failed(), flow_name
@@ -67,14 +75,18 @@ def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
 
 
 @pytest.fixture()
-def cms_with_password(cms: tuple[str, dict[str, str]], pg_admin: str,
-                      monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict[str, str]]:
+def cms_with_password(
+    cms: tuple[str, dict[str, str]], pg_admin: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, dict[str, str]]:
     if not pg_admin.startswith(LOCAL.rsplit("/", 1)[0]):
         pytest.skip("needs the machine's PostgreSQL on 127.0.0.1:5432")
-    execute(pg_admin, f"""DO $$ BEGIN
+    execute(
+        pg_admin,
+        f"""DO $$ BEGIN
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'safeops_faults_pw') THEN
             CREATE ROLE safeops_faults_pw WITH LOGIN SUPERUSER PASSWORD '{PASSWORD}';
-        END IF; END $$""")
+        END IF; END $$""",
+    )
     url, sites = cms
     database = url.rsplit("/", 1)[1].split("?")[0]
     secret_url = f"postgresql://safeops_faults_pw:{PASSWORD}@127.0.0.1:5432/{database}"
@@ -83,8 +95,11 @@ def cms_with_password(cms: tuple[str, dict[str, str]], pg_admin: str,
 
 
 def test_no_cms_secret_in_output_parameters_logs_artifacts_snapshots_or_audit(
-        cms_with_password: tuple[str, dict[str, str]], s3_bucket: str, s3_server: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    cms_with_password: tuple[str, dict[str, str]],
+    s3_bucket: str,
+    s3_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import boto3
     from prefect import get_client
     from prefect.client.schemas.filters import (
@@ -111,15 +126,17 @@ def test_no_cms_secret_in_output_parameters_logs_artifacts_snapshots_or_audit(
     for lg in loggers:
         lg.setLevel(logging.INFO)
     try:
-        for name, args in {"cli check": ("site", "check", sites["gazette"]),
-                           "cli dry run": ("site", "reset", sites["atelier"]),
-                           "cli reset": ("site", "reset", sites["atelier"], "--live", "--yes")
-                           }.items():
+        for name, args in {
+            "cli check": ("site", "check", sites["gazette"]),
+            "cli dry run": ("site", "reset", sites["atelier"]),
+            "cli reset": ("site", "reset", sites["atelier"], "--live", "--yes"),
+        }.items():
             run = cli(*args)
             assert run.code in (0, 3), (name, run)
             texts[name] = run.stdout + run.stderr
-        reset = next(line for line in texts["cli reset"].splitlines()
-                 if line.startswith("snapshot: ")).removeprefix("snapshot: ")
+        reset = next(
+            line for line in texts["cli reset"].splitlines() if line.startswith("snapshot: ")
+        ).removeprefix("snapshot: ")
         check_site_reset(sites["empty-site"])
         with answer_approval(approve_as()):
             restore_site_structure(reset, dry_run=False)
@@ -136,12 +153,14 @@ def test_no_cms_secret_in_output_parameters_logs_artifacts_snapshots_or_audit(
             lg.setLevel(level)
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            start_time=FlowRunFilterStartTime(after_=since)))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since))
+        )
         ids = [r.id for r in runs]
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))
+        )
     for r in runs:
         message = r.state.message if r.state else ""
         texts[f"parameters {r.name}"] = json.dumps(r.parameters) + str(message)
@@ -149,16 +168,15 @@ def test_no_cms_secret_in_output_parameters_logs_artifacts_snapshots_or_audit(
     texts["artifacts"] = "\n".join(a.model_dump_json() for a in artifacts)
     s3 = boto3.client("s3", endpoint_url=s3_server)
     for obj in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]:
-        texts[obj["Key"]] = s3.get_object(Bucket=s3_bucket, Key=obj["Key"])["Body"].read(
-        ).decode()
+        texts[obj["Key"]] = s3.get_object(Bucket=s3_bucket, Key=obj["Key"])["Body"].read().decode()
     with psycopg.connect(url) as conn:
-        texts["audit"] = json.dumps(conn.execute(
-            "SELECT to_jsonb(a) FROM safeops.safeops_audit a").fetchall(), default=str)
+        texts["audit"] = json.dumps(
+            conn.execute("SELECT to_jsonb(a) FROM safeops.safeops_audit a").fetchall(), default=str
+        )
 
     # Not vacuous: the runs happened, logged, wrote snapshots and audit rows as this role.
     assert len(runs) >= 6 and len(logs) > 0 and len(artifacts) > 0
     assert "safeops_faults_pw" in texts["audit"] and "site-reset-counts" in texts["artifacts"]
     assert sum(key.endswith(".json") for key in texts) >= 3
-    leaks = {where: text for where, text in texts.items()
-             if PASSWORD in text or AWS_SECRET in text}
+    leaks = {where: text for where, text in texts.items() if PASSWORD in text or AWS_SECRET in text}
     assert leaks == {}, list(leaks)

@@ -10,8 +10,9 @@ from tests.conftest import MEDUSA_TABLES, answer_approval, approve_as
 from tests.pg import scalar, table_checksums
 
 
-def test_full_chain_purge_then_restore_gives_identical_tables(medusa_url: str,
-                                                              exports: Path) -> None:
+def test_full_chain_purge_then_restore_gives_identical_tables(
+    medusa_url: str, exports: Path
+) -> None:
     before = table_checksums(medusa_url, MEDUSA_TABLES)
     images_before = scalar(medusa_url, "SELECT count(*) FROM image")
     assert images_before and int(images_before) > 100  # type: ignore[call-overload]
@@ -30,6 +31,11 @@ def test_full_chain_purge_then_restore_gives_identical_tables(medusa_url: str,
         restored = restore_product_media(result.snapshot_uri, dry_run=False)
     assert restored.applied["images"] == images_before
     after = table_checksums(medusa_url, MEDUSA_TABLES)
-    for table in ("image", "product_variant_product_image", "cart_line_item", "order_line_item",
-                  "inventory_item"):
+    for table in (
+        "image",
+        "product_variant_product_image",
+        "cart_line_item",
+        "order_line_item",
+        "inventory_item",
+    ):
         assert after[table] == before[table], table

@@ -58,27 +58,33 @@ class Media:
 
 def _rows(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql, params).fetchall()
 
 
 def _objects(media: Media, prefix: str = "") -> dict[str, tuple[str, int, Any]]:
     """key -> (etag, size, last modified): a rewritten object would show."""
     out: dict[str, tuple[str, int, Any]] = {}
-    for page in media.s3.get_paginator("list_objects_v2").paginate(Bucket=media.bucket,
-                                                                    Prefix=prefix):
+    for page in media.s3.get_paginator("list_objects_v2").paginate(
+        Bucket=media.bucket, Prefix=prefix
+    ):
         for obj in page.get("Contents", []):
             out[obj["Key"]] = (obj["ETag"].strip('"'), obj["Size"], obj["LastModified"])
     return out
 
 
 def _media_docs(url: str) -> dict[str, dict[str, Any]]:
-    return {pid: meta["media"] for pid, meta in _rows(
-        url, "SELECT id, metadata FROM product WHERE metadata ? 'media' ORDER BY id")}
+    return {
+        pid: meta["media"]
+        for pid, meta in _rows(
+            url, "SELECT id, metadata FROM product WHERE metadata ? 'media' ORDER BY id"
+        )
+    }
 
 
 @pytest.fixture()
-def media(medusa_url: str, s3_bucket: str, s3_server: str,
-          monkeypatch: pytest.MonkeyPatch) -> Media:
+def media(
+    medusa_url: str, s3_bucket: str, s3_server: str, monkeypatch: pytest.MonkeyPatch
+) -> Media:
     """A media bucket holding every seeded object, except one; one image on another
     host; two products sharing one URL."""
     import boto3
@@ -92,13 +98,20 @@ def media(medusa_url: str, s3_bucket: str, s3_server: str,
 
     # A smaller catalog keeps the file fast: 13 products, ~54 images, accents, spaces,
     # soft-deleted images; plus a deleted product that still has images.
-    execute(medusa_url, "DELETE FROM product WHERE id NOT IN "
-            "(SELECT id FROM product ORDER BY id LIMIT 13)")
-    execute(medusa_url, "UPDATE product SET deleted_at = now() WHERE id = "
-            "(SELECT min(product_id) FROM image)")
-    live = _rows(medusa_url, "SELECT i.id, i.url, i.product_id FROM image i "
-                 "JOIN product p ON p.id = i.product_id "
-                 "WHERE i.deleted_at IS NULL AND p.deleted_at IS NULL ORDER BY i.id")
+    execute(
+        medusa_url,
+        "DELETE FROM product WHERE id NOT IN (SELECT id FROM product ORDER BY id LIMIT 13)",
+    )
+    execute(
+        medusa_url,
+        "UPDATE product SET deleted_at = now() WHERE id = (SELECT min(product_id) FROM image)",
+    )
+    live = _rows(
+        medusa_url,
+        "SELECT i.id, i.url, i.product_id FROM image i "
+        "JOIN product p ON p.id = i.product_id "
+        "WHERE i.deleted_at IS NULL AND p.deleted_at IS NULL ORDER BY i.id",
+    )
     foreign, missing, first = live[0], live[1], live[2]
     other = next(r for r in live[3:] if r[2] != first[2])
     execute(medusa_url, "UPDATE image SET url = %s WHERE id = %s", FOREIGN_URL, foreign[0])
@@ -107,16 +120,28 @@ def media(medusa_url: str, s3_bucket: str, s3_server: str,
     urls = {u for (u,) in _rows(medusa_url, "SELECT url FROM image")}
     keys = {key_for_url(u, FILE_URL) for u in urls} - {None, key_for_url(missing[1], FILE_URL)}
     assert any(" " in str(k) for k in keys) and any(not str(k).isascii() for k in keys)
+
     def put(key: str) -> None:
-        s3.put_object(Bucket=bucket, Key=key, Body=f"image bytes of {key}".encode(),
-                      ContentType="image/jpeg", Metadata={"origin": "medusa"})
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=f"image bytes of {key}".encode(),
+            ContentType="image/jpeg",
+            Metadata={"origin": "medusa"},
+        )
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(put, sorted(str(k) for k in keys)))
-    return Media(url=medusa_url, bucket=bucket, s3=s3, foreign_id=foreign[0],
-                 missing_id=missing[0], dup_ids=(first[0], other[0]),
-                 expected=len(live) - 2,
-                 alts=dict(_rows(medusa_url, "SELECT id, metadata->>'alt' FROM image")))
+    return Media(
+        url=medusa_url,
+        bucket=bucket,
+        s3=s3,
+        foreign_id=foreign[0],
+        missing_id=missing[0],
+        dup_ids=(first[0], other[0]),
+        expected=len(live) - 2,
+        alts=dict(_rows(medusa_url, "SELECT id, metadata->>'alt' FROM image")),
+    )
 
 
 def _validator() -> tuple[Draft202012Validator, Draft202012Validator]:
@@ -166,7 +191,8 @@ def test_schema_file_is_generated_from_the_model() -> None:
     Draft202012Validator.check_schema(json_schema())
     assert committed_schema_text() == schema_text(), (
         "regenerate: uv run python -m safeops.core.image_ref"
-        " > safeops/schemas/image-ref.schema.json")
+        " > safeops/schemas/image-ref.schema.json"
+    )
 
 
 def test_dry_run_reports_and_writes_nothing(media: Media) -> None:
@@ -180,8 +206,9 @@ def test_dry_run_reports_and_writes_nothing(media: Media) -> None:
     assert counts["skipped_unmapped_url"] == 1 and counts["skipped_missing_object"] == 1
     assert counts.get("already_done", 0) == 0
     assert counts["skipped_product_deleted"] == 2 and counts["skipped_soft_deleted"] >= 1
-    assert counts["images"] == sum(v for k, v in counts.items()
-                                   if k.startswith(("to_", "skipped_", "already_")))
+    assert counts["images"] == sum(
+        v for k, v in counts.items() if k.startswith(("to_", "skipped_", "already_"))
+    )
     notes = " ".join(result.plan.notes)
     assert media.foreign_id in notes and "other-host" in notes and media.missing_id in notes
 
@@ -237,18 +264,22 @@ def _media_docs_full(url: str) -> list[dict[str, Any]]:
     return [m for (m,) in _rows(url, "SELECT metadata FROM product WHERE metadata ? 'media'")]
 
 
-def test_killed_run_is_resumed_without_copying_twice(media: Media,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_run_is_resumed_without_copying_twice(
+    media: Media, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Copies made, then the ref writing dies part-way (a trigger stands in for the
     crash): the next run reuses the copies, writes the missing refs, copies nothing."""
     monkeypatch.setattr(refs_write, "WRITE_BATCH", 3)
     last = _rows(media.url, "SELECT max(product_id) FROM image WHERE deleted_at IS NULL")[0][0]
-    execute(media.url, f"""
+    execute(
+        media.url,
+        f"""
         CREATE FUNCTION crash_on_media() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'simulated crash while writing refs'; END $$;
         CREATE TRIGGER crash BEFORE UPDATE ON product FOR EACH ROW
         WHEN (NEW.id = '{last}' AND NEW.metadata ? 'media') EXECUTE FUNCTION crash_on_media();
-    """)
+    """,
+    )
     saved = migrate_product_media_refs().plan.plan_hash
     with pytest.raises(Exception, match="simulated crash"):
         migrate_product_media_refs(dry_run=False, approved_plan_hash=saved, approved_by="alice")
@@ -264,8 +295,9 @@ def test_killed_run_is_resumed_without_copying_twice(media: Media,
     assert resumed.plan.counts["to_reuse"] == media.expected - done_before
     assert resumed.plan.plan_hash == saved  # the reviewed plan still applies
 
-    result = migrate_product_media_refs(dry_run=False, approved_plan_hash=saved,
-                                        approved_by="alice")
+    result = migrate_product_media_refs(
+        dry_run=False, approved_plan_hash=saved, approved_by="alice"
+    )
     assert result.applied["copied"] == 0
     assert result.applied["reused"] == media.expected - done_before
     assert _objects(media, "products/") == copies  # nothing copied twice
@@ -305,15 +337,17 @@ def test_tampered_snapshot_is_refused(media: Media, tmp_path: Path) -> None:
     assert not _media_docs(media.url) and not _objects(media, "products/")
 
 
-def test_cli_migrate_refs_dry_run_then_saved_plan(media: Media,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_migrate_refs_dry_run_then_saved_plan(
+    media: Media, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from safeops.cli import app
 
     runner = CliRunner()
     dry = runner.invoke(app, ["media", "migrate-refs"])
     assert dry.exit_code == 0, dry.output
-    (plan,) = [line.removeprefix("plan: ") for line in dry.output.splitlines()
-               if line.startswith("plan: ")]
+    (plan,) = [
+        line.removeprefix("plan: ") for line in dry.output.splitlines() if line.startswith("plan: ")
+    ]
     assert not _objects(media, "products/")
 
     live = runner.invoke(app, ["media", "migrate-refs", "--live", "--plan", plan])
@@ -329,8 +363,11 @@ def test_cli_migrate_refs_dry_run_then_saved_plan(media: Media,
 def test_upload_appends_refs_with_sniffed_types(media: Media, tmp_path: Path) -> None:
     from safeops.cli import app
 
-    pid, meta = _rows(media.url, "SELECT id, metadata FROM product WHERE metadata IS NOT NULL "
-                      "AND deleted_at IS NULL ORDER BY id LIMIT 1")[0]
+    pid, meta = _rows(
+        media.url,
+        "SELECT id, metadata FROM product WHERE metadata IS NOT NULL "
+        "AND deleted_at IS NULL ORDER BY id LIMIT 1",
+    )[0]
     jpeg = tmp_path / "Front View.JPG"
     jpeg.write_bytes(b"\xff\xd8\xff\xe0" + b"jpeg body" * 50)
     png = tmp_path / "scan"  # no extension: type and extension from the bytes
@@ -343,8 +380,7 @@ def test_upload_appends_refs_with_sniffed_types(media: Media, tmp_path: Path) ->
     assert second.exit_code == 0, second.output
 
     one, whole = _validator()
-    (doc,) = [m for p, m in _rows(media.url, "SELECT id, metadata FROM product WHERE id = %s",
-                                  pid)]
+    (doc,) = [m for p, m in _rows(media.url, "SELECT id, metadata FROM product WHERE id = %s", pid)]
     assert {k: v for k, v in doc.items() if k != "media"} == meta
     whole.validate(doc["media"])
     refs = doc["media"]["refs"]
@@ -375,9 +411,19 @@ def test_merge_keeps_other_refs_replaces_stale_and_never_duplicates() -> None:
 
     def ref(n: int, source: str | None, etag: str, rank: int) -> ImageRef:
         key = f"products/prod_1/20260101T00000{n}Z-{uuid.UUID(int=n, version=4)}.jpg"
-        return ImageRef(key=key, bucket="media", url=f"{FILE_URL}/{key}", rank=rank,
-                        contentType="image/jpeg", size=1, etag=etag, alt=None,
-                        sourceImageId=source, sourceUrl=None, createdAt=datetime.now(UTC))
+        return ImageRef(
+            key=key,
+            bucket="media",
+            url=f"{FILE_URL}/{key}",
+            rank=rank,
+            contentType="image/jpeg",
+            size=1,
+            etag=etag,
+            alt=None,
+            sourceImageId=source,
+            sourceUrl=None,
+            createdAt=datetime.now(UTC),
+        )
 
     upload, migrated, stale = ref(1, None, "u", 5), ref(2, "img_a", "a", 0), ref(3, "img_b", "b", 1)
     current = MediaRefs(version=1, refs=[upload, migrated, stale])

@@ -30,14 +30,14 @@ MEDIA_TABLES = ["image", "product_variant_product_image"]
 COPY_TABLES = ["cart_line_item", "order_line_item", "inventory_item"]
 REAL_COUNT_SQL = {
     "products": "SELECT count(*) FROM product p WHERE p.thumbnail IS NOT NULL "
-                "OR EXISTS (SELECT 1 FROM image i WHERE i.product_id = p.id) "
-                "OR EXISTS (SELECT 1 FROM product_variant v WHERE v.product_id = p.id "
-                "AND v.thumbnail IS NOT NULL)",
+    "OR EXISTS (SELECT 1 FROM image i WHERE i.product_id = p.id) "
+    "OR EXISTS (SELECT 1 FROM product_variant v WHERE v.product_id = p.id "
+    "AND v.thumbnail IS NOT NULL)",
     "images": "SELECT count(*) FROM image",
     "variant_links": "SELECT count(*) FROM product_variant_product_image",
     "product_thumbnails": "SELECT count(*) FROM product WHERE thumbnail IS NOT NULL",
     "variant_thumbnails": "SELECT count(*) FROM product_variant "
-                          "WHERE product_id IS NOT NULL AND thumbnail IS NOT NULL",
+    "WHERE product_id IS NOT NULL AND thumbnail IS NOT NULL",
 }
 
 
@@ -79,8 +79,9 @@ def read_flow_run(run_id: UUID) -> Any:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[run_id])))
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
     return run
 
 
@@ -89,26 +90,35 @@ def read_artifacts(run_ids: list[UUID]) -> list[Any]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=run_ids)))
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids))
+        )
 
 
 def product_thumbnails(url: str) -> dict[str, str]:
     with psycopg.connect(url) as conn:
-        return dict(conn.execute(  # type: ignore[arg-type]
-            "SELECT id, thumbnail FROM product WHERE thumbnail IS NOT NULL").fetchall())
+        return dict(
+            conn.execute("SELECT id, thumbnail FROM product WHERE thumbnail IS NOT NULL").fetchall()
+        )
 
 
 def some_product_with_images(url: str, offset: int = 0) -> str:
-    return str(scalar(url, "SELECT product_id FROM image GROUP BY product_id "
-                           "HAVING count(*) >= 2 ORDER BY product_id OFFSET %s LIMIT 1", offset))
+    return str(
+        scalar(
+            url,
+            "SELECT product_id FROM image GROUP BY product_id "
+            "HAVING count(*) >= 2 ORDER BY product_id OFFSET %s LIMIT 1",
+            offset,
+        )
+    )
 
 
 # ---------------------------------------------------------------- dry run
 
 
-def test_dry_run_changes_nothing_and_plan_hash_tracks_the_state(medusa_url: str,
-                                                               exports: Path) -> None:
+def test_dry_run_changes_nothing_and_plan_hash_tracks_the_state(
+    medusa_url: str, exports: Path
+) -> None:
     before = table_checksums(medusa_url, MEDUSA_TABLES)
     first = purge_product_media()  # dry run is the default
     second = purge_product_media(dry_run=True)
@@ -122,8 +132,12 @@ def test_dry_run_changes_nothing_and_plan_hash_tracks_the_state(medusa_url: str,
     assert first.plan.plan_hash == second.plan.plan_hash
 
     product = some_product_with_images(medusa_url)
-    execute(medusa_url, "INSERT INTO image (id, url, rank, product_id) VALUES "
-                        "('img_01DRYRUNADDED0000000000000', 'http://x/y.jpg', 9, %s)", product)
+    execute(
+        medusa_url,
+        "INSERT INTO image (id, url, rank, product_id) VALUES "
+        "('img_01DRYRUNADDED0000000000000', 'http://x/y.jpg', 9, %s)",
+        product,
+    )
     third = purge_product_media()
     assert third.plan.counts["images"] == first.plan.counts["images"] + 1
     assert third.plan.plan_hash != first.plan.plan_hash
@@ -132,14 +146,27 @@ def test_dry_run_changes_nothing_and_plan_hash_tracks_the_state(medusa_url: str,
 # ---------------------------------------------------------------- approval refusals
 
 
-@pytest.mark.parametrize("answer", [
-    {"approver": "bob", "reason": "not during the sale", "confirmation": "",
-     "decision": "reject"},
-    {"approver": "bob", "reason": "ticket OPS-2", "confirmation": "PURGE 1 IMAGES",
-     "decision": "approve"},
-], ids=["rejected", "wrong-confirmation"])
-def test_refused_approval_changes_nothing(medusa_url: str, exports: Path,
-                                          answer: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {
+            "approver": "bob",
+            "reason": "not during the sale",
+            "confirmation": "",
+            "decision": "reject",
+        },
+        {
+            "approver": "bob",
+            "reason": "ticket OPS-2",
+            "confirmation": "PURGE 1 IMAGES",
+            "decision": "approve",
+        },
+    ],
+    ids=["rejected", "wrong-confirmation"],
+)
+def test_refused_approval_changes_nothing(
+    medusa_url: str, exports: Path, answer: dict[str, str]
+) -> None:
     before = table_checksums(medusa_url, MEDUSA_TABLES)
     with answer_approval(answer) as seen, pytest.raises(ApprovalDenied) as refused:
         purge_product_media(dry_run=False)
@@ -152,8 +179,7 @@ def test_refused_approval_changes_nothing(medusa_url: str, exports: Path,
     assert audit_count(medusa_url) == 0
 
 
-def test_approval_timeout_fails_the_run_and_changes_nothing(medusa_url: str,
-                                                            exports: Path) -> None:
+def test_approval_timeout_fails_the_run_and_changes_nothing(medusa_url: str, exports: Path) -> None:
     before = table_checksums(medusa_url, MEDUSA_TABLES)
     with watch_approvals() as seen, pytest.raises(ApprovalTimedOut) as timed_out:
         purge_product_media(dry_run=False, approval_timeout_s=2)
@@ -168,8 +194,9 @@ def test_approval_timeout_fails_the_run_and_changes_nothing(medusa_url: str,
 # ---------------------------------------------------------------- drift during the pause
 
 
-def purge_with_a_change_during_the_pause(url: str, sql: str,
-                                         *params: object) -> tuple[str, dict[str, str]]:
+def purge_with_a_change_during_the_pause(
+    url: str, sql: str, *params: object
+) -> tuple[str, dict[str, str]]:
     """A live purge whose approver first runs ``sql``: the refusal's message, and the
     tables as that change left them (the purge must leave them so)."""
     during: dict[str, str] = {}
@@ -184,43 +211,48 @@ def purge_with_a_change_during_the_pause(url: str, sql: str,
     return str(drift.value), during
 
 
-def test_image_added_during_the_pause_is_refused_as_drift(medusa_url: str,
-                                                         exports: Path) -> None:
+def test_image_added_during_the_pause_is_refused_as_drift(medusa_url: str, exports: Path) -> None:
     product = some_product_with_images(medusa_url)
     added = "img_01DRIFTADDEDDURINGPAUSE000"
     message, during = purge_with_a_change_during_the_pause(
-        medusa_url, "INSERT INTO image (id, url, rank, product_id) VALUES "
-                    "(%s, 'http://localhost:9000/medusa-media/late.jpg', 7, %s)", added, product)
+        medusa_url,
+        "INSERT INTO image (id, url, rank, product_id) VALUES "
+        "(%s, 'http://localhost:9000/medusa-media/late.jpg', 7, %s)",
+        added,
+        product,
+    )
     assert added in message and "1 added since the snapshot" in message
     assert table_checksums(medusa_url, MEDUSA_TABLES) == during
     assert count(medusa_url, "SELECT count(*) FROM image WHERE id = %s", added) == 1
 
 
-def test_image_deleted_during_the_pause_is_refused_as_drift(medusa_url: str,
-                                                           exports: Path) -> None:
-    victim = str(scalar(medusa_url, "SELECT image_id FROM product_variant_product_image "
-                                    "ORDER BY id LIMIT 1"))
+def test_image_deleted_during_the_pause_is_refused_as_drift(medusa_url: str, exports: Path) -> None:
+    victim = str(
+        scalar(medusa_url, "SELECT image_id FROM product_variant_product_image ORDER BY id LIMIT 1")
+    )
     message, during = purge_with_a_change_during_the_pause(
-        medusa_url, "DELETE FROM image WHERE id = %s", victim)
+        medusa_url, "DELETE FROM image WHERE id = %s", victim
+    )
     assert victim in message and "missing from the database" in message
     assert table_checksums(medusa_url, MEDUSA_TABLES) == during
     assert count(medusa_url, "SELECT count(*) FROM image") > 100
 
 
-def test_image_edited_during_the_pause_is_refused_as_drift(medusa_url: str,
-                                                          exports: Path) -> None:
+def test_image_edited_during_the_pause_is_refused_as_drift(medusa_url: str, exports: Path) -> None:
     """Same ids, one url changed: the plan hash covers every column, so the apply's
     digest moves, the thorough comparison runs and names the changed row."""
     victim = str(scalar(medusa_url, "SELECT id FROM image ORDER BY id DESC LIMIT 1"))
     message, during = purge_with_a_change_during_the_pause(
-        medusa_url, "UPDATE image SET url = url || '?v=2' WHERE id = %s", victim)
+        medusa_url, "UPDATE image SET url = url || '?v=2' WHERE id = %s", victim
+    )
     assert f"1 changed since the snapshot ({victim})" in message
     assert table_checksums(medusa_url, MEDUSA_TABLES) == during
     assert audit_count(medusa_url) == 0
 
 
 def test_apply_without_a_verify_compares_the_file_and_a_wrong_file_hash_is_refused(
-        medusa_url: str, exports: Path) -> None:
+    medusa_url: str, exports: Path
+) -> None:
     """The apply's two proofs: handed a verify's file hash that the file no longer has,
     it refuses before deleting anything; handed nothing, it compares the file with the
     live rows under its lock, and the audit row says which proof it used."""
@@ -239,8 +271,15 @@ def test_apply_without_a_verify_compares_the_file_and_a_wrong_file_hash_is_refus
     before = table_checksums(medusa_url, MEDUSA_TABLES)
 
     with pytest.raises(SnapshotInvalid, match="changed since it was verified"):
-        apply_media_purge.fn("medusa", uri, plan.plan_hash, approval, now_utc(),
-                             verified_sha256="0" * 64, verified_plan_hash=report.plan_hash)
+        apply_media_purge.fn(
+            "medusa",
+            uri,
+            plan.plan_hash,
+            approval,
+            now_utc(),
+            verified_sha256="0" * 64,
+            verified_plan_hash=report.plan_hash,
+        )
     assert table_checksums(medusa_url, MEDUSA_TABLES) == before and audit_count(medusa_url) == 0
 
     applied = apply_media_purge.fn("medusa", uri, plan.plan_hash, approval, now_utc())
@@ -250,15 +289,17 @@ def test_apply_without_a_verify_compares_the_file_and_a_wrong_file_hash_is_refus
     assert isinstance(counts, dict) and counts["proof"] == "file compared with the live rows"
 
 
-def test_an_image_no_snapshot_can_hold_is_never_deleted(medusa_url: str,
-                                                       exports: Path) -> None:
+def test_an_image_no_snapshot_can_hold_is_never_deleted(medusa_url: str, exports: Path) -> None:
     """Without Medusa's foreign key an image can outlive its product. The snapshot holds
     products' documents, so it cannot hold that image; the purge must not delete it
     (it would be gone for good), so the apply refuses."""
     execute(medusa_url, "ALTER TABLE image DROP CONSTRAINT image_product_id_foreign")
-    execute(medusa_url, "INSERT INTO image (id, url, rank, product_id) VALUES "
-                        "('img_01ORPHANWITHOUTPRODUCT0000', "
-                        "'http://localhost:9000/medusa-media/orphan.jpg', 0, 'prod_gone')")
+    execute(
+        medusa_url,
+        "INSERT INTO image (id, url, rank, product_id) VALUES "
+        "('img_01ORPHANWITHOUTPRODUCT0000', "
+        "'http://localhost:9000/medusa-media/orphan.jpg', 0, 'prod_gone')",
+    )
     before = table_checksums(medusa_url, MEDUSA_TABLES)
 
     with answer_approval(approve_as()), pytest.raises(DriftDetected) as refused:
@@ -275,21 +316,30 @@ def test_an_image_no_snapshot_can_hold_is_never_deleted(medusa_url: str,
 
     uri = take_media_snapshot.fn("medusa", str(exports)).uri
     with pytest.raises(DriftDetected, match="does not hold"):
-        apply_media_purge.fn("medusa", uri, plan_media_purge.fn("medusa").plan_hash,
-                             Approval(approver="alice", reason="t", via="saved-plan"), now_utc())
+        apply_media_purge.fn(
+            "medusa",
+            uri,
+            plan_media_purge.fn("medusa").plan_hash,
+            Approval(approver="alice", reason="t", via="saved-plan"),
+            now_utc(),
+        )
     assert table_checksums(medusa_url, MEDUSA_TABLES) == before
 
 
 # ---------------------------------------------------------------- fault in the middle
 
 
-def test_fault_mid_apply_leaves_nothing_half_done_and_a_rerun_succeeds(medusa_url: str,
-                                                                       exports: Path) -> None:
-    execute(medusa_url, """
+def test_fault_mid_apply_leaves_nothing_half_done_and_a_rerun_succeeds(
+    medusa_url: str, exports: Path
+) -> None:
+    execute(
+        medusa_url,
+        """
         CREATE FUNCTION safeops_test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'injected fault: thumbnail update refused'; END $$;
         CREATE TRIGGER safeops_test_fault BEFORE UPDATE OF thumbnail ON product
-            FOR EACH ROW EXECUTE FUNCTION safeops_test_fault();""")
+            FOR EACH ROW EXECUTE FUNCTION safeops_test_fault();""",
+    )
     before = table_checksums(medusa_url, MEDUSA_TABLES)
 
     with answer_approval(approve_as()) as seen:
@@ -339,8 +389,9 @@ def test_purge_twice_then_restore_twice(medusa_url: str, exports: Path) -> None:
 # ---------------------------------------------------------------- restore rules
 
 
-def test_restore_keeps_newer_thumbnails_and_skips_deleted_products(medusa_url: str,
-                                                                   exports: Path) -> None:
+def test_restore_keeps_newer_thumbnails_and_skips_deleted_products(
+    medusa_url: str, exports: Path
+) -> None:
     thumbs_before = product_thumbnails(medusa_url)
     kept, gone = sorted(thumbs_before)[:2]
     gone_images = count(medusa_url, "SELECT count(*) FROM image WHERE product_id = %s", gone)
@@ -371,8 +422,7 @@ def test_restore_keeps_newer_thumbnails_and_skips_deleted_products(medusa_url: s
 # ---------------------------------------------------------------- artifacts
 
 
-def test_artifacts_show_real_counts_approver_and_plan_hash(medusa_url: str,
-                                                          exports: Path) -> None:
+def test_artifacts_show_real_counts_approver_and_plan_hash(medusa_url: str, exports: Path) -> None:
     real = real_counts(medusa_url)
     with answer_approval(approve_as("carol", "ticket OPS-77")) as seen:
         result = purge_product_media(dry_run=False)
@@ -389,7 +439,8 @@ def test_artifacts_show_real_counts_approver_and_plan_hash(medusa_url: str,
     assert "carol" in summary and "ticket OPS-77" in summary
     assert result.plan.plan_hash in summary
     assert result.snapshot_uri and Path(result.snapshot_uri).name in str(
-        artifacts["media-purge-snapshot"].data)
+        artifacts["media-purge-snapshot"].data
+    )
 
 
 # ---------------------------------------------------------------- secrets
@@ -408,20 +459,26 @@ def password_url(medusa_url: str, pg_admin: str, monkeypatch: pytest.MonkeyPatch
     runs on the same server may be using it)."""
     if pg_admin != LOCAL:
         pytest.skip("needs the machine's PostgreSQL on 127.0.0.1:5432")
-    execute(pg_admin, f"""DO $$ BEGIN
+    execute(
+        pg_admin,
+        f"""DO $$ BEGIN
         CREATE ROLE safeops_pw_test WITH LOGIN PASSWORD '{PASSWORD}';
-        EXCEPTION WHEN duplicate_object THEN NULL; END $$""")
+        EXCEPTION WHEN duplicate_object THEN NULL; END $$""",
+    )
     database = medusa_url.rsplit("/", 1)[1].split("?")[0]
-    execute(medusa_url, f'GRANT CREATE ON DATABASE "{database}" TO safeops_pw_test; '
-                        "GRANT ALL ON ALL TABLES IN SCHEMA public TO safeops_pw_test")
+    execute(
+        medusa_url,
+        f'GRANT CREATE ON DATABASE "{database}" TO safeops_pw_test; '
+        "GRANT ALL ON ALL TABLES IN SCHEMA public TO safeops_pw_test",
+    )
     url = f"postgresql://safeops_pw_test:{PASSWORD}@127.0.0.1:5432/{database}"
     monkeypatch.setenv("MEDUSA_DATABASE_URL", url)
     return url
 
 
 def test_no_secret_in_parameters_logs_artifacts_snapshots_or_audit(
-        password_url: str, s3_bucket: str, s3_server: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    password_url: str, s3_bucket: str, s3_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import boto3
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -449,19 +506,20 @@ def test_no_secret_in_parameters_logs_artifacts_snapshots_or_audit(
     with get_client(sync_client=True) as client:
         for run_id in run_ids:
             texts[f"parameters {run_id}"] = json.dumps(client.read_flow_run(run_id).parameters)
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
-            any_=run_ids)))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)))
     texts["logs"] = "\n".join(log.message for log in logs)
     texts["artifacts"] = "\n".join(a.model_dump_json() for a in read_artifacts(run_ids))
     s3 = boto3.client("s3", endpoint_url=s3_server)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert len(keys) >= 2
     for key in keys:
-        texts[f"s3://{s3_bucket}/{key}"] = s3.get_object(Bucket=s3_bucket, Key=key
-                                                         )["Body"].read().decode()
+        texts[f"s3://{s3_bucket}/{key}"] = (
+            s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read().decode()
+        )
     with psycopg.connect(password_url) as conn:
-        texts["audit"] = json.dumps(conn.execute(
-            "SELECT to_jsonb(a) FROM safeops.safeops_audit a").fetchall(), default=str)
+        texts["audit"] = json.dumps(
+            conn.execute("SELECT to_jsonb(a) FROM safeops.safeops_audit a").fetchall(), default=str
+        )
 
     # The checks are not vacuous: the runs logged, and the role from the URL did the work.
     assert "purge committed" in texts["logs"] and "restore committed" in texts["logs"]
@@ -474,15 +532,17 @@ def test_no_secret_in_parameters_logs_artifacts_snapshots_or_audit(
 # ---------------------------------------------------------------- socket URL
 
 
-def test_socket_url_form_works(medusa_url: str, pg_admin: str, exports: Path,
-                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_socket_url_form_works(
+    medusa_url: str, pg_admin: str, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     socket_dir = Path("/var/run/postgresql")
     if not (socket_dir / ".s.PGSQL.5432").exists() or pg_admin != LOCAL:
         pytest.skip("no local PostgreSQL socket in /var/run/postgresql")
     tcp = purge_product_media()
     database = medusa_url.rsplit("/", 1)[1].split("?")[0]
-    monkeypatch.setenv("MEDUSA_DATABASE_URL", f"postgresql://postgres@/{database}"
-                                              f"?host={socket_dir}")
+    monkeypatch.setenv(
+        "MEDUSA_DATABASE_URL", f"postgresql://postgres@/{database}?host={socket_dir}"
+    )
     via_socket = purge_product_media()
     assert via_socket.plan.plan_hash == tcp.plan.plan_hash
     assert via_socket.plan.counts["images"] > 100

@@ -22,10 +22,17 @@ from tasks.media.objects import key_for_url
 from tests.conftest import MEDUSA_TABLES, answer_approval, approve_as
 from tests.pg import execute, fresh_database, scalar, table_checksums
 
-COMPARED = ["image", "product_variant_product_image", "cart_line_item", "order_line_item",
-            "inventory_item"]
-REMOVE_MEDIA = ("DELETE FROM image; UPDATE product SET thumbnail = NULL; "
-                "UPDATE product_variant SET thumbnail = NULL")
+COMPARED = [
+    "image",
+    "product_variant_product_image",
+    "cart_line_item",
+    "order_line_item",
+    "inventory_item",
+]
+REMOVE_MEDIA = (
+    "DELETE FROM image; UPDATE product SET thumbnail = NULL; "
+    "UPDATE product_variant SET thumbnail = NULL"
+)
 
 
 def count(url: str, sql: str) -> int:
@@ -34,8 +41,10 @@ def count(url: str, sql: str) -> int:
 
 def thumbnails(url: str) -> list[tuple[str, str | None]]:
     with psycopg.connect(url) as conn:
-        return conn.execute("SELECT id, thumbnail FROM product UNION ALL "
-                            "SELECT id, thumbnail FROM product_variant ORDER BY 1").fetchall()
+        return conn.execute(
+            "SELECT id, thumbnail FROM product UNION ALL "
+            "SELECT id, thumbnail FROM product_variant ORDER BY 1"
+        ).fetchall()
 
 
 def body_start(lines: list[bytes]) -> int:
@@ -56,10 +65,13 @@ def test_full_chain_on_s3_store(medusa_url: str, s3_bucket: str, s3_server: str)
     before = table_checksums(medusa_url, MEDUSA_TABLES)
     thumbs_before = thumbnails(medusa_url)
     images = count(medusa_url, "SELECT count(*) FROM image")
-    products = count(medusa_url, "SELECT count(*) FROM product p WHERE p.thumbnail IS NOT NULL "
-                                 "OR EXISTS (SELECT 1 FROM image i WHERE i.product_id = p.id) "
-                                 "OR EXISTS (SELECT 1 FROM product_variant v "
-                                 "WHERE v.product_id = p.id AND v.thumbnail IS NOT NULL)")
+    products = count(
+        medusa_url,
+        "SELECT count(*) FROM product p WHERE p.thumbnail IS NOT NULL "
+        "OR EXISTS (SELECT 1 FROM image i WHERE i.product_id = p.id) "
+        "OR EXISTS (SELECT 1 FROM product_variant v "
+        "WHERE v.product_id = p.id AND v.thumbnail IS NOT NULL)",
+    )
 
     with answer_approval(approve_as()) as seen:
         purged = purge_product_media(dry_run=False)
@@ -74,12 +86,17 @@ def test_full_chain_on_s3_store(medusa_url: str, s3_bucket: str, s3_server: str)
     head = stored.decode().splitlines()[:20]
     # The apply leaned on the verify: the very bytes it read (hashed again over S3) and
     # the row digest, without re-reading the body into the database.
-    proof = scalar(medusa_url, "SELECT counts FROM safeops.safeops_audit "
-                               "WHERE flow_name = 'purge-product-media'")
+    proof = scalar(
+        medusa_url,
+        "SELECT counts FROM safeops.safeops_audit WHERE flow_name = 'purge-product-media'",
+    )
     assert isinstance(proof, dict) and proof["proof"] == "verified file + row digest"
-    assert proof["snapshotSha256"] == hashlib.sha256(
-        stored.split(b"[\n", 1)[1].rsplit(b"\n]", 1)[0].replace(b",\n", b"\n") + b"\n"
-    ).hexdigest()
+    assert (
+        proof["snapshotSha256"]
+        == hashlib.sha256(
+            stored.split(b"[\n", 1)[1].rsplit(b"\n]", 1)[0].replace(b",\n", b"\n") + b"\n"
+        ).hexdigest()
+    )
     assert f'"totalProducts": {products},' in head
     assert f'"totalImages": {images},' in head
     after_key = (purged.after_snapshot_uri or "").removeprefix(f"s3://{s3_bucket}/")
@@ -129,8 +146,10 @@ def test_tampered_or_truncated_snapshot_is_refused(medusa_url: str, exports: Pat
 
     cut_mid_document = data[: len(b"".join(lines[:start])) + len(lines[start]) // 2]
     cut_between_documents = b"".join(lines[: start + 3])
-    truncated = [write_variant(original, "cut-mid", cut_mid_document),
-                 write_variant(original, "cut-between", cut_between_documents)]
+    truncated = [
+        write_variant(original, "cut-mid", cut_mid_document),
+        write_variant(original, "cut-between", cut_between_documents),
+    ]
     for uri in truncated:
         with pytest.raises(SnapshotInvalid) as invalid:
             verify_product_media_snapshot(uri)
@@ -144,8 +163,10 @@ def test_tampered_or_truncated_snapshot_is_refused(medusa_url: str, exports: Pat
         verify_product_media_snapshot(snap.uri)
     assert "live-match check" in str(invalid.value)
     assert f"image: {images} missing from the database" in str(invalid.value)
-    for uri, check in ((write_variant(original, "tampered-rank-2", tampered["rank"]), "checksum"),
-                       (truncated[0], "truncation")):
+    for uri, check in (
+        (write_variant(original, "tampered-rank-2", tampered["rank"]), "checksum"),
+        (truncated[0], "truncation"),
+    ):
         with pytest.raises(SnapshotInvalid) as invalid:
             restore_product_media(uri, dry_run=False, approval_timeout_s=5)
         assert f"{check} check" in str(invalid.value)
@@ -157,7 +178,8 @@ def test_tampered_or_truncated_snapshot_is_refused(medusa_url: str, exports: Pat
 
 
 def test_snapshot_from_another_database_is_refused_unless_forced(
-        medusa_url: str, pg_admin: str, exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    medusa_url: str, pg_admin: str, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with fresh_database(pg_admin, prefix="safeops_other") as other:
         engine = create_engine(sqlalchemy_url(other))
         with engine.begin() as conn:
@@ -189,8 +211,9 @@ def test_snapshot_from_another_database_is_refused_unless_forced(
 # ---------------------------------------------------------------- objects in the bucket
 
 
-def test_verify_reports_missing_objects(medusa_url: str, s3_bucket: str, s3_server: str,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verify_reports_missing_objects(
+    medusa_url: str, s3_bucket: str, s3_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SAFEOPS_MEDIA_BUCKET", s3_bucket)
     monkeypatch.setenv("SAFEOPS_MEDIA_FILE_URL", FILE_URL)
     with psycopg.connect(medusa_url) as conn:
@@ -200,8 +223,12 @@ def test_verify_reports_missing_objects(medusa_url: str, s3_bucket: str, s3_serv
     absent = sorted(keys)[:2]
     s3 = boto3.client("s3", endpoint_url=s3_server)
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda key: s3.put_object(Bucket=s3_bucket, Key=key, Body=b"jpeg"),
-                      [str(key) for image_id, key in keys.items() if image_id not in absent]))
+        list(
+            pool.map(
+                lambda key: s3.put_object(Bucket=s3_bucket, Key=key, Body=b"jpeg"),
+                [str(key) for image_id, key in keys.items() if image_id not in absent],
+            )
+        )
 
     snap = snapshot_product_media()
     with pytest.raises(SnapshotInvalid) as invalid:
@@ -216,8 +243,9 @@ def test_verify_reports_missing_objects(medusa_url: str, s3_bucket: str, s3_serv
 # ---------------------------------------------------------------- retention
 
 
-def test_retention_keeps_the_newest_and_every_audited_snapshot(medusa_url: str,
-                                                               exports: Path) -> None:
+def test_retention_keeps_the_newest_and_every_audited_snapshot(
+    medusa_url: str, exports: Path
+) -> None:
     """Retention deletes snapshot files: only the oldest beyond `keep`, never one a recent
     audit row names, never anything but our own names; work files of a run that died a
     day ago go, a fresh one stays."""
@@ -240,10 +268,13 @@ def test_retention_keeps_the_newest_and_every_audited_snapshot(medusa_url: str,
     day_and_a_bit = time.time() - 90000
     os.utime(old_part, (day_and_a_bit, day_and_a_bit))
     execute(medusa_url, Path("safeops/schemas/audit.sql").read_text())
-    execute(medusa_url, "INSERT INTO safeops.safeops_audit (flow_name, target, plan_hash, "
-                        "approver, reason, approved_via, counts, snapshot_uri) VALUES "
-                        "('purge-product-media', 'medusa', 'h', 'alice', 'r', 'form', '{}', %s)",
-            str(exports / names[1]))
+    execute(
+        medusa_url,
+        "INSERT INTO safeops.safeops_audit (flow_name, target, plan_hash, "
+        "approver, reason, approved_via, counts, snapshot_uri) VALUES "
+        "('purge-product-media', 'medusa', 'h', 'alice', 'r', 'form', '{}', %s)",
+        str(exports / names[1]),
+    )
 
     with pytest.raises(BadInput):
         prune_snapshots.fn("medusa", str(exports), "medusa-media-snapshot", 0)
@@ -255,4 +286,5 @@ def test_retention_keeps_the_newest_and_every_audited_snapshot(medusa_url: str,
     assert outcome["kept"] == [str(exports / n) for n in names[3:]]
     assert outcome["leftover_parts_removed"] == [str(old_part)]
     assert sorted(p.name for p in exports.iterdir()) == sorted(
-        [names[1], *names[3:], foreign.name, fresh_part.name])
+        [names[1], *names[3:], foreign.name, fresh_part.name]
+    )

@@ -34,8 +34,11 @@ from tasks.common.snapshots import finish_and_publish, new_writer
 FMT = "safeops/test-snapshot"
 BASE = "test-snapshot-20260102T030405Z.json"
 CREATED = "2026-01-02T03:04:05Z"
-DOCS = [b'{"id":"p1","images":["a.jpg"]}', b'{"id":"p2","images":[]}',
-        '{"id":"p3","title":"Caf\u00e9"}'.encode()]
+DOCS = [
+    b'{"id":"p1","images":["a.jpg"]}',
+    b'{"id":"p2","images":[]}',
+    '{"id":"p3","title":"Caf\u00e9"}'.encode(),
+]
 
 
 def expected_file(docs: list[bytes], summary: dict[str, Any]) -> bytes:
@@ -43,22 +46,25 @@ def expected_file(docs: list[bytes], summary: dict[str, Any]) -> bytes:
     body_sha = hashlib.sha256(b"".join(doc + b"\n" for doc in docs)).hexdigest()
     header = {"format": FMT, "formatVersion": 1, **summary, "bodySha256": body_sha}
     lines = [b"{\n"]
-    lines += [f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)},\n".encode()
-              for k, v in header.items()]
+    lines += [
+        f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)},\n".encode() for k, v in header.items()
+    ]
     lines.append(b'"products": [\n')
     lines.append(b",\n".join(docs) + b"\n" if docs else b"")
     lines.append(b"]\n}\n")
     return b"".join(lines)
 
 
-def write(folder: Path, docs: list[bytes], summary: dict[str, Any] | None = None,
-          base: str = BASE) -> str:
+def write(
+    folder: Path, docs: list[bytes], summary: dict[str, Any] | None = None, base: str = BASE
+) -> str:
     writer = new_writer(FMT, "products", str(folder))
     for doc in docs:
         writer.add(doc)
     try:
-        return publish(writer.finish(summary or {"createdAt": CREATED}),
-                       parse_location(str(folder)), base)
+        return publish(
+            writer.finish(summary or {"createdAt": CREATED}), parse_location(str(folder)), base
+        )
     finally:
         writer.discard()
 
@@ -80,8 +86,7 @@ def test_published_file_has_the_documented_layout(tmp_path: Path, docs: list[byt
     assert reader.summary["totalProducts"] == len(docs)
     # Read line by line or chunk by chunk, the file hashes the same, to its last byte.
     assert reader.file_sha256 == hashlib.sha256(Path(uri).read_bytes()).hexdigest()
-    lines_reader = SnapshotReader(iter(Path(uri).read_bytes().splitlines(keepends=True)),
-                                  FMT, uri)
+    lines_reader = SnapshotReader(iter(Path(uri).read_bytes().splitlines(keepends=True)), FMT, uri)
     assert list(lines_reader.documents()) == docs
     assert lines_reader.file_sha256 == reader.file_sha256 == file_sha256(uri)
     assert hidden(tmp_path) == []
@@ -93,8 +98,7 @@ def test_str_and_bytes_documents_give_the_same_file(tmp_path: Path) -> None:
     for doc in DOCS:
         writer.add(doc.decode())
     assert writer.sha256 == hashlib.sha256(b"".join(d + b"\n" for d in DOCS)).hexdigest()
-    uri = publish(writer.finish({"createdAt": CREATED}), parse_location(str(tmp_path / "s")),
-                  BASE)
+    uri = publish(writer.finish({"createdAt": CREATED}), parse_location(str(tmp_path / "s")), BASE)
     writer.discard()
     assert Path(uri).read_bytes() == as_bytes
 
@@ -114,7 +118,8 @@ def test_a_document_with_a_newline_leaves_nothing_behind(tmp_path: Path) -> None
 
 
 def test_a_failure_while_publishing_leaves_nothing_behind(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     writer = new_writer(FMT, "products", str(tmp_path))
     for doc in DOCS:
         writer.add(doc)
@@ -124,9 +129,13 @@ def test_a_failure_while_publishing_leaves_nothing_behind(
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space"):
-        finish_and_publish(writer, name_prefix="test-snapshot",
-                           created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
-                           summary={}, location=str(tmp_path))
+        finish_and_publish(
+            writer,
+            name_prefix="test-snapshot",
+            created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+            summary={},
+            location=str(tmp_path),
+        )
     writer.discard()  # what the tasks do; already done, must not fail
     assert list(tmp_path.iterdir()) == []
 
@@ -139,7 +148,10 @@ def test_same_second_snapshots_get_distinct_names_and_never_overwrite(tmp_path: 
     third = write(tmp_path, [])
 
     assert [Path(u).name for u in (first, second, third)] == [
-        BASE, BASE.replace(".json", "-2.json"), BASE.replace(".json", "-3.json")]
+        BASE,
+        BASE.replace(".json", "-2.json"),
+        BASE.replace(".json", "-3.json"),
+    ]
     assert Path(first).read_bytes() == expected_file(DOCS[:1], {"createdAt": CREATED})
     assert Path(second).read_bytes() == expected_file(DOCS[1:], {"createdAt": CREATED})
     assert squatter.read_bytes() == b"someone else's file\n"
@@ -147,9 +159,11 @@ def test_same_second_snapshots_get_distinct_names_and_never_overwrite(tmp_path: 
 
 
 def test_a_folder_without_hard_links_gets_copies_that_never_overwrite(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Some network and FUSE mounts refuse link(2): the publish reserves each name with
     O_EXCL and copies instead, still skipping taken names and leaving no .part file."""
+
     def no_links(src: object, dst: object) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
@@ -183,8 +197,9 @@ def test_concurrent_publishes_in_one_second_each_keep_their_own_file(tmp_path: P
 
     assert len(set(uris.values())) == 6
     for n, uri in uris.items():
-        assert Path(uri).read_bytes() == expected_file([b'{"writer":%d}' % n],
-                                                       {"createdAt": CREATED})
+        assert Path(uri).read_bytes() == expected_file(
+            [b'{"writer":%d}' % n], {"createdAt": CREATED}
+        )
     assert hidden(tmp_path) == []
 
 
@@ -198,8 +213,9 @@ def test_part_files_are_not_snapshots(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("failure", ["refused", "stops-short", "missing"])
-def test_join_falls_back_to_plain_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         failure: str) -> None:
+def test_join_falls_back_to_plain_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
     """Another file system (EXDEV), a copy that stops part way, or no
     copy_file_range at all: the file comes out the same."""
     docs = [b'{"n":%d,"pad":"%s"}' % (n, b"x" * 500) for n in range(200)]
@@ -217,8 +233,9 @@ def test_join_falls_back_to_plain_copies(tmp_path: Path, monkeypatch: pytest.Mon
     if failure == "missing":
         monkeypatch.delattr(os, "copy_file_range", raising=False)
     else:
-        monkeypatch.setattr(os, "copy_file_range", refused if failure == "refused"
-                            else stops_short, raising=False)
+        monkeypatch.setattr(
+            os, "copy_file_range", refused if failure == "refused" else stops_short, raising=False
+        )
     uri = write(tmp_path, docs)
     assert Path(uri).read_bytes() == expected_file(docs, {"createdAt": CREATED})
     assert len(calls) == (2 if failure == "stops-short" else 0)
@@ -238,8 +255,10 @@ def test_s3_publish_never_overwrites_and_leaves_no_temp_file(s3_bucket: str) -> 
         uris.append(publish(writer.finish({"createdAt": CREATED}), location, BASE))
         writer.discard()
 
-    assert uris == [f"s3://{s3_bucket}/snapshots/{BASE}",
-                    f"s3://{s3_bucket}/snapshots/{BASE.replace('.json', '-1.json')}"]
+    assert uris == [
+        f"s3://{s3_bucket}/snapshots/{BASE}",
+        f"s3://{s3_bucket}/snapshots/{BASE.replace('.json', '-1.json')}",
+    ]
     client = boto3.client("s3", endpoint_url=get_settings().s3_endpoint_url)
     for uri, docs in zip(uris, (DOCS, []), strict=True):
         key = uri.removeprefix(f"s3://{s3_bucket}/")

@@ -16,9 +16,12 @@ from tests.pg import execute, scalar, table_checksums
 SQL_FILE = Path(__file__).resolve().parents[2] / "sql" / "purge-product-media.sql"
 PSQL = shutil.which("psql")
 COUNT_COLUMNS = ["images", "variant_links", "product_thumbnails", "variant_thumbnails"]
-CHANGED_COLUMNS = {"variant_links_deleted": "variant_links", "images_deleted": "images",
-                   "product_thumbnails_cleared": "product_thumbnails",
-                   "variant_thumbnails_cleared": "variant_thumbnails"}
+CHANGED_COLUMNS = {
+    "variant_links_deleted": "variant_links",
+    "images_deleted": "images",
+    "product_thumbnails_cleared": "product_thumbnails",
+    "variant_thumbnails_cleared": "variant_thumbnails",
+}
 UNTOUCHED = ["cart_line_item", "order_line_item", "inventory_item"]
 
 pytestmark = pytest.mark.skipif(PSQL is None, reason="psql is not installed")
@@ -26,8 +29,13 @@ pytestmark = pytest.mark.skipif(PSQL is None, reason="psql is not installed")
 
 def run_psql(url: str, script: Path) -> subprocess.CompletedProcess[str]:
     assert PSQL is not None
-    return subprocess.run([PSQL, url, "-X", "-v", "ON_ERROR_STOP=1", "-f", str(script)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [PSQL, url, "-X", "-v", "ON_ERROR_STOP=1", "-f", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def parse_tables(output: str) -> list[dict[str, str]]:
@@ -39,7 +47,7 @@ def parse_tables(output: str) -> list[dict[str, str]]:
         if not rule or set(rule) - {"-", "+"}:
             continue
         columns = [c.strip() for c in lines[i].split("|")]
-        for line in lines[i + 2:]:
+        for line in lines[i + 2 :]:
             if not line.strip() or line.startswith("("):
                 break
             rows.append(dict(zip(columns, (v.strip() for v in line.split("|")), strict=True)))
@@ -52,7 +60,7 @@ def real_counts(url: str) -> dict[str, int]:
         "variant_links": "SELECT count(*) FROM product_variant_product_image",
         "product_thumbnails": "SELECT count(*) FROM product WHERE thumbnail IS NOT NULL",
         "variant_thumbnails": "SELECT count(*) FROM product_variant "
-                              "WHERE product_id IS NOT NULL AND thumbnail IS NOT NULL",
+        "WHERE product_id IS NOT NULL AND thumbnail IS NOT NULL",
     }
     return {name: int(scalar(url, sql)) for name, sql in queries.items()}  # type: ignore[call-overload]
 
@@ -78,9 +86,12 @@ def rows_by_id(url: str, sql: str) -> dict[str, tuple[Any, ...]]:
 
 
 def metadata_checksum(url: str) -> object:
-    return scalar(url, "SELECT count(*) || ':' || md5(COALESCE(string_agg("
-                       "id || '=' || COALESCE(metadata::text, '<null>'), '|' ORDER BY id), '')) "
-                       "FROM product")
+    return scalar(
+        url,
+        "SELECT count(*) || ':' || md5(COALESCE(string_agg("
+        "id || '=' || COALESCE(metadata::text, '<null>'), '|' ORDER BY id), '')) "
+        "FROM product",
+    )
 
 
 def test_file_ends_in_a_lone_rollback_line() -> None:
@@ -112,12 +123,23 @@ def test_as_shipped_reports_counts_and_changes_nothing(medusa_url: str) -> None:
 
 def test_edited_to_commit_purges_only_image_references(medusa_url: str, tmp_path: Path) -> None:
     # A variant without a product keeps its thumbnail: only variants of a product are purged.
-    execute(medusa_url, "INSERT INTO product_variant (id, title, product_id, thumbnail, "
-                        "created_at, updated_at) VALUES ('variant_orphan', 'orphan', NULL, "
-                        "'http://localhost:9000/medusa-media/orphan.jpg', "
-                        "'2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
-    assert int(scalar(medusa_url, "SELECT count(*) FROM image "  # type: ignore[call-overload]
-                                  "WHERE deleted_at IS NOT NULL")) > 0
+    execute(
+        medusa_url,
+        "INSERT INTO product_variant (id, title, product_id, thumbnail, "
+        "created_at, updated_at) VALUES ('variant_orphan', 'orphan', NULL, "
+        "'http://localhost:9000/medusa-media/orphan.jpg', "
+        "'2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+    )
+    assert (
+        int(
+            scalar(
+                medusa_url,
+                "SELECT count(*) FROM image "  # type: ignore[call-overload]
+                "WHERE deleted_at IS NOT NULL",
+            )
+        )
+        > 0
+    )
 
     lines = SQL_FILE.read_text().splitlines(keepends=True)
     last = max(i for i, line in enumerate(lines) if line.strip())
@@ -130,8 +152,9 @@ def test_edited_to_commit_purges_only_image_references(medusa_url: str, tmp_path
     counts = real_counts(medusa_url)
     metadata_before = metadata_checksum(medusa_url)
     products_before = rows_by_id(medusa_url, "SELECT id, updated_at, thumbnail FROM product")
-    variants_before = rows_by_id(medusa_url, "SELECT id, updated_at, thumbnail, product_id "
-                                             "FROM product_variant")
+    variants_before = rows_by_id(
+        medusa_url, "SELECT id, updated_at, thumbnail, product_id FROM product_variant"
+    )
 
     result = run_psql(medusa_url, script)
     assert result.returncode == 0, result.stderr
@@ -143,8 +166,14 @@ def test_edited_to_commit_purges_only_image_references(medusa_url: str, tmp_path
     assert scalar(medusa_url, "SELECT count(*) FROM image") == 0
     assert scalar(medusa_url, "SELECT count(*) FROM product_variant_product_image") == 0
     assert scalar(medusa_url, "SELECT count(*) FROM product WHERE thumbnail IS NOT NULL") == 0
-    assert scalar(medusa_url, "SELECT count(*) FROM product_variant "
-                              "WHERE product_id IS NOT NULL AND thumbnail IS NOT NULL") == 0
+    assert (
+        scalar(
+            medusa_url,
+            "SELECT count(*) FROM product_variant "
+            "WHERE product_id IS NOT NULL AND thumbnail IS NOT NULL",
+        )
+        == 0
+    )
 
     after = table_checksums(medusa_url, MEDUSA_TABLES)
     for table in UNTOUCHED:
@@ -164,8 +193,9 @@ def test_edited_to_commit_purges_only_image_references(medusa_url: str, tmp_path
             stamps.add(updated_after)
     assert len(stamps) == 1  # one transaction, one now()
 
-    variants_after = rows_by_id(medusa_url, "SELECT id, updated_at, thumbnail, product_id "
-                                            "FROM product_variant")
+    variants_after = rows_by_id(
+        medusa_url, "SELECT id, updated_at, thumbnail, product_id FROM product_variant"
+    )
     assert variants_after.keys() == variants_before.keys()
     for vid, (updated_before, thumbnail_before, product_id, *_) in variants_before.items():
         updated_after, thumbnail_after, *_ = variants_after[vid]

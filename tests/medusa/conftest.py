@@ -51,33 +51,48 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def _node_env(database_url: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "NODE_ENV": "development", "MEDUSA_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "1", "NO_UPDATE_NOTIFIER": "1", "npm_config_fund": "false",
-           "npm_config_audit": "false", "npm_config_update_notifier": "false"}
+    env = {
+        **os.environ,
+        "NODE_ENV": "development",
+        "MEDUSA_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "NO_UPDATE_NOTIFIER": "1",
+        "npm_config_fund": "false",
+        "npm_config_audit": "false",
+        "npm_config_update_notifier": "false",
+    }
     if database_url is not None:
         env["DATABASE_URL"] = database_url
     return env
 
 
-def _run(cmd: list[str], *, label: str, database_url: str | None = None,
-         timeout: float = EXEC_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], *, label: str, database_url: str | None = None, timeout: float = EXEC_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     started = time.monotonic()
-    run = subprocess.run(cmd, cwd=HERE, env=_node_env(database_url), capture_output=True,
-                         text=True, timeout=timeout)
+    run = subprocess.run(
+        cmd, cwd=HERE, env=_node_env(database_url), capture_output=True, text=True, timeout=timeout
+    )
     timed(label, started)
     if run.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {run.returncode}\n"
-                             f"--- stdout (tail)\n{run.stdout[-4000:]}\n"
-                             f"--- stderr (tail)\n{run.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {run.returncode}\n"
+            f"--- stdout (tail)\n{run.stdout[-4000:]}\n"
+            f"--- stderr (tail)\n{run.stderr[-4000:]}"
+        )
     return run
 
 
 def medusa_exec(database_url: str, script: str, *args: str) -> dict[str, Any] | None:
     """Run ``npx medusa exec ./src/scripts/<script>.ts args`` and return its RESULT line."""
-    run = _run(["npx", "--no-install", "medusa", "exec", f"./src/scripts/{script}.ts", *args],
-               label=f"medusa exec {script}.ts", database_url=database_url)
-    results = [line[len("RESULT "):] for line in run.stdout.splitlines()
-               if line.startswith("RESULT ")]
+    run = _run(
+        ["npx", "--no-install", "medusa", "exec", f"./src/scripts/{script}.ts", *args],
+        label=f"medusa exec {script}.ts",
+        database_url=database_url,
+    )
+    results = [
+        line[len("RESULT ") :] for line in run.stdout.splitlines() if line.startswith("RESULT ")
+    ]
     return json.loads(results[-1]) if results else None
 
 
@@ -92,15 +107,25 @@ def _registry_reachable() -> str | None:
     if shutil.which("npm") is None or shutil.which("node") is None:
         return "node/npm not installed"
     try:
-        ping = subprocess.run(["npm", "ping", "--fetch-timeout=10000", "--fetch-retries=0"],
-                              cwd=HERE, capture_output=True, text=True, timeout=30)
+        ping = subprocess.run(
+            ["npm", "ping", "--fetch-timeout=10000", "--fetch-retries=0"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except subprocess.TimeoutExpired:
         return "npm registry did not answer `npm ping` within 30 s"
     if ping.returncode != 0:
-        said = [line for line in (ping.stderr + ping.stdout).splitlines()
-                if line.startswith("npm error") and "complete log" not in line]
-        return f"npm registry unreachable (`npm ping` exited {ping.returncode}: " \
-               f"{said[0].strip() if said else 'no output'})"
+        said = [
+            line
+            for line in (ping.stderr + ping.stdout).splitlines()
+            if line.startswith("npm error") and "complete log" not in line
+        ]
+        return (
+            f"npm registry unreachable (`npm ping` exited {ping.returncode}: "
+            f"{said[0].strip() if said else 'no output'})"
+        )
     return None
 
 
@@ -123,8 +148,9 @@ class MedusaTemplate:
 
 
 @pytest.fixture(scope="session")
-def medusa_template(pg_admin: str,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[MedusaTemplate]:
+def medusa_template(
+    pg_admin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MedusaTemplate]:
     why = _registry_reachable()
     if why is not None:
         pytest.skip(f"real Medusa tests need the npm registry: {why}")
@@ -135,12 +161,19 @@ def medusa_template(pg_admin: str,
         conn.execute(f'CREATE DATABASE "{name}"')
     url = with_database(pg_admin, name)
     try:
-        _run(["npx", "--no-install", "medusa", "db:migrate"], label="medusa db:migrate",
-             database_url=url)
-        seed = _run(["npx", "--no-install", "medusa", "exec", "./src/scripts/seed-catalog.ts",
-                     FILE_URL], label="medusa exec seed-catalog.ts", database_url=url)
-        summary = json.loads(next(line for line in reversed(seed.stdout.splitlines())
-                                  if line.startswith("{")))
+        _run(
+            ["npx", "--no-install", "medusa", "db:migrate"],
+            label="medusa db:migrate",
+            database_url=url,
+        )
+        seed = _run(
+            ["npx", "--no-install", "medusa", "exec", "./src/scripts/seed-catalog.ts", FILE_URL],
+            label="medusa exec seed-catalog.ts",
+            database_url=url,
+        )
+        summary = json.loads(
+            next(line for line in reversed(seed.stdout.splitlines()) if line.startswith("{"))
+        )
         baseline = read_catalog(url, tmp_path_factory.mktemp("medusa") / "baseline.json")
         with psycopg.connect(pg_admin, autocommit=True) as conn:
             conn.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
@@ -155,7 +188,8 @@ def medusa_template(pg_admin: str,
 def medusa_db(medusa_template: MedusaTemplate) -> Iterator[str]:
     """A fresh copy of the migrated, seeded Medusa database; dropped afterwards."""
     started = time.monotonic()
-    with fresh_database(medusa_template.admin_url, prefix="safeops_medusa",
-                        template=medusa_template.name) as url:
+    with fresh_database(
+        medusa_template.admin_url, prefix="safeops_medusa", template=medusa_template.name
+    ) as url:
         timed("CREATE DATABASE ... TEMPLATE", started)
         yield url

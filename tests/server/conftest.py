@@ -50,17 +50,25 @@ class Stack:
     targets: dict[str, str] = field(default_factory=dict)  # extra target name -> its URL
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, args: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, cwd=ROOT, env={**self.env, **(extra_env or {})},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.processes[name] = proc
         return proc
 
     def run(self, args: list[str], timeout: int = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(args, cwd=ROOT, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            args, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def safeops(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run([sys.executable, "-m", "safeops.cli", *args])
@@ -156,25 +164,33 @@ def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     with ExitStack() as databases:
         prefect_db = databases.enter_context(fresh_database(pg_admin, prefix="safeops_prefect"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update({
-            "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url,
-            "PREFECT_API_DATABASE_CONNECTION_URL": asyncpg_url(prefect_db),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-            "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-            "SAFEOPS_SNAPSHOT_URI": str(exports), "SAFEOPS_APPROVAL_POLL_S": "1",
-        })
+        env.update(
+            {
+                "PREFECT_HOME": str(home),
+                "PREFECT_API_URL": api_url,
+                "PREFECT_API_DATABASE_CONNECTION_URL": asyncpg_url(prefect_db),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_LOGGING_LEVEL": "WARNING",
+                "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+                "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
+                "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+                "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+                "SAFEOPS_SNAPSHOT_URI": str(exports),
+                "SAFEOPS_APPROVAL_POLL_S": "1",
+            }
+        )
         st = Stack(api_url, env, "", "", {}, exports, logs)
         try:
             mark("server starting")  # it migrates its database while we seed ours
-            server = st.start("server", [*PREFECT, "server", "start", "--host", "127.0.0.1",
-                                         "--port", str(port)])
+            server = st.start(
+                "server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+            )
             st.medusa_url = databases.enter_context(fresh_database(pg_admin))
             st.cms_url = databases.enter_context(fresh_database(pg_admin))
-            st.targets = {t: databases.enter_context(fresh_database(pg_admin))
-                          for t in EXTRA_MEDUSA_TARGETS}
+            st.targets = {
+                t: databases.enter_context(fresh_database(pg_admin)) for t in EXTRA_MEDUSA_TARGETS
+            }
             for url in (st.medusa_url, *st.targets.values()):
                 seeded_medusa(url)
             engine = create_engine(sqlalchemy_url(st.cms_url))
@@ -182,8 +198,13 @@ def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                 load_schema(conn, "cms.sql")
                 st.sites = seed_cms(conn)
             engine.dispose()
-            env.update({"MEDUSA_DATABASE_URL": st.medusa_url, "CMS_DATABASE_URL": st.cms_url,
-                        **{env_var_for(t): url for t, url in st.targets.items()}})
+            env.update(
+                {
+                    "MEDUSA_DATABASE_URL": st.medusa_url,
+                    "CMS_DATABASE_URL": st.cms_url,
+                    **{env_var_for(t): url for t, url in st.targets.items()},
+                }
+            )
             mark("databases seeded")
             wait_healthy(api_url, server, logs)
             mark("server healthy")
@@ -191,14 +212,32 @@ def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             # CLI process (a Prefect import costs seconds, minutes on a loaded machine).
             from prefect.workers.process import ProcessWorker
 
-            st.api("POST", "/work_pools/", json={
-                "name": "safeops", "type": "process",
-                "base_job_template": ProcessWorker.get_default_base_job_template()})
+            st.api(
+                "POST",
+                "/work_pools/",
+                json={
+                    "name": "safeops",
+                    "type": "process",
+                    "base_job_template": ProcessWorker.get_default_base_job_template(),
+                },
+            )
             mark("pool created")
             for name in WORKERS:  # one flow run at a time each: a second live run goes to
                 # the other worker while the first is still running (or paused)
-                st.start(name, [*PREFECT, "worker", "start", "--pool", "safeops",
-                                "--name", name, "--limit", "1"])
+                st.start(
+                    name,
+                    [
+                        *PREFECT,
+                        "worker",
+                        "start",
+                        "--pool",
+                        "safeops",
+                        "--name",
+                        name,
+                        "--limit",
+                        "1",
+                    ],
+                )
             deploy = st.run([*PREFECT, "--no-prompt", "deploy", "--all"], timeout=300)
             assert deploy.returncode == 0, deploy.stdout + deploy.stderr
             mark("deployed")

@@ -33,27 +33,44 @@ def run_deployment(stack: Stack, name: str, *params: str) -> str:
 
 
 def artifacts_of(stack: Stack, run_id: str) -> list[dict[str, object]]:
-    return list(stack.api("POST", "/artifacts/filter",
-                          json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}))
+    return list(
+        stack.api(
+            "POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+        )
+    )
 
 
 def test_reset_approved_with_safeops_approve(stack: Stack) -> None:
     site = stack.sites["atelier"]
-    run_id = run_deployment(stack, "reset-site-structure/manual", f"site_id={site}",
-                            "dry_run=false")
+    run_id = run_deployment(
+        stack, "reset-site-structure/manual", f"site_id={site}", "dry_run=false"
+    )
     stack.wait_state(run_id, {"PAUSED"}, timeout=180)
     listed = stack.safeops("approvals")
     assert listed.returncode == 0, listed.stderr
     assert f"waiting: {run_id} reset-site-structure" in listed.stdout
 
-    approved = stack.safeops("approve", run_id, "--approver", "alice", "--confirm", "atelier",
-                             "--reason", "server test")
+    approved = stack.safeops(
+        "approve", run_id, "--approver", "alice", "--confirm", "atelier", "--reason", "server test"
+    )
     assert approved.returncode == 0, approved.stderr
     assert stack.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}) == "COMPLETED"
-    assert scalar(stack.cms_url, "SELECT count(*) FROM terms WHERE site_id = %s "
-                                 "AND type = 'category'", site) == 0
-    assert scalar(stack.cms_url, "SELECT approver FROM safeops.safeops_audit "
-                                 "WHERE flow_run_id = %s", run_id) == "alice"
+    assert (
+        scalar(
+            stack.cms_url,
+            "SELECT count(*) FROM terms WHERE site_id = %s AND type = 'category'",
+            site,
+        )
+        == 0
+    )
+    assert (
+        scalar(
+            stack.cms_url,
+            "SELECT approver FROM safeops.safeops_audit WHERE flow_run_id = %s",
+            run_id,
+        )
+        == "alice"
+    )
     deleted = next(a for a in artifacts_of(stack, run_id) if a["key"] == "site-reset-deleted")
     rows = json.loads(str(deleted["data"]))
     assert {r["what"]: r["deleted"] for r in rows}["categories"] == 4
@@ -74,30 +91,39 @@ def test_invalid_answer_is_refused_and_rejection_changes_nothing(stack: Stack) -
     assert table_checksums(stack.medusa_url, MEDUSA_TABLES) == before
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                    reason=f"{CHROMIUM} missing: `apt-get install chromium` (.ci/run does)")
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"{CHROMIUM} missing: `apt-get install chromium` (.ci/run does)",
+)
 def test_approval_in_the_prefect_ui_with_headless_chromium(stack: Stack) -> None:
     from playwright.sync_api import sync_playwright
 
     site = stack.sites["empty-site"]
-    run_id = run_deployment(stack, "reset-site-structure/manual", f"site_id={site}",
-                            "dry_run=false")
+    run_id = run_deployment(
+        stack, "reset-site-structure/manual", f"site_id={site}", "dry_run=false"
+    )
     stack.wait_state(run_id, {"PAUSED"}, timeout=180)
     ui = stack.api_url.removesuffix("/api")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{ui}/runs/flow-run/{run_id}")
             page.get_by_role("button", name="Resume").click()
             form = page.locator(".p-modal__card")
             form.get_by_text("empty-site").first.wait_for()
-            for label, value in (("Approver", "carol"), ("Reason", "UI test"),
-                                 ("Confirmation", "empty-site")):
-                form.locator(".schema-form-property", has_text=label).locator(
-                    "textarea").fill(value)
+            for label, value in (
+                ("Approver", "carol"),
+                ("Reason", "UI test"),
+                ("Confirmation", "empty-site"),
+            ):
+                form.locator(".schema-form-property", has_text=label).locator("textarea").fill(
+                    value
+                )
             form.screenshot(path=str(ARTIFACTS / "approval-form.png"))
             form.get_by_role("button", name="Submit").click()
             assert stack.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}) == "COMPLETED"
@@ -106,8 +132,14 @@ def test_approval_in_the_prefect_ui_with_headless_chromium(stack: Stack) -> None
         finally:
             browser.close()
     assert scalar(stack.cms_url, "SELECT count(*) FROM authors WHERE site_id = %s", site) == 0
-    assert scalar(stack.cms_url, "SELECT approver FROM safeops.safeops_audit "
-                                 "WHERE flow_run_id = %s", run_id) == "carol"
+    assert (
+        scalar(
+            stack.cms_url,
+            "SELECT approver FROM safeops.safeops_audit WHERE flow_run_id = %s",
+            run_id,
+        )
+        == "carol"
+    )
 
 
 def test_nightly_schedule_creates_scheduled_runs(stack: Stack) -> None:
@@ -116,9 +148,14 @@ def test_nightly_schedule_creates_scheduled_runs(stack: Stack) -> None:
     deadline = time.monotonic() + 60
     runs: list[dict[str, object]] = []
     while time.monotonic() < deadline and not runs:
-        runs = stack.api("POST", "/flow_runs/filter", json={
-            "deployments": {"id": {"any_": [deployment["id"]]}},
-            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        runs = stack.api(
+            "POST",
+            "/flow_runs/filter",
+            json={
+                "deployments": {"id": {"any_": [deployment["id"]]}},
+                "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            },
+        )
         time.sleep(1)
     assert runs, "the scheduler created no run for the nightly deployment"
 
@@ -129,8 +166,14 @@ def test_nightly_schedule_creates_scheduled_runs(stack: Stack) -> None:
 def start_runs(stack: Stack, deployment: str, *parameters: dict[str, object]) -> list[str]:
     """Create the flow runs back to back through the API, as the UI's "Run" button does."""
     dep = stack.api("GET", f"/deployments/name/{deployment}")
-    return [str(stack.api("POST", f"/deployments/{dep['id']}/create_flow_run",
-                          json={"parameters": p})["id"]) for p in parameters]
+    return [
+        str(
+            stack.api("POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": p})[
+                "id"
+            ]
+        )
+        for p in parameters
+    ]
 
 
 def approve_purge(stack: Stack, run_id: str, approver: str) -> None:
@@ -138,9 +181,18 @@ def approve_purge(stack: Stack, run_id: str, approver: str) -> None:
     the run itself asked for."""
     request = stack.api("GET", f"/flow_runs/{run_id}/input/safeops-approval")
     request = json.loads(request) if isinstance(request, str) else request
-    answer = stack.api("POST", f"/flow_runs/{run_id}/resume", json={"run_input": {
-        "approver": approver, "reason": "scale-out test",
-        "confirmation": request["expectedConfirmation"], "decision": "approve"}})
+    answer = stack.api(
+        "POST",
+        f"/flow_runs/{run_id}/resume",
+        json={
+            "run_input": {
+                "approver": approver,
+                "reason": "scale-out test",
+                "confirmation": request["expectedConfirmation"],
+                "decision": "approve",
+            }
+        },
+    )
     assert answer["status"] == "ACCEPT", answer
 
 
@@ -150,8 +202,7 @@ def states_of(stack: Stack, run_id: str) -> list[tuple[str, datetime]]:
 
 
 def task_starts(stack: Stack, run_id: str) -> list[datetime]:
-    runs = stack.api("POST", "/task_runs/filter",
-                     json={"flow_runs": {"id": {"any_": [run_id]}}})
+    runs = stack.api("POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}})
     return sorted(at(r["start_time"]) for r in runs if r["start_time"])
 
 
@@ -160,9 +211,17 @@ def worker_of(stack: Stack, run_id: str, timeout: float = 60) -> str:
     (events reach the database a few seconds after they happen)."""
     deadline = time.monotonic() + timeout
     while True:
-        page = stack.api("POST", "/events/filter", json={"limit": 10, "filter": {
-            "event": {"name": ["prefect.worker.submitted-flow-run"]},
-            "related": {"resources_in_roles": [[f"prefect.flow-run.{run_id}", "flow-run"]]}}})
+        page = stack.api(
+            "POST",
+            "/events/filter",
+            json={
+                "limit": 10,
+                "filter": {
+                    "event": {"name": ["prefect.worker.submitted-flow-run"]},
+                    "related": {"resources_in_roles": [[f"prefect.flow-run.{run_id}", "flow-run"]]},
+                },
+            },
+        )
         names = {e["resource"]["prefect.resource.name"] for e in page["events"]}
         if names:
             assert len(names) == 1, names
@@ -186,8 +245,9 @@ def test_two_live_runs_on_one_database_queue_across_the_two_workers(stack: Stack
     url = stack.targets["medusa-b"]
     images = scalar(url, "SELECT count(*) FROM image")
     assert images
-    runs = start_runs(stack, "purge-product-media/manual",
-                      *[{"target": "medusa-b", "dry_run": False}] * 2)
+    runs = start_runs(
+        stack, "purge-product-media/manual", *[{"target": "medusa-b", "dry_run": False}] * 2
+    )
     deadline = time.monotonic() + 240
     paused: list[str] = []
     while not paused:
@@ -219,9 +279,12 @@ def test_two_live_runs_on_one_database_queue_across_the_two_workers(stack: Stack
 def test_live_runs_on_two_databases_proceed_side_by_side(stack: Stack) -> None:
     """One live run on `medusa-c`, one on `medusa-d`: both reach their approval pause (which
     each holds inside its target's slot) at the same time, on the two workers."""
-    runs = start_runs(stack, "purge-product-media/manual",
-                      {"target": "medusa-c", "dry_run": False},
-                      {"target": "medusa-d", "dry_run": False})
+    runs = start_runs(
+        stack,
+        "purge-product-media/manual",
+        {"target": "medusa-c", "dry_run": False},
+        {"target": "medusa-d", "dry_run": False},
+    )
     for run_id in runs:
         stack.wait_state(run_id, {"PAUSED"}, timeout=240)
     assert [stack.flow_run(r)["state"]["type"] for r in runs] == ["PAUSED", "PAUSED"]
@@ -262,8 +325,11 @@ def test_serve_runs_a_deployment_triggered_through_the_api(stack: Stack) -> None
         assert names == {"manual", "nightly"}
         assert len(stack.api("POST", "/deployments/filter", json={})) == 8
         deployment = stack.api("GET", "/deployments/name/check-site-reset/manual")
-        run = stack.api("POST", f"/deployments/{deployment['id']}/create_flow_run",
-                        json={"parameters": {"site_id": stack.sites["gazette"]}})
+        run = stack.api(
+            "POST",
+            f"/deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": {"site_id": stack.sites["gazette"]}},
+        )
         assert stack.wait_state(run["id"], {"COMPLETED", "FAILED", "CRASHED"}) == "COMPLETED"
         assert table_checksums(stack.cms_url, CMS_TABLES)  # database still readable
     finally:

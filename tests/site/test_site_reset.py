@@ -13,8 +13,9 @@ from tests.conftest import CMS_TABLES, answer_approval, approve_as
 from tests.pg import scalar, table_checksums
 
 
-def test_reset_then_restore_gives_identical_tables(cms: tuple[str, dict[str, str]],
-                                                   exports: Path) -> None:
+def test_reset_then_restore_gives_identical_tables(
+    cms: tuple[str, dict[str, str]], exports: Path
+) -> None:
     url, sites = cms
     site = sites["atelier"]
     before = table_checksums(url, CMS_TABLES)
@@ -25,24 +26,31 @@ def test_reset_then_restore_gives_identical_tables(cms: tuple[str, dict[str, str
     assert seen[0]["expected_confirmation"] == "atelier"
     assert result.applied["categories"] == 4 and result.applied["authors"] == 2
     assert result.applied["pages"] == 3 and result.applied["content_types"] == 2
-    assert scalar(url, "SELECT count(*) FROM terms WHERE site_id = %s AND type = 'category'",
-                  site) == 0
+    assert (
+        scalar(url, "SELECT count(*) FROM terms WHERE site_id = %s AND type = 'category'", site)
+        == 0
+    )
     assert scalar(url, "SELECT setup_status FROM sites WHERE id = %s", site) == "draft"
 
     with answer_approval(approve_as()):
-        restored = restore_site_structure(result.snapshot_uri, dry_run=False)
+        restored = restore_site_structure(str(result.snapshot_uri), dry_run=False)
     assert restored.applied["categories"] == 4
     assert table_checksums(url, CMS_TABLES) == before
 
 
-def test_site_with_published_posts_is_refused(cms: tuple[str, dict[str, str]],
-                                              exports: Path) -> None:
+def test_site_with_published_posts_is_refused(
+    cms: tuple[str, dict[str, str]], exports: Path
+) -> None:
     url, sites = cms
     before = table_checksums(url, CMS_TABLES)
     verdict = check_site_reset(sites["gazette"])
-    assert verdict == {"canReset": False, "publishedCount": 2, "siteSlug": "gazette",
-                       "reason": "Reset impossible: 2 published post(s); only sites without "
-                                 "published content can be reset"}
+    assert verdict == {
+        "canReset": False,
+        "publishedCount": 2,
+        "siteSlug": "gazette",
+        "reason": "Reset impossible: 2 published post(s); only sites without "
+        "published content can be reset",
+    }
     with pytest.raises(ResetNotAllowed, match="2 published"):
         reset_site_structure(sites["gazette"], dry_run=False)
     assert table_checksums(url, CMS_TABLES) == before

@@ -48,7 +48,9 @@ def digest(url: str, sql: str, *params: object) -> str:
         conn.execute("SET TimeZone = 'UTC'")
         row = conn.execute(
             f"SELECT count(*), md5(COALESCE(string_agg(q::text, '|' ORDER BY q::text), '')) "
-            f"FROM ({sql}) q", params).fetchone()
+            f"FROM ({sql}) q",
+            params,
+        ).fetchone()
     assert row is not None
     return f"{row[0]}:{row[1]}"
 
@@ -60,10 +62,13 @@ def count(url: str, sql: str, *params: object) -> int:
 SITE_ROWS = {
     "sites": "SELECT t FROM sites t WHERE t.id = %(s)s",
     "content_terms": "SELECT t FROM content_terms t WHERE t.content_id IN "
-                     "(SELECT id FROM content WHERE site_id = %(s)s) OR t.term_id IN "
-                     "(SELECT id FROM terms WHERE site_id = %(s)s)",
-    **{table: f"SELECT t FROM {table} t WHERE t.site_id = %(s)s"
-       for table in CMS_TABLES if table not in ("sites", "content_terms", "users")},
+    "(SELECT id FROM content WHERE site_id = %(s)s) OR t.term_id IN "
+    "(SELECT id FROM terms WHERE site_id = %(s)s)",
+    **{
+        table: f"SELECT t FROM {table} t WHERE t.site_id = %(s)s"
+        for table in CMS_TABLES
+        if table not in ("sites", "content_terms", "users")
+    },
 }
 
 
@@ -75,7 +80,9 @@ def site_checksums(url: str, site_id: str) -> dict[str, str]:
         for table, sql in SITE_ROWS.items():
             row = conn.execute(
                 f"SELECT count(*), md5(COALESCE(string_agg(q::text, '|' ORDER BY q::text), "
-                f"'')) FROM ({sql}) q", {"s": site_id}).fetchone()
+                f"'')) FROM ({sql}) q",
+                {"s": site_id},
+            ).fetchone()
             assert row is not None
             out[table] = f"{row[0]}:{row[1]}"
     return out
@@ -85,13 +92,13 @@ def site_checksums(url: str, site_id: str) -> dict[str, str]:
 KEPT = {
     "tags": "SELECT * FROM terms WHERE site_id = %s AND type = 'tag'",
     "posts": "SELECT id, site_id, type, status, title, slug, body, published_at, "
-             "scheduled_for, created_at FROM content WHERE site_id = %s AND type = 'post'",
+    "scheduled_for, created_at FROM content WHERE site_id = %s AND type = 'post'",
     "post_tag_links": "SELECT ct.* FROM content_terms ct JOIN content c ON c.id = ct.content_id "
-                      "JOIN terms t ON t.id = ct.term_id WHERE c.site_id = %s "
-                      "AND t.type = 'tag'",
+    "JOIN terms t ON t.id = ct.term_id WHERE c.site_id = %s "
+    "AND t.type = 'tag'",
     "posts_and_site_seo": "SELECT s.* FROM seo_meta s WHERE s.site_id = %s AND "
-                          "(s.entity_type = 'site' OR s.entity_id IN "
-                          "(SELECT id FROM content WHERE type = 'post'))",
+    "(s.entity_type = 'site' OR s.entity_id IN "
+    "(SELECT id FROM content WHERE type = 'post'))",
     "media": "SELECT * FROM media WHERE site_id = %s",
     "domains": "SELECT * FROM domains WHERE site_id = %s",
     "site_settings": "SELECT * FROM site_settings WHERE site_id = %s",
@@ -113,10 +120,10 @@ STRUCTURE = {
     "pages": "SELECT count(*) FROM content WHERE site_id = %s AND type = 'page'",
     "content_types": "SELECT count(*) FROM content_type WHERE site_id = %s",
     "seo_entries": "SELECT count(*) FROM seo_meta s WHERE s.site_id = %s AND ("
-                   "(s.entity_type = 'term' AND s.entity_id IN (SELECT id FROM terms "
-                   "WHERE type = 'category')) OR s.entity_type = 'author' OR "
-                   "(s.entity_type = 'content' AND s.entity_id IN (SELECT id FROM content "
-                   "WHERE type = 'page')))",
+    "(s.entity_type = 'term' AND s.entity_id IN (SELECT id FROM terms "
+    "WHERE type = 'category')) OR s.entity_type = 'author' OR "
+    "(s.entity_type = 'content' AND s.entity_id IN (SELECT id FROM content "
+    "WHERE type = 'page')))",
 }
 
 
@@ -128,19 +135,19 @@ def structure_slugs(url: str, site_id: str) -> dict[str, list[str]]:
     """Sorted slugs (with duplicates, so doubling up shows) of the blueprint structure."""
     queries = {
         "categories": "SELECT t.slug || '<' || COALESCE(p.slug, '') FROM terms t "
-                      "LEFT JOIN terms p ON p.id = t.parent_id "
-                      "WHERE t.site_id = %s AND t.type = 'category'",
+        "LEFT JOIN terms p ON p.id = t.parent_id "
+        "WHERE t.site_id = %s AND t.type = 'category'",
         "authors": "SELECT slug FROM authors WHERE site_id = %s",
-        "pages": "SELECT slug || ':' || status FROM content WHERE site_id = %s "
-                 "AND type = 'page'",
-        "content_types": "SELECT key || ':' || fields::text FROM content_type "
-                         "WHERE site_id = %s",
+        "pages": "SELECT slug || ':' || status FROM content WHERE site_id = %s AND type = 'page'",
+        "content_types": "SELECT key || ':' || fields::text FROM content_type WHERE site_id = %s",
         "seo": "SELECT entity_type || ' ' || canonical_url || ' ' || title FROM seo_meta "
-               "WHERE site_id = %s",
+        "WHERE site_id = %s",
     }
     with psycopg.connect(url) as conn:
-        return {name: sorted(r[0] for r in conn.execute(sql, (site_id,)))
-                for name, sql in queries.items()}
+        return {
+            name: sorted(r[0] for r in conn.execute(sql, (site_id,)))
+            for name, sql in queries.items()
+        }
 
 
 ORPHAN_SEO = """SELECT count(*) FROM seo_meta s WHERE
@@ -151,14 +158,21 @@ ORPHAN_SEO = """SELECT count(*) FROM seo_meta s WHERE
 
 
 def a_draft(url: str, site_id: str, offset: int = 0) -> str:
-    return str(scalar(url, "SELECT id FROM content WHERE site_id = %s AND type = 'post' "
-                           "AND status = 'draft' ORDER BY title OFFSET %s LIMIT 1",
-                      site_id, offset))
+    return str(
+        scalar(
+            url,
+            "SELECT id FROM content WHERE site_id = %s AND type = 'post' "
+            "AND status = 'draft' ORDER BY title OFFSET %s LIMIT 1",
+            site_id,
+            offset,
+        )
+    )
 
 
 def publish(url: str, post_id: str) -> None:
-    execute(url, "UPDATE content SET status = 'published', published_at = now() "
-                 "WHERE id = %s", post_id)
+    execute(
+        url, "UPDATE content SET status = 'published', published_at = now() WHERE id = %s", post_id
+    )
 
 
 def reset_live(site_id: str, approver: str = "alice") -> tuple[RunResult, dict[str, Any]]:
@@ -195,7 +209,8 @@ def wait_for_lock_wait(url: str, thread: threading.Thread, timeout_s: float = 60
         while time.monotonic() < deadline:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name = 'safeops' AND wait_event_type = 'Lock'").fetchone()
+                "AND application_name = 'safeops' AND wait_event_type = 'Lock'"
+            ).fetchone()
             if row and row[0]:
                 return
             assert thread.is_alive(), "the reset finished without ever waiting on a lock"
@@ -208,8 +223,9 @@ def read_artifacts(run_id: Any) -> dict[str, Any]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
     return {a.key: a for a in found if a.key}
 
 
@@ -217,7 +233,8 @@ def read_artifacts(run_id: Any) -> dict[str, Any]:
 
 
 def test_one_published_post_turns_check_and_reset_to_refusals_that_write_nothing(
-        cms: Cms, exports: Path) -> None:
+    cms: Cms, exports: Path
+) -> None:
     url, sites = cms
     atelier = sites["atelier"]
     assert check_site_reset(atelier)["canReset"] is True
@@ -235,7 +252,8 @@ def test_one_published_post_turns_check_and_reset_to_refusals_that_write_nothing
 
 
 def test_reset_keeps_what_it_must_and_reapplying_the_blueprint_is_clean(
-        cms: Cms, exports: Path) -> None:
+    cms: Cms, exports: Path
+) -> None:
     from sqlalchemy import create_engine
 
     from safeops.core.settings import sqlalchemy_url
@@ -248,10 +266,22 @@ def test_reset_keeps_what_it_must_and_reapplying_the_blueprint_is_clean(
     original = structure_slugs(url, atelier)
     planned = structure_counts(url, atelier)
     assert count(url, ORPHAN_SEO) == 0
-    assert count(url, "SELECT count(*) FROM content WHERE site_id = %s AND type = 'post' "
-                      "AND (author_id IS NOT NULL OR content_type_id IS NOT NULL)", atelier) == 3
-    assert planned == {"categories": 4, "authors": 2, "pages": 3, "content_types": 2,
-                       "seo_entries": 9}
+    assert (
+        count(
+            url,
+            "SELECT count(*) FROM content WHERE site_id = %s AND type = 'post' "
+            "AND (author_id IS NOT NULL OR content_type_id IS NOT NULL)",
+            atelier,
+        )
+        == 3
+    )
+    assert planned == {
+        "categories": 4,
+        "authors": 2,
+        "pages": 3,
+        "content_types": 2,
+        "seo_entries": 9,
+    }
 
     result, _ = reset_live(atelier)
     assert {k: result.applied[k] for k in planned} == planned
@@ -259,12 +289,33 @@ def test_reset_keeps_what_it_must_and_reapplying_the_blueprint_is_clean(
     assert count(url, ORPHAN_SEO) == 0
     # Kept things kept, row for row; posts only lost their author and content type.
     assert kept_rows(url, atelier) == kept
-    assert count(url, "SELECT count(*) FROM content WHERE site_id = %s AND type = 'post' "
-                      "AND (author_id IS NOT NULL OR content_type_id IS NOT NULL)", atelier) == 0
-    assert count(url, "SELECT count(*) FROM content_terms ct JOIN terms t ON t.id = ct.term_id "
-                      "WHERE t.site_id = %s AND t.type = 'category'", atelier) == 0
-    assert scalar(url, "SELECT active_blueprint_version IS NULL AND setup_status = 'draft' "
-                       "FROM sites WHERE id = %s", atelier) is True
+    assert (
+        count(
+            url,
+            "SELECT count(*) FROM content WHERE site_id = %s AND type = 'post' "
+            "AND (author_id IS NOT NULL OR content_type_id IS NOT NULL)",
+            atelier,
+        )
+        == 0
+    )
+    assert (
+        count(
+            url,
+            "SELECT count(*) FROM content_terms ct JOIN terms t ON t.id = ct.term_id "
+            "WHERE t.site_id = %s AND t.type = 'category'",
+            atelier,
+        )
+        == 0
+    )
+    assert (
+        scalar(
+            url,
+            "SELECT active_blueprint_version IS NULL AND setup_status = 'draft' "
+            "FROM sites WHERE id = %s",
+            atelier,
+        )
+        is True
+    )
     # Every other site untouched, table by table.
     for slug, checksums in others.items():
         assert site_checksums(url, sites[slug]) == checksums, slug
@@ -278,9 +329,11 @@ def test_reset_keeps_what_it_must_and_reapplying_the_blueprint_is_clean(
     assert applied == planned
     assert structure_slugs(url, atelier) == original  # same slugs, urls, titles; no doubles
     assert structure_counts(url, atelier) == planned
-    for entity_type, entities in (("term", "SELECT id FROM terms WHERE type = 'category'"),
-                                  ("author", "SELECT id FROM authors"),
-                                  ("content", "SELECT id FROM content WHERE type = 'page'")):
+    for entity_type, entities in (
+        ("term", "SELECT id FROM terms WHERE type = 'category'"),
+        ("author", "SELECT id FROM authors"),
+        ("content", "SELECT id FROM content WHERE type = 'page'"),
+    ):
         per_entity = f"""SELECT count(*) FROM ({entities}) e
             LEFT JOIN seo_meta s ON s.entity_type = '{entity_type}' AND s.entity_id = e.id
             GROUP BY e.id HAVING count(s.id) <> 1"""
@@ -310,8 +363,12 @@ def test_dry_run_changes_nothing_and_writes_a_readable_snapshot(cms: Cms, export
         f'"siteId": "{sites["atelier"]}",',
         '"siteSlug": "atelier",',
         f'"planHash": "{result.plan.plan_hash}",',
-        '"total_categories": 4,', '"total_authors": 2,', '"total_pages": 3,',
-        '"total_content_types": 2,', '"total_seo_entries": 9,', '"total_site_state": 1,',
+        '"total_categories": 4,',
+        '"total_authors": 2,',
+        '"total_pages": 3,',
+        '"total_content_types": 2,',
+        '"total_seo_entries": 9,',
+        '"total_site_state": 1,',
     ]
     for line in expected:
         assert line in head, line
@@ -322,8 +379,9 @@ def test_dry_run_changes_nothing_and_writes_a_readable_snapshot(cms: Cms, export
     assert body_key == "rows" and summary["totalRows"] == len(docs)
     bodies = [json.loads(doc) for doc in docs]
     kinds = Counter(body["kind"] for body in bodies)
-    assert kinds == {k.removeprefix("total_"): v for k, v in summary.items()
-                     if k.startswith("total_") and v}
+    assert kinds == {
+        k.removeprefix("total_"): v for k, v in summary.items() if k.startswith("total_") and v
+    }
     assert all(isinstance(body["row"], dict) and body["row"] for body in bodies)
     assert result.plan.counts["posts_losing_author"] == 3
     assert result.plan.counts["posts_losing_category_links"] == 5
@@ -337,10 +395,18 @@ def test_rejection_wrong_slug_and_timeout_change_nothing(cms: Cms, exports: Path
     atelier = sites["atelier"]
     before = table_checksums(url, CMS_TABLES)
     answers = {
-        "rejected": {"approver": "bob", "reason": "not now", "confirmation": "atelier",
-                     "decision": "reject"},
-        "wrong slug": {"approver": "bob", "reason": "ticket OPS-2", "confirmation": "gazette",
-                       "decision": "approve"},
+        "rejected": {
+            "approver": "bob",
+            "reason": "not now",
+            "confirmation": "atelier",
+            "decision": "reject",
+        },
+        "wrong slug": {
+            "approver": "bob",
+            "reason": "ticket OPS-2",
+            "confirmation": "gazette",
+            "decision": "approve",
+        },
     }
     for name, answer in answers.items():
         with answer_approval(answer) as seen, pytest.raises(ApprovalDenied) as refused:
@@ -360,8 +426,7 @@ def test_rejection_wrong_slug_and_timeout_change_nothing(cms: Cms, exports: Path
 # ---------------------------------------------------------------- 4. the race
 
 
-def test_post_published_during_the_pause_makes_the_reset_refuse(cms: Cms,
-                                                                exports: Path) -> None:
+def test_post_published_during_the_pause_makes_the_reset_refuse(cms: Cms, exports: Path) -> None:
     url, sites = cms
     atelier = sites["atelier"]
     during: dict[str, str] = {}
@@ -371,8 +436,10 @@ def test_post_published_during_the_pause_makes_the_reset_refuse(cms: Cms,
         during.update(table_checksums(url, CMS_TABLES))
         return approve_as()(data)
 
-    with answer_approval(publish_then_approve) as seen, \
-            pytest.raises(ResetNotAllowed, match="1 published post"):
+    with (
+        answer_approval(publish_then_approve) as seen,
+        pytest.raises(ResetNotAllowed, match="1 published post"),
+    ):
         reset_site_structure(atelier, dry_run=False)
     assert len(seen) == 1 and during
     assert table_checksums(url, CMS_TABLES) == during
@@ -380,8 +447,9 @@ def test_post_published_during_the_pause_makes_the_reset_refuse(cms: Cms,
     assert audit_count(url) == 0
 
 
-def test_publish_committed_while_the_apply_waits_on_its_lock_refuses(cms: Cms,
-                                                                    exports: Path) -> None:
+def test_publish_committed_while_the_apply_waits_on_its_lock_refuses(
+    cms: Cms, exports: Path
+) -> None:
     """The worst moment: the publisher's transaction is open when the apply starts (check
     and snapshot saw 0 published posts) and commits while the apply waits for its locks.
     Two publishers: one publishes a draft (row lock on the post), one inserts a new
@@ -393,19 +461,29 @@ def test_publish_committed_while_the_apply_waits_on_its_lock_refuses(cms: Cms,
     draft = a_draft(url, atelier)
     new_post = str(uuid.uuid4())
     publishers = {
-        "update-draft": ("UPDATE content SET status = 'published' WHERE id = %s", (draft,),
-                         "UPDATE content SET status = 'draft' WHERE id = %s", draft),
+        "update-draft": (
+            "UPDATE content SET status = 'published' WHERE id = %s",
+            (draft,),
+            "UPDATE content SET status = 'draft' WHERE id = %s",
+            draft,
+        ),
         "insert-published": (
             "INSERT INTO content (id, site_id, type, status, title, slug, published_at) "
             "VALUES (%s, %s, 'post', 'published', 'Breaking', 'breaking', now())",
-            (new_post, atelier), "DELETE FROM content WHERE id = %s", new_post),
+            (new_post, atelier),
+            "DELETE FROM content WHERE id = %s",
+            new_post,
+        ),
     }
     for name, (publish_sql, params, undo_sql, undo_id) in publishers.items():
         publisher = psycopg.connect(url)  # the first statement opens its transaction
         try:
             publisher.execute(publish_sql, params)
-            thread, outcome = in_thread(lambda: reset_site_structure(
-                atelier, dry_run=False, approved_plan_hash=plan, approved_by="alice"))
+            thread, outcome = in_thread(
+                lambda: reset_site_structure(
+                    atelier, dry_run=False, approved_plan_hash=plan, approved_by="alice"
+                )
+            )
             wait_for_lock_wait(url, thread)
             publisher.commit()
         finally:
@@ -430,8 +508,10 @@ def test_publishers_wait_while_the_reset_holds_its_locks(cms: Cms) -> None:
     url, sites = cms
     atelier, gazette = sites["atelier"], sites["gazette"]
     draft = a_draft(url, atelier)
-    insert = ("INSERT INTO content (site_id, type, status, title, slug, published_at) "
-              "VALUES (%s, 'post', 'published', 'Late news', %s, now())")
+    insert = (
+        "INSERT INTO content (site_id, type, status, title, slug, published_at) "
+        "VALUES (%s, 'post', 'published', 'Late news', %s, now())"
+    )
 
     def attempt(sql: str, *params: object) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -455,8 +535,15 @@ def test_publishers_wait_while_the_reset_holds_its_locks(cms: Cms) -> None:
     # Once the reset committed, the same statements go through.
     attempt(insert, atelier, "late-news")
     attempt("UPDATE content SET status = 'published' WHERE id = %s", draft)
-    assert count(url, "SELECT count(*) FROM content WHERE site_id = %s AND type = 'post' "
-                      "AND status = 'published'", atelier) == 2
+    assert (
+        count(
+            url,
+            "SELECT count(*) FROM content WHERE site_id = %s AND type = 'post' "
+            "AND status = 'published'",
+            atelier,
+        )
+        == 2
+    )
 
 
 # ---------------------------------------------------------------- 5. stale plan hash
@@ -474,32 +561,38 @@ def current_plan_hash(site_id: str) -> str:
         engine.dispose()
 
 
-def test_stale_plan_hash_is_refused_and_content_edits_change_the_hash(cms: Cms,
-                                                                      exports: Path) -> None:
+def test_stale_plan_hash_is_refused_and_content_edits_change_the_hash(
+    cms: Cms, exports: Path
+) -> None:
     url, sites = cms
     atelier = sites["atelier"]
     first = reset_site_structure(atelier).plan.plan_hash
     assert current_plan_hash(atelier) == first  # stable while nothing moves
 
-    execute(url, "INSERT INTO terms (site_id, type, name, slug) "
-                 "VALUES (%s, 'category', 'Late', 'late')", atelier)
+    execute(
+        url,
+        "INSERT INTO terms (site_id, type, name, slug) VALUES (%s, 'category', 'Late', 'late')",
+        atelier,
+    )
     before = table_checksums(url, CMS_TABLES)
     with pytest.raises(PlanMismatch, match="does not match"):
-        reset_site_structure(atelier, dry_run=False, approved_plan_hash=first,
-                             approved_by="alice")
+        reset_site_structure(atelier, dry_run=False, approved_plan_hash=first, approved_by="alice")
     assert table_checksums(url, CMS_TABLES) == before
     assert audit_count(url) == 0
 
     execute(url, "DELETE FROM terms WHERE site_id = %s AND slug = 'late'", atelier)
     assert current_plan_hash(atelier) == first
     # Same ids and counts, other content: a page's title is edited.
-    execute(url, "UPDATE content SET title = 'About us' WHERE site_id = %s AND type = 'page' "
-                 "AND slug = 'about'", atelier)
+    execute(
+        url,
+        "UPDATE content SET title = 'About us' WHERE site_id = %s AND type = 'page' "
+        "AND slug = 'about'",
+        atelier,
+    )
     assert current_plan_hash(atelier) != first
     before = table_checksums(url, CMS_TABLES)
     with pytest.raises(PlanMismatch, match="pages=3"):
-        reset_site_structure(atelier, dry_run=False, approved_plan_hash=first,
-                             approved_by="alice")
+        reset_site_structure(atelier, dry_run=False, approved_plan_hash=first, approved_by="alice")
     assert table_checksums(url, CMS_TABLES) == before
     assert audit_count(url) == 0
 
@@ -525,7 +618,8 @@ def test_restore_twice_restores_nothing_the_second_time(cms: Cms, exports: Path)
 
 
 def test_a_snapshot_written_before_plan_digest_2_still_verifies_and_restores(
-        cms: Cms, exports: Path) -> None:
+    cms: Cms, exports: Path
+) -> None:
     """Snapshots are the only undo point: one whose plan hash was made with the first
     digest (ordered md5, no "planDigest" key) must stay restorable, and a forged
     version number is refused as a format error."""
@@ -551,8 +645,11 @@ def test_a_snapshot_written_before_plan_digest_2_still_verifies_and_restores(
     del summary["planDigest"]
     summary["planHash"] = old_hash
     write_snapshot_file(uri, summary, key, docs)
-    execute(url, "UPDATE safeops.safeops_audit SET plan_hash = %s "
-                 "WHERE flow_name = 'reset-site-structure'", old_hash)  # as an old reset wrote
+    execute(
+        url,
+        "UPDATE safeops.safeops_audit SET plan_hash = %s WHERE flow_name = 'reset-site-structure'",
+        old_hash,
+    )  # as an old reset wrote
 
     restored, seen = restore_live(uri)
     assert len(seen) == 1 and restored.applied["categories"] == 4
@@ -563,8 +660,7 @@ def test_a_snapshot_written_before_plan_digest_2_still_verifies_and_restores(
         restore_site_structure(uri, dry_run=True)
 
 
-def test_resetting_a_reset_site_asks_nothing_and_changes_nothing(cms: Cms,
-                                                                 exports: Path) -> None:
+def test_resetting_a_reset_site_asks_nothing_and_changes_nothing(cms: Cms, exports: Path) -> None:
     """Once reset, a site has no structure and a draft blueprint state: a second reset
     (live or dry) says so instead of asking someone to approve deleting nothing; a
     site whose structure is gone but whose blueprint state is not still resets it."""
@@ -580,12 +676,22 @@ def test_resetting_a_reset_site_asks_nothing_and_changes_nothing(cms: Cms,
     assert table_checksums(url, CMS_TABLES) == after_first
     assert audit_count(url) == 1
 
-    execute(url, "UPDATE sites SET active_blueprint_version = 7, setup_status = 'ready' "
-                 "WHERE id = %s", sites["atelier"])
+    execute(
+        url,
+        "UPDATE sites SET active_blueprint_version = 7, setup_status = 'ready' WHERE id = %s",
+        sites["atelier"],
+    )
     state, _ = reset_live(sites["atelier"])  # reset_live asserts one approval was asked
     assert state.plan.counts["site_state_to_reset"] == 1 and not state.message
-    assert count(url, "SELECT count(*) FROM sites WHERE id = %s AND setup_status = 'draft' "
-                      "AND active_blueprint_version IS NULL", sites["atelier"]) == 1
+    assert (
+        count(
+            url,
+            "SELECT count(*) FROM sites WHERE id = %s AND setup_status = 'draft' "
+            "AND active_blueprint_version IS NULL",
+            sites["atelier"],
+        )
+        == 1
+    )
 
 
 def test_restore_refuses_conflicts_unless_told_to_skip_them(cms: Cms, exports: Path) -> None:
@@ -595,10 +701,17 @@ def test_restore_refuses_conflicts_unless_told_to_skip_them(cms: Cms, exports: P
     atelier = sites["atelier"]
     reset, _ = reset_live(atelier)
     assert reset.snapshot_uri
-    execute(url, "INSERT INTO terms (site_id, type, name, slug) "
-                 "VALUES (%s, 'category', 'Guides (new)', 'guides')", atelier)
-    execute(url, "INSERT INTO authors (site_id, name, slug) "
-                 "VALUES (%s, 'Maya F. (new)', 'maya-fischer')", atelier)
+    execute(
+        url,
+        "INSERT INTO terms (site_id, type, name, slug) "
+        "VALUES (%s, 'category', 'Guides (new)', 'guides')",
+        atelier,
+    )
+    execute(
+        url,
+        "INSERT INTO authors (site_id, name, slug) VALUES (%s, 'Maya F. (new)', 'maya-fischer')",
+        atelier,
+    )
     before = table_checksums(url, CMS_TABLES)
 
     with pytest.raises(RestoreConflict) as conflict:
@@ -618,15 +731,37 @@ def test_restore_refuses_conflicts_unless_told_to_skip_them(cms: Cms, exports: P
     assert (applied["pages"], applied["content_types"]) == (3, 2)
     assert applied["categories"] == counts["categories"]
     # The rows created since the reset are never clobbered.
-    assert scalar(url, "SELECT name FROM terms WHERE site_id = %s AND type = 'category' "
-                       "AND slug = 'guides'", atelier) == "Guides (new)"
-    assert scalar(url, "SELECT name FROM authors WHERE site_id = %s AND slug = 'maya-fischer'",
-                  atelier) == "Maya F. (new)"
-    assert structure_counts(url, atelier) == {"categories": 3, "authors": 2, "pages": 3,
-                                              "content_types": 2, "seo_entries": 2 + 1 + 3}
+    assert (
+        scalar(
+            url,
+            "SELECT name FROM terms WHERE site_id = %s AND type = 'category' AND slug = 'guides'",
+            atelier,
+        )
+        == "Guides (new)"
+    )
+    assert (
+        scalar(
+            url, "SELECT name FROM authors WHERE site_id = %s AND slug = 'maya-fischer'", atelier
+        )
+        == "Maya F. (new)"
+    )
+    assert structure_counts(url, atelier) == {
+        "categories": 3,
+        "authors": 2,
+        "pages": 3,
+        "content_types": 2,
+        "seo_entries": 2 + 1 + 3,
+    }
     # Pages went back without the skipped author (its link was ON DELETE SET NULL).
-    assert count(url, "SELECT count(*) FROM content WHERE site_id = %s AND type = 'page' "
-                      "AND author_id IS NULL", atelier) == 3
+    assert (
+        count(
+            url,
+            "SELECT count(*) FROM content WHERE site_id = %s AND type = 'page' "
+            "AND author_id IS NULL",
+            atelier,
+        )
+        == 3
+    )
     assert count(url, ORPHAN_SEO) == 0
 
 
@@ -694,14 +829,17 @@ def test_cli_exit_codes_and_output_lines(cms: Cms, exports: Path) -> None:
 
 
 def test_allowlist_rejects_alice_then_bobs_reset_reports_real_counts(
-        cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, sites = cms
     atelier = sites["atelier"]
     monkeypatch.setenv("SAFEOPS_APPROVERS", "bob,carol")
     before = table_checksums(url, CMS_TABLES)
     real = structure_counts(url, atelier)
-    with answer_approval(approve_as("alice")), \
-            pytest.raises(ApprovalDenied, match="'alice' is not in SAFEOPS_APPROVERS"):
+    with (
+        answer_approval(approve_as("alice")),
+        pytest.raises(ApprovalDenied, match="'alice' is not in SAFEOPS_APPROVERS"),
+    ):
         reset_site_structure(atelier, dry_run=False)
     assert table_checksums(url, CMS_TABLES) == before
     assert audit_count(url) == 0
@@ -719,12 +857,15 @@ def test_allowlist_rejects_alice_then_bobs_reset_reports_real_counts(
     summary = artifacts["site-reset-summary"].data
     assert "bob" in summary and result.plan.plan_hash in summary
     assert result.snapshot_uri and Path(result.snapshot_uri).name in str(
-        artifacts["site-reset-snapshot"].data)
+        artifacts["site-reset-snapshot"].data
+    )
 
     with psycopg.connect(url) as conn:
-        audit = conn.execute("SELECT approver, reason, plan_hash, counts, snapshot_uri "
-                             "FROM safeops.safeops_audit WHERE flow_run_id = %s",
-                             (run_id,)).fetchall()
+        audit = conn.execute(
+            "SELECT approver, reason, plan_hash, counts, snapshot_uri "
+            "FROM safeops.safeops_audit WHERE flow_run_id = %s",
+            (run_id,),
+        ).fetchall()
     assert len(audit) == 1
     approver, reason, plan_hash, counts, snapshot_uri = audit[0]
     assert (approver, reason, plan_hash) == ("bob", "ticket OPS-9", result.plan.plan_hash)
@@ -740,11 +881,14 @@ def test_allowlist_rejects_alice_then_bobs_reset_reports_real_counts(
 def test_fault_at_the_last_statement_rolls_everything_back(cms: Cms, exports: Path) -> None:
     url, sites = cms
     atelier = sites["atelier"]
-    execute(url, """
+    execute(
+        url,
+        """
         CREATE FUNCTION safeops_test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'injected fault: site update refused'; END $$;
         CREATE TRIGGER safeops_test_fault BEFORE UPDATE ON sites
-            FOR EACH ROW EXECUTE FUNCTION safeops_test_fault();""")
+            FOR EACH ROW EXECUTE FUNCTION safeops_test_fault();""",
+    )
     before = table_checksums(url, CMS_TABLES)
 
     with answer_approval(approve_as()) as seen:
@@ -758,9 +902,9 @@ def test_fault_at_the_last_statement_rolls_everything_back(cms: Cms, exports: Pa
     assert audit_count(url) == 0
 
     execute(url, "DROP TRIGGER safeops_test_fault ON sites")
-    result = reset_site_structure(atelier, dry_run=False,
-                                  approved_plan_hash=seen[0]["plan"].plan_hash,
-                                  approved_by="alice")
+    result = reset_site_structure(
+        atelier, dry_run=False, approved_plan_hash=seen[0]["plan"].plan_hash, approved_by="alice"
+    )
     assert result.applied["categories"] == 4
     assert structure_counts(url, atelier) == dict.fromkeys(STRUCTURE, 0)
     assert audit_count(url) == 1
@@ -776,20 +920,33 @@ TOUCH_USERS = """
 # case -> (table written beyond the plan, DDL, rows it needs for the site).
 UNPLANNED_WRITES: dict[str, tuple[str, str, str | None]] = {
     # A table the CMS added later, whose rows go with their author by FK cascade.
-    "cascade": ("author_notes", """
+    "cascade": (
+        "author_notes",
+        """
         CREATE TABLE author_notes (id serial PRIMARY KEY,
             author_id uuid NOT NULL REFERENCES authors (id) ON DELETE CASCADE, note text)""",
         "INSERT INTO author_notes (author_id, note) "
-        "SELECT id, 'keep me' FROM authors WHERE site_id = %s"),
+        "SELECT id, 'keep me' FROM authors WHERE site_id = %s",
+    ),
     # A trigger that edits a kept row when an author goes.
-    "trigger": ("users", TOUCH_USERS + """
+    "trigger": (
+        "users",
+        TOUCH_USERS
+        + """
         CREATE TRIGGER safeops_test_touch AFTER DELETE ON authors
-            FOR EACH ROW EXECUTE FUNCTION safeops_test_touch();""", None),
+            FOR EACH ROW EXECUTE FUNCTION safeops_test_touch();""",
+        None,
+    ),
     # The same, deferred to COMMIT: it must fire before the check, not after it.
-    "deferred trigger": ("users", TOUCH_USERS + """
+    "deferred trigger": (
+        "users",
+        TOUCH_USERS
+        + """
         CREATE CONSTRAINT TRIGGER safeops_test_touch AFTER DELETE ON authors
             DEFERRABLE INITIALLY DEFERRED
-            FOR EACH ROW EXECUTE FUNCTION safeops_test_touch();""", None),
+            FOR EACH ROW EXECUTE FUNCTION safeops_test_touch();""",
+        None,
+    ),
 }
 
 
@@ -802,8 +959,7 @@ def add_unplanned_writes(url: str, case: str, site_id: str) -> str:
 
 
 @pytest.mark.parametrize("case", list(UNPLANNED_WRITES))
-def test_writes_beyond_the_plan_roll_the_reset_back(cms: Cms, exports: Path,
-                                                    case: str) -> None:
+def test_writes_beyond_the_plan_roll_the_reset_back(cms: Cms, exports: Path, case: str) -> None:
     from safeops.core.errors import SafeopsError
 
     url, sites = cms
@@ -812,8 +968,10 @@ def test_writes_beyond_the_plan_roll_the_reset_back(cms: Cms, exports: Path,
     tables = [*CMS_TABLES, "author_notes"] if case == "cascade" else CMS_TABLES
     before = table_checksums(url, tables)
 
-    with answer_approval(approve_as()), \
-            pytest.raises(SafeopsError, match="changed rows it must keep") as refused:
+    with (
+        answer_approval(approve_as()),
+        pytest.raises(SafeopsError, match="changed rows it must keep") as refused,
+    ):
         reset_site_structure(atelier, dry_run=False)
     assert f"{table} inserted/updated/deleted" in str(refused.value)
     assert "nothing changed" in str(refused.value)
@@ -822,7 +980,8 @@ def test_writes_beyond_the_plan_roll_the_reset_back(cms: Cms, exports: Path,
 
 
 def test_without_track_counts_the_kept_rows_checksum_still_guards(
-        cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With per-table counts switched off, the reset falls back to checksumming the
     site's kept rows (and users) before and after its deletes."""
     from safeops.core.errors import SafeopsError
@@ -843,17 +1002,19 @@ def test_without_track_counts_the_kept_rows_checksum_still_guards(
     monkeypatch.setattr(kept_rows, "kept_checksum", kept_checksum)
     add_unplanned_writes(url, "trigger", atelier)
     before = table_checksums(url, CMS_TABLES)
-    with answer_approval(approve_as()) as seen, \
-            pytest.raises(SafeopsError, match="changed rows it must keep"):
+    with (
+        answer_approval(approve_as()) as seen,
+        pytest.raises(SafeopsError, match="changed rows it must keep"),
+    ):
         reset_site_structure(atelier, dry_run=False)
     assert checksummed == [atelier, atelier]
     assert table_checksums(url, CMS_TABLES) == before
     assert audit_count(url) == 0
 
     execute(url, "DROP TRIGGER safeops_test_touch ON authors")
-    result = reset_site_structure(atelier, dry_run=False,
-                                  approved_plan_hash=seen[0]["plan"].plan_hash,
-                                  approved_by="alice")
+    result = reset_site_structure(
+        atelier, dry_run=False, approved_plan_hash=seen[0]["plan"].plan_hash, approved_by="alice"
+    )
     assert result.applied["authors"] == 2
     assert structure_counts(url, atelier) == dict.fromkeys(STRUCTURE, 0)
     assert audit_count(url) == 1

@@ -166,7 +166,6 @@ def _secret_text(name: str) -> str:
     return value
 
 
-
 def _read_string(blob: bytes, pos: int) -> tuple[bytes, int]:
     if pos + 4 > len(blob):
         raise ValueError("truncated")

@@ -142,8 +142,6 @@ def _parse_signature(signature: str) -> _Signature:
     return _Signature(f"{_BEGIN}\n{body}\n{_END}\n", public_key, namespace)
 
 
-
-
 def _key_path(key: str, origin: str) -> str:
     """Validate a key *path* without ever echoing something that may be key material."""
     if "PRIVATE KEY" in key or "\n" in key or len(key) > 4096:
@@ -324,7 +322,6 @@ def verify(
     if match is None or match["principal"] != principal:
         raise BadSignature("Refused: ssh-keygen did not confirm a good safeops signature.")
     return VerifiedSigner(principal=principal, fingerprint=match["fingerprint"])
-
 
 
 class VerifiedApproval(NamedTuple):

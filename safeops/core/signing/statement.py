@@ -198,7 +198,6 @@ def _utc_seconds(value: Any, name: str) -> datetime:
     return value.astimezone(UTC).replace(microsecond=0)
 
 
-
 def check_statement(
     statement: Statement,
     *,
@@ -250,7 +249,6 @@ def check_statement(
             f"({current.strftime(_TIME_FORMAT)}); check the signer's clock.",
             field="signed_at",
         )
-
 
 
 def format_time(value: datetime) -> str:

@@ -52,12 +52,19 @@ class CopyOutcome(BaseModel):
 def _ref_for(item: Item, obj: ObjectInfo, store: MediaStore) -> ImageRef:
     src = item.source
     assert src is not None and item.source_key is not None
-    return ImageRef(key=obj.key, bucket=store.bucket, url=public_url(store.file_url, obj.key),
-                    rank=max(item.image.rank, 0),
-                    contentType=src.content_type or guess_content_type(item.source_key),
-                    size=obj.size, etag=obj.etag, alt=item.image.alt,
-                    sourceImageId=item.image.id, sourceUrl=item.image.url,
-                    createdAt=stamp_of(obj.key) or obj.last_modified or datetime.now(UTC))
+    return ImageRef(
+        key=obj.key,
+        bucket=store.bucket,
+        url=public_url(store.file_url, obj.key),
+        rank=max(item.image.rank, 0),
+        contentType=src.content_type or guess_content_type(item.source_key),
+        size=obj.size,
+        etag=obj.etag,
+        alt=item.image.alt,
+        sourceImageId=item.image.id,
+        sourceUrl=item.image.url,
+        createdAt=stamp_of(obj.key) or obj.last_modified or datetime.now(UTC),
+    )
 
 
 def _copy_one(client: Any, store: MediaStore, item: Item) -> tuple[Item, ObjectInfo | None, str]:
@@ -68,9 +75,17 @@ def _copy_one(client: Any, store: MediaStore, item: Item) -> tuple[Item, ObjectI
     assert src is not None and item.source_key is not None
     dest = media_key(item.image.product_id, extension_of(item.source_key))
     try:
-        copy = copy_verified(client, store.bucket, src, dest, {
-            META_SOURCE_IMAGE_ID: item.image.id, META_SOURCE_ETAG: src.etag,
-            META_SOURCE_KEY: quote(item.source_key, safe="/")})
+        copy = copy_verified(
+            client,
+            store.bucket,
+            src,
+            dest,
+            {
+                META_SOURCE_IMAGE_ID: item.image.id,
+                META_SOURCE_ETAG: src.etag,
+                META_SOURCE_KEY: quote(item.source_key, safe="/"),
+            },
+        )
     except KeyTaken:
         return item, None, "key_taken"
     except ObjectMismatch:
@@ -86,17 +101,20 @@ def _copy_one(client: Any, store: MediaStore, item: Item) -> tuple[Item, ObjectI
 
 
 @task(name="copy-media-objects", **TRANSIENT_RETRIES)
-def copy_media_objects(target: str, snapshot_uri: str | None,
-                       approved_plan_hash: str) -> CopyOutcome:
+def copy_media_objects(
+    target: str, snapshot_uri: str | None, approved_plan_hash: str
+) -> CopyOutcome:
     """Re-derive the plan (refuse if it drifted), then copy concurrently.
 
     Safe to retry: copies already made are found again and reused."""
     derived = derive(target, snapshot_uri)
     plan = derived.plan
     if plan.plan_hash != approved_plan_hash:
-        raise DriftDetected(f"Refused: the media changed since the plan was approved "
-                            f"({approved_plan_hash[:16]}… → {plan.plan_hash[:16]}…; now "
-                            f"{plan.counts}); nothing copied.")
+        raise DriftDetected(
+            f"Refused: the media changed since the plan was approved "
+            f"({approved_plan_hash[:16]}… → {plan.plan_hash[:16]}…; now "
+            f"{plan.counts}); nothing copied."
+        )
     store = derived.store
     outcome = CopyOutcome()
     by_product: dict[str, list[ImageRef]] = defaultdict(list)
@@ -108,8 +126,10 @@ def copy_media_objects(target: str, snapshot_uri: str | None,
     progress = Progress("media-refs-copy-progress", len(todo), "objects copied")
     failed: Counter[str] = Counter()
     client = s3_client(store.workers)
-    with s3_errors(f"copying objects in bucket {store.bucket}"), \
-            ThreadPoolExecutor(max(1, min(store.workers, len(todo)))) as pool:
+    with (
+        s3_errors(f"copying objects in bucket {store.bucket}"),
+        ThreadPoolExecutor(max(1, min(store.workers, len(todo)))) as pool,
+    ):
         futures = [pool.submit(_copy_one, client, store, item) for item in todo]
         for done, future in enumerate(as_completed(futures), start=1):
             item, copy, reason = future.result()

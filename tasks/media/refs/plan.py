@@ -44,8 +44,16 @@ from tasks.media.snapshot import MEDIA_FORMAT
 
 FLOW = "migrate-product-media-refs"
 FIRST_FEW = 5
-SKIP_REASONS = ("unmapped_url", "missing_object", "soft_deleted", "product_deleted",
-                "product_gone", "metadata_not_object", "media_key_in_use", "too_large")
+SKIP_REASONS = (
+    "unmapped_url",
+    "missing_object",
+    "soft_deleted",
+    "product_deleted",
+    "product_gone",
+    "metadata_not_object",
+    "media_key_in_use",
+    "too_large",
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -81,21 +89,34 @@ ORDER BY i.product_id, i.rank, i.id
 
 def source_images(conn: Connection, table: SourceTable) -> list[SourceImage]:
     """Every source image (soft-deleted too: the caller decides), by product and rank."""
-    result = conn.execute(text(_source_sql(table)).execution_options(stream_results=True,
-                                                                      yield_per=2000))
-    return [SourceImage(id=r.id, url=r.url, rank=int(r.rank), product_id=r.product_id,
-                        alt=r.alt, soft_deleted=bool(r.soft_deleted)) for r in result]
+    result = conn.execute(
+        text(_source_sql(table)).execution_options(stream_results=True, yield_per=2000)
+    )
+    return [
+        SourceImage(
+            id=r.id,
+            url=r.url,
+            rank=int(r.rank),
+            product_id=r.product_id,
+            alt=r.alt,
+            soft_deleted=bool(r.soft_deleted),
+        )
+        for r in result
+    ]
 
 
 def product_states(conn: Connection, table: SourceTable) -> dict[str, ProductState]:
     """The products the source images belong to (absent ones are simply missing)."""
     sql = PRODUCT_STATE_SQL + f"WHERE p.id IN (SELECT DISTINCT product_id FROM {table})"
     _source_sql(table)  # validates the identifier
-    return {r.id: ProductState(r.id, bool(r.deleted), r.metadata_kind, r.media)
-            for r in conn.execute(text(sql))}
+    return {
+        r.id: ProductState(r.id, bool(r.deleted), r.metadata_kind, r.media)
+        for r in conn.execute(text(sql))
+    }
 
 
 # ---------------------------------------------------------------- classification
+
 
 @dataclass
 class Item:
@@ -132,8 +153,9 @@ def _pool_map(fn: Callable[[T], R], values: Iterable[T], workers: int) -> list[R
         return list(pool.map(fn, values))
 
 
-def _read_sources(target: str, snapshot_uri: str | None
-                  ) -> tuple[list[SourceImage], dict[str, ProductState], str]:
+def _read_sources(
+    target: str, snapshot_uri: str | None
+) -> tuple[list[SourceImage], dict[str, ProductState], str]:
     with ExitStack() as stack:
         conn: Connection = stack.enter_context(read_snapshot(engine_for(target)))
         table: SourceTable = "image"
@@ -180,6 +202,7 @@ def derive(target: str, snapshot_uri: str | None) -> Derived:
 
     client = s3_client(store.workers)
     with s3_errors(f"reading bucket {store.bucket}"):
+
         def head(key: str) -> ObjectInfo | None:
             return head_object(client, store.bucket, key)
 
@@ -198,8 +221,11 @@ def derive(target: str, snapshot_uri: str | None) -> Derived:
                 item.reason = "too_large"
                 continue
             refs = current.get(item.image.product_id)
-            existing = next((r for r in refs.refs if r.sourceImageId == item.image.id),
-                            None) if refs else None
+            existing = (
+                next((r for r in refs.refs if r.sourceImageId == item.image.id), None)
+                if refs
+                else None
+            )
             if existing is not None and existing.etag == src.etag:
                 item.outcome = "done"
             elif existing is not None and src.multipart:
@@ -208,20 +234,29 @@ def derive(target: str, snapshot_uri: str | None) -> Derived:
                 migrate.append(item)
         recorded = _pool_map(lambda pair: head(pair[1].key), to_check, store.workers)
         for (item, _ref), copy in zip(to_check, recorded, strict=True):
-            if copy is not None and item.source and \
-                    copy.metadata.get(META_SOURCE_ETAG) == item.source.etag:
+            if (
+                copy is not None
+                and item.source
+                and copy.metadata.get(META_SOURCE_ETAG) == item.source.etag
+            ):
                 item.outcome = "done"
             else:
                 migrate.append(item)
 
         _find_reusable(migrate, current, store, head, client)
 
-    return Derived(items=items, plan=_plan(items, store, target, snapshot_uri, database),
-                   store=store)
+    return Derived(
+        items=items, plan=_plan(items, store, target, snapshot_uri, database), store=store
+    )
 
 
-def _find_reusable(migrate: list[Item], current: dict[str, MediaRefs], store: MediaStore,
-                   head: Callable[[str], ObjectInfo | None], client: Any) -> None:
+def _find_reusable(
+    migrate: list[Item],
+    current: dict[str, MediaRefs],
+    store: MediaStore,
+    head: Callable[[str], ObjectInfo | None],
+    client: Any,
+) -> None:
     """Copy, or reuse a copy an interrupted run left without a ref.
 
     Adoption needs the copy's recorded source image id AND source etag to match
@@ -229,10 +264,10 @@ def _find_reusable(migrate: list[Item], current: dict[str, MediaRefs], store: Me
     source's: a stale or foreign object is never adopted."""
     pids = sorted({item.image.product_id for item in migrate})
     referenced = {ref.key for refs in current.values() for ref in refs.refs}
-    listings = _pool_map(lambda pid: list_objects(client, store.bucket, f"products/{pid}/"),
-                         pids, store.workers)
-    candidates = [obj.key for listing in listings for obj in listing
-                  if obj.key not in referenced]
+    listings = _pool_map(
+        lambda pid: list_objects(client, store.bucket, f"products/{pid}/"), pids, store.workers
+    )
+    candidates = [obj.key for listing in listings for obj in listing if obj.key not in referenced]
     by_image: dict[str, list[ObjectInfo]] = defaultdict(list)
     for info in _pool_map(head, candidates, store.workers):
         if info is not None and info.metadata.get(META_SOURCE_IMAGE_ID):
@@ -241,44 +276,78 @@ def _find_reusable(migrate: list[Item], current: dict[str, MediaRefs], store: Me
         src = item.source
         assert src is not None
         prefix = f"products/{item.image.product_id}/"
-        match = next((obj for obj in sorted(by_image.get(item.image.id, []), key=lambda o: o.key)
-                      if obj.key.startswith(prefix)
-                      and obj.metadata.get(META_SOURCE_ETAG) == src.etag
-                      and obj.size == src.size
-                      and (src.multipart or obj.etag == src.etag)), None)
+        match = next(
+            (
+                obj
+                for obj in sorted(by_image.get(item.image.id, []), key=lambda o: o.key)
+                if obj.key.startswith(prefix)
+                and obj.metadata.get(META_SOURCE_ETAG) == src.etag
+                and obj.size == src.size
+                and (src.multipart or obj.etag == src.etag)
+            ),
+            None,
+        )
         item.outcome, item.reuse = ("reuse", match) if match else ("copy", None)
 
 
 def _first_few(items: list[Item]) -> str:
     shown = []
     for item in items[:FIRST_FEW]:
-        shown.append(f"{item.image.id} ({item.image.url})" if item.reason == "unmapped_url"
-                     else item.image.id)
+        shown.append(
+            f"{item.image.id} ({item.image.url})"
+            if item.reason == "unmapped_url"
+            else item.image.id
+        )
     return ", ".join(shown) + (", …" if len(items) > FIRST_FEW else "")
 
 
-def _plan(items: list[Item], store: MediaStore, target: str, snapshot_uri: str | None,
-          database: str) -> Plan:
+def _plan(
+    items: list[Item], store: MediaStore, target: str, snapshot_uri: str | None, database: str
+) -> Plan:
     outcomes = Counter(item.outcome for item in items)
     skipped: dict[str, list[Item]] = defaultdict(list)
     for item in items:
         if item.outcome == "skip":
             skipped[item.reason].append(item)
     products = {item.image.product_id for item in items if item.outcome in ("copy", "reuse")}
-    counts = {"images": len(items), "products": len(products), "to_copy": outcomes["copy"],
-              "to_reuse": outcomes["reuse"], "already_done": outcomes["done"],
-              **{f"skipped_{r}": len(skipped[r]) for r in SKIP_REASONS if skipped[r]}}
-    notes = [f"skipped {len(skipped[r])} image(s), {r.replace('_', ' ')}: "
-             f"{_first_few(skipped[r])}" for r in SKIP_REASONS if skipped[r]]
+    counts = {
+        "images": len(items),
+        "products": len(products),
+        "to_copy": outcomes["copy"],
+        "to_reuse": outcomes["reuse"],
+        "already_done": outcomes["done"],
+        **{f"skipped_{r}": len(skipped[r]) for r in SKIP_REASONS if skipped[r]},
+    }
+    notes = [
+        f"skipped {len(skipped[r])} image(s), {r.replace('_', ' ')}: {_first_few(skipped[r])}"
+        for r in SKIP_REASONS
+        if skipped[r]
+    ]
     body = hashlib.sha256("\n".join(sorted(i.hash_line() for i in items)).encode()).hexdigest()
-    hashed = {k: v for k, v in counts.items()
-              if k not in ("products", "to_copy", "to_reuse", "already_done")}
+    hashed = {
+        k: v
+        for k, v in counts.items()
+        if k not in ("products", "to_copy", "to_reuse", "already_done")
+    }
     hashed["migrate"] = counts["to_copy"] + counts["to_reuse"] + counts["already_done"]
-    return Plan(kind=FLOW, target=describe_target(target), counts=counts, notes=notes,
-                plan_hash=plan_hash_of({FLOW: {"bucket": store.bucket, "fileUrl": store.file_url,
-                                               "source": "snapshot" if snapshot_uri else "live",
-                                               "counts": hashed, "images": body}},
-                                         database=database))
+    return Plan(
+        kind=FLOW,
+        target=describe_target(target),
+        counts=counts,
+        notes=notes,
+        plan_hash=plan_hash_of(
+            {
+                FLOW: {
+                    "bucket": store.bucket,
+                    "fileUrl": store.file_url,
+                    "source": "snapshot" if snapshot_uri else "live",
+                    "counts": hashed,
+                    "images": body,
+                }
+            },
+            database=database,
+        ),
+    )
 
 
 @task(name="plan-media-refs", **TRANSIENT_RETRIES)

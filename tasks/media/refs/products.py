@@ -37,8 +37,9 @@ FROM product p
 """
 
 
-def read_products(conn: Connection, ids: Sequence[str], *,
-                  for_update: bool = False) -> dict[str, ProductState]:
+def read_products(
+    conn: Connection, ids: Sequence[str], *, for_update: bool = False
+) -> dict[str, ProductState]:
     """Products by id; ``for_update`` row-locks them in id order (no deadlock
     between two writers), holding Medusa's writers of those rows until commit."""
     sql = PRODUCT_STATE_SQL + "WHERE p.id = ANY(:ids) ORDER BY p.id"

@@ -24,8 +24,10 @@ class MediaStore:
 def media_store() -> MediaStore:
     settings = get_settings()
     if not settings.media_bucket or not settings.media_file_url:
-        raise BadInput("ImageRefs need SAFEOPS_MEDIA_BUCKET (the bucket of the product files) "
-                       "and SAFEOPS_MEDIA_FILE_URL (Medusa's file_url); nothing changed.")
-    return MediaStore(settings.media_bucket, settings.media_file_url.rstrip("/"),
-                      settings.media_copy_workers)
-
+        raise BadInput(
+            "ImageRefs need SAFEOPS_MEDIA_BUCKET (the bucket of the product files) "
+            "and SAFEOPS_MEDIA_FILE_URL (Medusa's file_url); nothing changed."
+        )
+    return MediaStore(
+        settings.media_bucket, settings.media_file_url.rstrip("/"), settings.media_copy_workers
+    )

@@ -54,13 +54,18 @@ def merge_refs(current: MediaRefs | None, new: list[ImageRef]) -> tuple[MediaRef
 
 def _batches(values: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(values), size):
-        yield values[start:start + size]
+        yield values[start : start + size]
 
 
 @task(name="write-media-refs", **TRANSIENT_RETRIES)
-def write_media_refs(target: str, refs: dict[str, list[ImageRef]], plan_hash: str,
-                     approval: Approval, started_at: datetime,
-                     snapshot_uri: str | None) -> dict[str, int]:
+def write_media_refs(
+    target: str,
+    refs: dict[str, list[ImageRef]],
+    plan_hash: str,
+    approval: Approval,
+    started_at: datetime,
+    snapshot_uri: str | None,
+) -> dict[str, int]:
     """``metadata.media`` per product, ``WRITE_BATCH`` products per transaction
     (row locks held for milliseconds), an audit row in each. Idempotent."""
     engine = engine_for(target)
@@ -74,8 +79,7 @@ def write_media_refs(target: str, refs: dict[str, list[ImageRef]], plan_hash: st
             for pid in batch:
                 state = states.get(pid)
                 current, usable = parse_media(state) if state else (None, False)
-                if state is None or state.deleted or state.metadata_kind == "other" \
-                        or not usable:
+                if state is None or state.deleted or state.metadata_kind == "other" or not usable:
                     totals["products_skipped_at_write"] += 1
                     continue
                 merged, added, left = merge_refs(current, refs[pid])
@@ -86,11 +90,17 @@ def write_media_refs(target: str, refs: dict[str, list[ImageRef]], plan_hash: st
                 written += added
             changed = set_media(conn, updates)
             if changed:
-                write_audit(conn, flow_run_id=current_flow_run_id(), flow_name=FLOW,
-                            target=describe_target(target), plan_hash=plan_hash,
-                            approval=approval,
-                            counts={"batch": number, "products": changed, "refs": written},
-                            snapshot_uri=snapshot_uri, started_at=started_at)
+                write_audit(
+                    conn,
+                    flow_run_id=current_flow_run_id(),
+                    flow_name=FLOW,
+                    target=describe_target(target),
+                    plan_hash=plan_hash,
+                    approval=approval,
+                    counts={"batch": number, "products": changed, "refs": written},
+                    snapshot_uri=snapshot_uri,
+                    started_at=started_at,
+                )
         totals["products_updated"] += changed
         totals["refs_written"] += written
     return {k: v for k, v in totals.items() if v or k in ("refs_written", "products_updated")}
