@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from safeops.seeds.cms import CMS_SCHEMA_TABLES
 from safeops.seeds.medusa import schema_ddl
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -73,21 +74,7 @@ WORDS = (
 WORDS_SQL = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]::text[]"
 
 MEDUSA_TABLES = ("product", "image", "product_variant", "product_variant_product_image")
-CMS_TABLES = (
-    "sites",
-    "authors",
-    "terms",
-    "content_type",
-    "content",
-    "content_terms",
-    "seo_meta",
-    "site_blueprint",
-    "ai_jobs",
-    "media",
-    "users",
-    "domains",
-    "site_settings",
-)
+CMS_TABLES = CMS_SCHEMA_TABLES
 
 
 # ---------------------------------------------------------------- databases

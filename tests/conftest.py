@@ -31,6 +31,7 @@ os.environ.update(
 os.environ.pop("PREFECT_API_URL", None)
 
 from safeops.core import events  # noqa: E402
+from safeops.seeds.cms import CMS_SCHEMA_TABLES  # noqa: E402
 from safeops.seeds.medusa import load_schema, seed_medusa  # noqa: E402
 from tests.pg import fresh_database, server_url  # noqa: E402
 
@@ -181,21 +182,7 @@ def approve_as(
     return answer
 
 
-CMS_TABLES = [
-    "sites",
-    "authors",
-    "terms",
-    "content_type",
-    "content",
-    "content_terms",
-    "seo_meta",
-    "site_blueprint",
-    "ai_jobs",
-    "media",
-    "users",
-    "domains",
-    "site_settings",
-]
+CMS_TABLES = list(CMS_SCHEMA_TABLES)
 
 
 @pytest.fixture(scope="session")

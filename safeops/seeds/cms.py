@@ -93,6 +93,25 @@ CONTENT_TYPES: list[tuple[str, str, list[dict[str, Any]]]] = [
 POST_STATUSES = ("draft", "scheduled", "published")
 
 
+# Every table of the CMS schema (safeops/schemas/cms.sql), in dependency order: what the
+# tests and the bench compare before and after a reset.
+CMS_SCHEMA_TABLES = (
+    "sites",
+    "authors",
+    "terms",
+    "content_type",
+    "content",
+    "content_terms",
+    "seo_meta",
+    "site_blueprint",
+    "ai_jobs",
+    "media",
+    "users",
+    "domains",
+    "site_settings",
+)
+
+
 def slugify(name: str) -> str:
     """Deterministic, URL-safe slug: accents folded, lowercase, runs of other chars -> '-'.
 
