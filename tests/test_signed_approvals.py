@@ -201,7 +201,6 @@ def test_unsigned_approval_is_refused(
     refused(
         medusa_url,
         lambda d: {
-            "approver": "alice",
             "reason": "OPS-1",
             "decision": "approve",
             "confirmation": d["expected_confirmation"],

@@ -251,11 +251,7 @@ def verify(
     ``verify -I <that principal>`` checks the signature, the namespace and the
     line's options (``namespaces=``, ``valid-before=``) in one go.
     """
-    if signature is None or not signature.strip():
-        raise SignatureMissing(
-            f"Refused: the approval carries no signature; sign the statement with "
-            f"'ssh-keygen -Y sign -n {NAMESPACE}' and paste the signature."
-        )
+    require_signature(signature)
     parsed = _parse_signature(signature)
     if parsed.namespace != NAMESPACE.encode():
         shown = _clip(parsed.namespace.decode("utf-8", "replace"), 40)
@@ -348,11 +344,7 @@ def verify_approval(
     The statement's ``decision`` is returned, not judged: a well-signed
     ``reject`` passes here and the caller must stop the run on it.
     """
-    if signature is None or not signature.strip():
-        raise SignatureMissing(
-            f"Refused: the approval carries no signature; sign the statement with "
-            f"'ssh-keygen -Y sign -n {NAMESPACE}' and paste the signature."
-        )
+    require_signature(signature)
     statement = Statement.parse(statement_text)
     signer = verify(statement_text, signature, allowed_signers)
     check_statement(
@@ -365,3 +357,12 @@ def verify_approval(
         now=now,
     )
     return VerifiedApproval(signer, statement)
+
+
+def require_signature(signature: str | None) -> None:
+    """An answer without a signature is refused before anything else is read from it."""
+    if signature is None or not signature.strip():
+        raise SignatureMissing(
+            f"Refused: the approval carries no signature; sign the statement with "
+            f"'ssh-keygen -Y sign -n {NAMESPACE}' and paste the signature."
+        )

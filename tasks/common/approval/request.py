@@ -66,8 +66,9 @@ class SignedApprovalForm(RunInput):
         "approve", description="Choose 'reject' to stop the run with nothing changed."
     )
     signed_at: str = Field(
+        "",
         description="The statement's signed_at, as signed (prefilled "
-        "with the time the approval was requested)."
+        "with the time the approval was requested).",
     )
     signature: str = Field(
         "",

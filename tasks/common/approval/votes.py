@@ -107,6 +107,7 @@ def _judge_signed(request: ApprovalRequest, answer: Any) -> Vote:
     signature = str(getattr(answer, "signature", "") or "")
     if answer.decision == "reject" and not signature.strip():
         raise ApprovalDenied(f"Rejected (unsigned answer): {reason} — nothing changed.")
+    signing.require_signature(signature)
     text = _statement_text(request, answer)
     verified = signing.verify_approval(
         text,
