@@ -252,6 +252,7 @@ def verify(
     line's options (``namespaces=``, ``valid-before=``) in one go.
     """
     require_signature(signature)
+    assert signature is not None  # require_signature refused None
     parsed = _parse_signature(signature)
     if parsed.namespace != NAMESPACE.encode():
         shown = _clip(parsed.namespace.decode("utf-8", "replace"), 40)
