@@ -57,6 +57,10 @@ def print_plan(plan: Plan) -> None:
     console.print(table)
     for note in plan.notes:
         console.print(f"note: {note}")
+    # What the approver must judge besides counts (an untraced snapshot, where restored
+    # images point): a dry run reviewed for --plan shows it too.
+    for detail in plan.details:
+        print(f"note: {detail}", flush=True)
 
 
 class ProgressBars:

@@ -46,8 +46,9 @@ def test_a_reset_that_also_deletes_a_posts_seo_meta_is_caught_in_between(cms: Cm
             gone = conn.execute(
                 text(
                     "DELETE FROM seo_meta WHERE entity_type = 'content' AND entity_id = "
-                    "(SELECT id FROM content WHERE site_id = :site AND type = 'post' "
-                    "ORDER BY id LIMIT 1)"
+                    "(SELECT c.id FROM content c JOIN seo_meta s ON s.entity_type = 'content' "
+                    "AND s.entity_id = c.id WHERE c.site_id = :site AND c.type = 'post' "
+                    "ORDER BY c.id LIMIT 1)"
                 ),
                 {"site": atelier},
             ).rowcount
