@@ -64,6 +64,12 @@ CLASSIFY_SQL = [
     "CREATE TEMP TABLE _restore_since ON COMMIT DROP AS "
     "SELECT p.id, p.deleted_at FROM product p "
     "WHERE p.deleted_at > COALESCE(CAST(:deleted_after AS timestamptz), '-infinity') "
+    # The snapshot's own evidence, whatever the clocks say: a product whose snapshot
+    # images are all soft-deleted was deleted when the snapshot was taken (Medusa
+    # soft-deletes a product's images with it), so it is restored as the file holds it.
+    "  AND NOT (EXISTS (SELECT 1 FROM _snap_image s WHERE s.product_id = p.id) "
+    "           AND NOT EXISTS (SELECT 1 FROM _snap_image s "
+    "                           WHERE s.product_id = p.id AND s.deleted_at IS NULL)) "
     "  AND (EXISTS (SELECT 1 FROM _snap_image s WHERE s.product_id = p.id) "
     "       OR EXISTS (SELECT 1 FROM _snap_product_thumb s WHERE s.id = p.id) "
     "       OR EXISTS (SELECT 1 FROM _snap_variant_thumb s WHERE s.product_id = p.id))",
