@@ -257,6 +257,7 @@ def _restore_plan(
         **{f"{k}_conflicting": v for k, v in conflicts.items()},
     }
     notes = [f"{v} {k} skipped (conflict)" for k, v in conflicts.items() if v]
+    database = str(fingerprint(conn))
     plan = Plan(
         kind="restore-site-structure",
         target=describe_target(target),
@@ -264,10 +265,10 @@ def _restore_plan(
         notes=notes,
         plan_hash=plan_hash_of(
             {"restore-site-structure": counts, "snapshot": reader.actual_sha256},
-            database=str(fingerprint(conn)),
+            database=database,
         ),
     )
-    return site_id, trace.mark(plan, str(fingerprint(conn)))
+    return site_id, trace.mark(plan, database)
 
 
 @task(name="plan-site-restore", **TRANSIENT_RETRIES)

@@ -17,7 +17,7 @@ from safeops.core.hash_text import printable
 from safeops.core.models import Plan, SignedVote
 from tasks.common.approval.policy import ApprovalPolicy, check_allowlist
 from tasks.common.approval.request import ApprovalRequest, counts_text
-from tasks.common.approval.votes import Vote
+from tasks.common.approval.votes import Vote, verify_signed
 
 SIGNATURE_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 
@@ -54,14 +54,11 @@ def saved_plan_vote(
     assert request.target_fingerprint
     text, signature = split_signed_plan(signed_plan)
     now = datetime.now(UTC)
-    verified = signing.verify_approval(
+    verified = verify_signed(
+        request,
         text,
         signature,
-        request.signers,
         flow_run_id=signing.SAVED_PLAN_RUN_ID,
-        flow=request.flow,
-        target_fingerprint=request.target_fingerprint,
-        plan_hash=request.plan.plan_hash,
         not_before=now - timedelta(seconds=policy.saved_plan_max_age_s),
         now=now,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prefect.context import FlowRunContext
@@ -109,15 +110,8 @@ def _judge_signed(request: ApprovalRequest, answer: Any) -> Vote:
         raise ApprovalDenied(f"Rejected (unsigned answer): {reason} — nothing changed.")
     signing.require_signature(signature)
     text = _statement_text(request, answer)
-    verified = signing.verify_approval(
-        text,
-        signature,
-        request.signers,
-        flow_run_id=request.flow_run_id,
-        flow=request.flow,
-        target_fingerprint=request.target_fingerprint,
-        plan_hash=request.plan.plan_hash,
-        not_before=request.requested_at,
+    verified = verify_signed(
+        request, text, signature, flow_run_id=request.flow_run_id, not_before=request.requested_at
     )
     statement, signer = verified.statement, verified.signer
     if statement.decision != answer.decision:
@@ -203,4 +197,30 @@ def approval_of(request: ApprovalRequest, via: str) -> Approval:
         via=via,
         identity="verified" if verified else "unverified",
         signatures=signed,
+    )
+
+
+def verify_signed(
+    request: ApprovalRequest,
+    text: str,
+    signature: str,
+    *,
+    flow_run_id: str,
+    not_before: datetime,
+    now: datetime | None = None,
+) -> signing.VerifiedApproval:
+    """A signed statement checked against this request's flow, target and plan: the same
+    binding for an answer to the pause and for a signed saved plan, which differ only
+    in the run they name and how old the statement may be."""
+    assert request.signers is not None and request.target_fingerprint
+    return signing.verify_approval(
+        text,
+        signature,
+        request.signers,
+        flow_run_id=flow_run_id,
+        flow=request.flow,
+        target_fingerprint=request.target_fingerprint,
+        plan_hash=request.plan.plan_hash,
+        not_before=not_before,
+        now=now,
     )
