@@ -8,13 +8,14 @@ schedules. A test fails when prefect.yaml is out of date.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from safeops.core.settings import get_settings
+
 WORK_POOL = "safeops"
-NIGHTLY_CRON = os.environ.get("SAFEOPS_NIGHTLY_CRON", "0 3 * * *")
-NIGHTLY_TIMEZONE = os.environ.get("SAFEOPS_NIGHTLY_TIMEZONE", "UTC")
+NIGHTLY_CRON = get_settings().nightly_cron
+NIGHTLY_TIMEZONE = get_settings().nightly_timezone
 
 
 @dataclass(frozen=True)

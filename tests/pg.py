@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -47,18 +48,29 @@ def fresh_database(
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def table_checksums(url: str, tables: list[str]) -> dict[str, str]:
-    """md5 of every row of each table, ordered by its first column (the id)."""
+# Columns a change legitimately stamps with now(); state comparisons ignore them.
+STAMPS = ("updated_at",)
+
+
+def table_checksums(
+    conn_or_url: psycopg.Connection[Any] | str, tables: list[str], ignore: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """``count:md5`` of every row of each table, rows as jsonb minus the ``ignore`` keys
+    (columns a change legitimately stamps, e.g. ``updated_at``), in a stable order."""
+    if isinstance(conn_or_url, str):
+        with psycopg.connect(conn_or_url) as conn:
+            return table_checksums(conn, tables, ignore)
+    conn = conn_or_url
+    conn.execute("SET TimeZone = 'UTC'")
+    drop = "".join(f" - '{c}'" for c in ignore)
     out = {}
-    with psycopg.connect(url) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
-        for table in tables:
-            row = conn.execute(
-                f"SELECT count(*), md5(COALESCE(string_agg(t::text, '|' ORDER BY t::text), '')) "
-                f"FROM {table} t"
-            ).fetchone()
-            assert row is not None
-            out[table] = f"{row[0]}:{row[1]}"
+    for table in tables:
+        row = conn.execute(
+            f"SELECT count(*), md5(COALESCE(string_agg((to_jsonb(t){drop})::text, '|' "
+            f"ORDER BY (to_jsonb(t){drop})::text), '')) FROM {table} t"
+        ).fetchone()
+        assert row is not None
+        out[table] = f"{row[0]}:{row[1]}"
     return out
 
 

@@ -2,37 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.cli import lines_starting, safeops
 from tests.conftest import MEDUSA_TABLES
 from tests.pg import table_checksums
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def safeops(
-    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: int = 240
-) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in its own process, against the test harness's Prefect API."""
-    from prefect.settings import PREFECT_API_URL
-
-    full_env = {**os.environ, **(env or {}), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    return subprocess.run(
-        [sys.executable, "-m", "safeops.cli", *args],
-        cwd=ROOT,
-        env=full_env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def lines_starting(output: str, prefix: str) -> list[str]:
-    return [line[len(prefix) :] for line in output.splitlines() if line.startswith(prefix)]
 
 
 def test_dry_run_prints_snapshot_and_plan_and_changes_nothing(

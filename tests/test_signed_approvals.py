@@ -35,8 +35,8 @@ from safeops.core.errors import (
     exit_code_for,
 )
 from tasks.common.approval import signed_answer
+from tests.cli import cli
 from tests.conftest import MEDUSA_TABLES, answer_approval, free_port
-from tests.faults.conftest import cli
 from tests.pg import execute, scalar, table_checksums
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH")

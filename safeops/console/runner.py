@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import os
 import queue
 import socket
 import sys
@@ -25,6 +24,7 @@ from rich.table import Table
 from safeops.core import events
 from safeops.core.errors import ApprovalDenied, BadInput, SafeopsError
 from safeops.core.models import Plan
+from safeops.core.settings import get_settings
 from safeops.core.signing import key_fingerprint
 from tasks.common.approval import register_starter, signed_answer
 from tasks.common.notify import approve_command
@@ -43,7 +43,7 @@ def start_prefect() -> None:
 
 def current_user() -> str:
     try:
-        return os.environ.get("SAFEOPS_APPROVER") or getpass.getuser()
+        return get_settings().approver or getpass.getuser()
     except Exception:
         return "unknown"
 

@@ -4,7 +4,7 @@ Two faults reached users as raw driver text and exit 1: a lock timeout (which
 never said that nothing changed, nor who held the lock) and a target database
 without the job's tables (``relation "product" does not exist``: the wrong
 ``--target``). Both are recognised by the driver's exception types and mapped
-once here, for every transaction (see safeops.db).
+once here, for every transaction (see safeops.core.db).
 
 The mapping runs after the failed transaction has rolled back and its connection
 has closed, so what it looks up (who holds the lock, which tables are missing)

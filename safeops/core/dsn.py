@@ -25,7 +25,7 @@ from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.engine import URL
 
-from safeops.core.errors import BadInput
+from safeops.core.errors import InvalidDsn
 
 # A scheme is letters, digits, '+', '-' and '.': safe to quote in an error, unlike
 # anything after "://".
@@ -42,10 +42,6 @@ ENV_DEFAULTS = {
     "dbname": "PGDATABASE",
 }
 NOT_SHOWN = "(not shown: it may contain a password)"
-
-
-class InvalidDsn(BadInput):
-    """The connection string cannot be used; the message never quotes it."""
 
 
 @dataclass(frozen=True)

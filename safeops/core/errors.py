@@ -23,6 +23,10 @@ class BadInput(SafeopsError):
     exit_code = 2
 
 
+class InvalidDsn(BadInput):
+    """The connection string cannot be used; the message never quotes it."""
+
+
 class Refused(SafeopsError):
     """A guard said no (published posts, drift, invalid snapshot); nothing changed."""
 
@@ -240,3 +244,12 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, _loaded_types(*TIMEOUT_TYPES)):
         return 4
     return 1
+
+
+class LineTooLong(ValueError):
+    """A line ran past the reader's bound; ``line_number`` counts from 1."""
+
+    def __init__(self, line_number: int, limit: int) -> None:
+        super().__init__(f"line {line_number} is longer than {limit} bytes")
+        self.line_number = line_number
+        self.limit = limit

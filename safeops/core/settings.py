@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     retry_delay_s: float = Field(
         1.0, ge=0, description="First retry delay of transient faults (then 3x and 9x)."
     )
+    approver: str | None = Field(
+        None, description="The name an unsigned CLI approval records (default: login name)."
+    )
+    allowed_signers: str | None = Field(
+        None,
+        description="allowed_signers file (or Secret block) that makes approvals signed; "
+        "resolved by safeops.core.signing.",
+    )
+    nightly_cron: str = Field("0 3 * * *", description="Schedule of the nightly deployments.")
+    nightly_timezone: str = Field("UTC", description="Time zone of that schedule.")
 
     @field_validator("approvers", mode="before")
     @classmethod
@@ -107,11 +117,10 @@ def database_url(target: str) -> str:
 
 
 def _secret_block(name: str) -> str | None:
-    try:
-        from prefect.blocks.system import Secret
+    from safeops.core.prefect_blocks import secret_value
 
-        secret: Any = Secret.load(name, _sync=True)  # type: ignore[call-arg]
-        return str(secret.get())
+    try:
+        return str(secret_value(name))
     except ValueError:
         return None
     except Exception:  # no API reachable, block type missing: treat as not configured

@@ -30,6 +30,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from safeops.core.errors import LineTooLong
+
 FORMAT_VERSION = 1
 
 
@@ -46,15 +48,6 @@ MAX_LINE_BYTES = 16 << 20
 # Summary lines are one short field each; parsing is what costs memory (a line of
 # ``[0,0,…]`` becomes a list eight times its size), so they get a far lower bound.
 MAX_SUMMARY_LINE_BYTES = 64 << 10
-
-
-class LineTooLong(ValueError):
-    """A line ran past the reader's bound; ``line_number`` counts from 1."""
-
-    def __init__(self, line_number: int, limit: int) -> None:
-        super().__init__(f"line {line_number} is longer than {limit} bytes")
-        self.line_number = line_number
-        self.limit = limit
 
 
 def split_lines(chunks: Iterator[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[bytes]:

@@ -12,13 +12,12 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-from safeops.core.errors import NotASnapshot, SnapshotInvalid
+from safeops.core.errors import LineTooLong, NotASnapshot, SnapshotInvalid
 from safeops.core.hash_text import tell_apart
 from safeops.core.snapshot_format import (
     FORMAT_VERSION,
     MAX_LINE_BYTES,
     MAX_SUMMARY_LINE_BYTES,
-    LineTooLong,
     loads_bounded,
     split_lines,
 )

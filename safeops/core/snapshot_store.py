@@ -329,7 +329,8 @@ S3_MAX_PARTS = 10_000
 _NAME_TAKEN = {"PreconditionFailed", "ConditionalRequestConflict"}
 
 
-def _name_taken(exc: Exception) -> bool:
+def is_key_taken(exc: Exception) -> bool:
+    """A create-only write (``IfNoneMatch="*"``) refused because the key exists."""
     from botocore.exceptions import ClientError
 
     return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in _NAME_TAKEN
@@ -347,7 +348,7 @@ def _s3_put_new(client: Any, bucket: str, key: str, body: _Joined, size: int) ->
             IfNoneMatch="*",
         )
     except Exception as exc:
-        if _name_taken(exc):
+        if is_key_taken(exc):
             return False
         raise
     return True
@@ -387,7 +388,7 @@ def _s3_multipart_new(
     except BaseException as exc:
         with suppress(Exception):  # best effort: the original error is the one to report
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
-        if isinstance(exc, Exception) and _name_taken(exc):
+        if isinstance(exc, Exception) and is_key_taken(exc):
             return False
         raise
     return True

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from safeops.console.runner import Decider, console, run_flow
+from safeops.core.settings import get_settings
 
 DEMO_HOME = Path(".safeops")
 MEDUSA_DB = "safeops_demo_medusa"
@@ -168,7 +169,4 @@ def run_demo() -> None:
         f"(plan {dry.plan.plan_hash[:16]}…)."
     )
     console.print("Site 'empty-site' reset and restored; 'gazette' refused.")
-    console.print(
-        f"Snapshots are in {Path(os.environ.get('SAFEOPS_SNAPSHOT_URI', './exports'))}"
-        f" — e.g. {live.snapshot_uri}"
-    )
+    console.print(f"Snapshots are in {get_settings().snapshot_uri} — e.g. {live.snapshot_uri}")

@@ -1,7 +1,8 @@
 """A small multi-site CMS data set (``schemas/cms.sql``) for the "reset site" demo and tests.
 
 A reset deletes a site's *blueprint structure* (authors, categories, pages, content types and
-their SEO rows, plus any posts) and re-applies the active blueprint, while the kept tables
+their SEO rows) and puts the site's blueprint state back to draft with no blueprint; its
+draft and scheduled posts stay (detached from what was deleted), and the kept tables
 (sites, site_blueprint, ai_jobs, media, users, domains, site_settings) stay as they are. It is
 only safe while the site has no published post, so the seed ships one resettable site, one that
 must be refused and one without any post.

@@ -25,7 +25,6 @@ can never approve production.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from safeops.core import events
 from safeops.core.db import engine_for, fingerprint, transaction
 from safeops.core.errors import SafeopsError
 from safeops.core.models import Approval, Plan, RunResult
-from safeops.core.settings import describe_target, validate_target
+from safeops.core.settings import describe_target, get_settings, validate_target
 from tasks.common.approval import check_saved_plan, request_approval
 from tasks.common.artifacts import counts_table, summary_markdown
 from tasks.common.slot import one_at_a_time
@@ -114,7 +113,7 @@ class DestructiveRun:
                 finally:
                     engine.dispose()
             except SafeopsError:
-                if os.environ.get("SAFEOPS_ALLOWED_SIGNERS") is not None:
+                if get_settings().allowed_signers is not None:
                     raise
         return self.target_fingerprint
 

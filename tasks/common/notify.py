@@ -21,6 +21,8 @@ import re
 import shlex
 from typing import Any
 
+from safeops.core.prefect_blocks import load_block
+
 NOTIFY_BLOCK_ENV = "SAFEOPS_NOTIFY_BLOCK"
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 
@@ -114,10 +116,8 @@ def notify_approvers(event: str, request: dict[str, Any], detail: str = "") -> b
 
 
 def _load_block(name: str) -> Any:
-    from prefect.blocks.core import Block
-
     if "/" in name:
-        return Block.load(name, _sync=True)  # type: ignore[call-arg]
+        return load_block(name)
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
@@ -127,4 +127,4 @@ def _load_block(name: str) -> Any:
         raise LookupError(
             f"{len(slugs)} block types hold a block named {name!r}; write <block-type-slug>/<name>"
         )
-    return Block.load(f"{slugs[0]}/{name}", _sync=True)  # type: ignore[call-arg]
+    return load_block(f"{slugs[0]}/{name}")

@@ -15,7 +15,9 @@ from safeops.core.errors import (
 from safeops.core.settings import get_settings
 
 
-def _is_transient(exc: BaseException) -> bool:
+def worth_retrying(exc: BaseException) -> bool:
+    """A transient fault (lost connection, lock timeout, store hiccup), never a refusal or a
+    refused login: retrying those would only repeat the same answer."""
     if is_refusal(exc) or isinstance(exc, LoginRefused):
         return False
     # LockTimeout by type: a state's exception comes back unpickled, without its chain.
@@ -29,7 +31,7 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
     except Exception as exc:
-        return _is_transient(exc)
+        return worth_retrying(exc)
     return False
 
 

@@ -13,7 +13,7 @@ to the target database and held for the whole live run, approval pause included:
   the backend sees that at once when idle (the usual case: holding the slot while the
   run pauses for approval), within a second while a statement runs
   (``client_connection_check_interval``), and within 30 s if the host vanished (TCP
-  keepalives): see :func:`safeops.db.guard_against_dead_client`. Apply connections get
+  keepalives): see :func:`safeops.core.db.guard_against_dead_client`. Apply connections get
   the same guard, so a killed run's apply does not keep its table locks either.
 - **A waiter can name the holder.** The slot connection's ``application_name`` is
   ``safeops slot run <flow run id>`` (PostgreSQL keeps 63 bytes, too few for the flow
@@ -33,7 +33,7 @@ deployment's ``concurrency_limit``), not this module's.
 
 Key space: the two-int4 form ``pg_advisory_lock(SLOT_CLASS, key)`` (``objsubid = 2`` in
 ``pg_locks``) cannot collide with the single-bigint locks elsewhere in safeops
-(``tasks/audit.py``'s ``pg_advisory_xact_lock(hashtext(...))``, ``objsubid = 1``).
+(``tasks/common/audit.py``'s ``pg_advisory_xact_lock(hashtext(...))``, ``objsubid = 1``).
 Two scopes whose keys collide (1 in 2**31) would merely take turns.
 """
 

@@ -12,8 +12,7 @@ to a product. Copies in cart/order/inventory tables are history and out of scope
 - ``purge``: plan and apply the purge (lock, prove, delete, audit);
 - ``restore``: plan and apply the restore (insert what the snapshot holds);
 - ``refs``: the ImageRef migration (plan, copy, write) and uploads;
-- ``objects``: questions about, and verified writes of, the files in S3;
-- ``run_id``: the flow run an audit row belongs to.
+- ``objects``: questions about, and verified writes of, the files in S3.
 
 Each task opens its own connection and transaction, so a retry after a
 dropped connection starts clean; refusals are never retried.

@@ -25,7 +25,7 @@ import filetype
 
 from safeops.core.errors import BadInput, KeyTaken, ObjectMismatch
 from safeops.core.settings import get_settings
-from safeops.core.snapshot_store import s3_client, s3_errors
+from safeops.core.snapshot_store import is_key_taken, s3_client, s3_errors
 
 
 def key_for_url(url: str, file_url: str) -> str | None:
@@ -193,20 +193,31 @@ def copy_verified(
 ) -> ObjectInfo:
     """Server-side copy (no download) to a key that must not exist yet, then HEAD the
     copy: same size, and the source's etag unless the source was a multipart upload
-    (whose etag is not the content's MD5). The source object is only read."""
+    (whose etag is not the content's MD5). The source object is only read.
+
+    ``IfNoneMatch="*"`` makes the copy create-only where the server honours it on
+    CopyObject (AWS S3 does; moto, which the tests run, ignores it), so the HEAD before
+    it stays: with it, a taken key is refused on every server, and the uuid4 in every
+    key we copy to (``refs/copy.py``) keeps the window between the two harmless."""
     if head_object(client, bucket, dest_key) is not None:
         raise KeyTaken(f"Refusing to overwrite existing object {dest_key}.")
     extra = {h: v for h, v in source.headers.items() if h in _HEADERS_KEPT}
-    client.copy_object(
-        Bucket=bucket,
-        Key=dest_key,
-        CopySource={"Bucket": bucket, "Key": source.key},
-        CopySourceIfMatch=f'"{source.etag}"',
-        MetadataDirective="REPLACE",
-        ContentType=source.content_type or guess_content_type(source.key),
-        Metadata={**source.metadata, **metadata},
-        **extra,
-    )
+    try:
+        client.copy_object(
+            Bucket=bucket,
+            Key=dest_key,
+            CopySource={"Bucket": bucket, "Key": source.key},
+            CopySourceIfMatch=f'"{source.etag}"',
+            IfNoneMatch="*",
+            MetadataDirective="REPLACE",
+            ContentType=source.content_type or guess_content_type(source.key),
+            Metadata={**source.metadata, **metadata},
+            **extra,
+        )
+    except Exception as exc:
+        if is_key_taken(exc):
+            raise KeyTaken(f"Refusing to overwrite existing object {dest_key}.") from None
+        raise
     return _check_written(
         head_object(client, bucket, dest_key),
         dest_key,
@@ -227,14 +238,23 @@ def put_verified(
     client: Any, bucket: str, key: str, path: Path, content_type: str, metadata: dict[str, str]
 ) -> ObjectInfo:
     """Single PUT of a local file to a key that must not exist yet, checked by HEAD
-    (size, and etag = the file's MD5)."""
-    if head_object(client, bucket, key) is not None:
-        raise KeyTaken(f"Refusing to overwrite existing object {key}.")
+    (size, and etag = the file's MD5). Create-only by ``IfNoneMatch="*"``: the store
+    itself refuses a key that exists (412), so no check-then-write race."""
     size, md5 = path.stat().st_size, file_md5(path)
     with open(path, "rb") as body:
-        client.put_object(
-            Bucket=bucket, Key=key, Body=body, ContentType=content_type, Metadata=metadata
-        )
+        try:
+            client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+                Metadata=metadata,
+                IfNoneMatch="*",
+            )
+        except Exception as exc:
+            if is_key_taken(exc):
+                raise KeyTaken(f"Refusing to overwrite existing object {key}.") from None
+            raise
     return _check_written(head_object(client, bucket, key), key, size, md5)
 
 

@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 import pytest
 
-from safeops.core.dsn import DsnTarget, InvalidDsn, ParsedDsn, parse_dsn
-from safeops.core.errors import BadInput
+from safeops.core.dsn import DsnTarget, ParsedDsn, parse_dsn
+from safeops.core.errors import BadInput, InvalidDsn
 
 # '@' and ':' as typed: the characters that split URLs wrongly.
 PASSWORD = "S3cr@t:Pa55-q7"

@@ -9,9 +9,6 @@ state, for all tables at once; never anything in between.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,13 +19,11 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from tasks.common.slot import SLOT_CLASS
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES
-from tests.pg import execute, scalar
+from tests.pg import STAMPS, execute, scalar, table_checksums
 
 ROOT = Path(__file__).resolve().parents[2]
-
-# Columns the apply legitimately stamps with now(); the applied state ignores them.
-STAMPS = ("updated_at",)
 
 MEDIA_PURGE_MODEL = [
     # An independent model of the purge (not the product's SQL): every image reference goes.
@@ -76,22 +71,8 @@ SITE_RESET_MODEL = [
 def checksums(
     conn_or_url: psycopg.Connection[Any] | str, tables: list[str], ignore: tuple[str, ...] = STAMPS
 ) -> dict[str, str]:
-    """count:md5 of every row of each table (as jsonb, minus the ``ignore`` keys)."""
-    if isinstance(conn_or_url, str):
-        with psycopg.connect(conn_or_url) as conn:
-            return checksums(conn, tables, ignore)
-    conn = conn_or_url
-    conn.execute("SET TimeZone = 'UTC'")
-    drop = "".join(f" - '{c}'" for c in ignore)
-    out = {}
-    for table in tables:
-        row = conn.execute(
-            f"SELECT count(*), md5(COALESCE(string_agg((to_jsonb(t){drop})::text, '|' "
-            f"ORDER BY (to_jsonb(t){drop})::text), '')) FROM {table} t"
-        ).fetchone()
-        assert row is not None
-        out[table] = f"{row[0]}:{row[1]}"
-    return out
+    """``table_checksums`` minus the columns an apply stamps with now()."""
+    return table_checksums(conn_or_url, tables, ignore)
 
 
 def applied_state(url: str, tables: list[str], apply: Callable[[Any], None]) -> dict[str, str]:
@@ -173,6 +154,20 @@ def site_states(url: str, site_id: str) -> States:
 
 
 # ---------------------------------------------------------------- stalling an apply
+
+
+def slot_locks(url: str) -> list[tuple[int, str]]:
+    """(backend pid, application_name) of every granted safeops slot lock in ``url``'s db."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT l.pid, coalesce(a.application_name, '') FROM pg_locks l "
+            "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+            "AND l.classid = %s::bigint::oid "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (SLOT_CLASS,),
+        ).fetchall()
+    return [(int(pid), str(app)) for pid, app in rows]
 
 
 def install_stall(url: str, table: str, seconds: float) -> None:
@@ -273,65 +268,6 @@ def runs_of(flow_name: str, since: Any) -> list[Any]:
                 flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
             )
         )
-
-
-# ---------------------------------------------------------------- the CLI
-
-
-def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    from prefect.settings import PREFECT_API_URL
-
-    return {**os.environ, **(extra or {}), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-
-
-def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """The real CLI in its own process (own session, so it can be SIGKILLed alone)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "safeops.cli", *args],
-        cwd=ROOT,
-        env=cli_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def finish(proc: subprocess.Popen[str], timeout_s: float = 240) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"CLI still running after {timeout_s} s:\n{out}\n{err}") from None
-    return proc.returncode, out, err
-
-
-class CliResult:
-    def __init__(self, code: int, stdout: str, stderr: str) -> None:
-        self.code, self.stdout, self.stderr = code, stdout, stderr
-
-    @property
-    def error_line(self) -> str:
-        """The one line a refusal prints (stderr must hold exactly one)."""
-        lines = self.stderr.strip().splitlines()
-        assert len(lines) == 1, f"expected one line on stderr, got:\n{self.stderr}"
-        return lines[0]
-
-    def __repr__(self) -> str:
-        return f"exit {self.code}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
-
-
-def cli(*args: str) -> CliResult:
-    """The CLI in this process (Typer's runner): same code path, exit code and output
-    streams as the console script, without 10 s of interpreter and Prefect start-up."""
-    from typer.testing import CliRunner
-
-    from safeops.cli import app
-
-    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
-    return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
 @contextmanager

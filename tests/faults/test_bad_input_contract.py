@@ -23,15 +23,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.cli import CliResult, finish, start_cli
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES
-from tests.faults.conftest import (
-    CliResult,
-    checksums,
-    finish,
-    read_snapshot_file,
-    start_cli,
-    write_snapshot_file,
-)
+from tests.faults.conftest import checksums, read_snapshot_file, write_snapshot_file
 from tests.pg import fresh_database
 
 Cms = tuple[str, dict[str, str]]
@@ -62,7 +56,7 @@ def test_lock_timeout_names_the_holder_and_that_nothing_changed(medusa_url: str)
 
     from safeops.core.db import engine_for, transaction
     from safeops.core.errors import LockTimeout, is_refusal
-    from tasks.common.retry import _is_transient
+    from tasks.common.retry import worth_retrying
     from tasks.media.purge import LOCK_SQL
 
     with (
@@ -81,7 +75,7 @@ def test_lock_timeout_names_the_holder_and_that_nothing_changed(medusa_url: str)
     assert message.endswith("Z, on image); nothing changed."), message
     assert "LOCK TABLE" not in message and "\n" not in message  # no SQL, one line
     assert refused.value.exit_code == 3
-    assert _is_transient(refused.value) and not is_refusal(refused.value)  # retried
+    assert worth_retrying(refused.value) and not is_refusal(refused.value)  # retried
 
 
 def test_a_failing_holder_lookup_never_fails_the_refusal(
@@ -140,7 +134,7 @@ def empty_url(pg_admin: str) -> Iterator[str]:
         yield url
 
 
-def test_media_flows_on_a_database_without_medusa_tables(
+def test_media_flows_refuse_a_database_without_medusa_tables_naming_them(
     empty_url: str, cms: Cms, exports: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.media_purge import purge_product_media
@@ -161,7 +155,7 @@ def test_media_flows_on_a_database_without_medusa_tables(
     assert not list(exports.glob("*.json"))
 
 
-def test_site_flows_on_a_database_without_cms_tables(
+def test_site_flows_refuse_a_database_without_cms_tables_naming_them(
     empty_url: str, medusa_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import uuid

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.faults.conftest import States, finish, site_states, start_cli
+from tests.cli import finish, start_cli
+from tests.faults.conftest import States, site_states
 from tests.pg import audit_rows
 
 
-def test_two_purges_and_two_resets_at_once(
+def test_two_purges_and_two_resets_at_once_apply_each_change_once(
     medusa_url: str, cms: tuple[str, dict[str, str]], exports: Path, media_states: States
 ) -> None:
     url, sites = cms

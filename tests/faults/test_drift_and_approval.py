@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from tests.cli import cli
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES
-from tests.faults.conftest import checksums, cli, on_event
+from tests.faults.conftest import checksums, on_event
 from tests.pg import audit_rows, execute, scalar
 
 Cms = tuple[str, dict[str, str]]

@@ -18,13 +18,12 @@ import pytest
 
 from flows.media_purge import purge_product_media
 from flows.site_reset import reset_site_structure
+from tests.cli import finish, start_cli
 from tests.conftest import answer_approval, approve_as
 from tests.faults.conftest import (
     States,
-    finish,
     install_stall,
     site_states,
-    start_cli,
     task_runs,
     terminate,
     wait_backend_gone,
@@ -124,7 +123,7 @@ def sigkill_cli_when_stalled(states: States, *args: str) -> dict[str, Any]:
 def rerun(url: str, fn: Any, timeout_s: float = 120) -> Any:
     """Run the same job again, in this process; the killed run's slot (an advisory lock
     on its own connection) died with it, so nothing is left to wait for."""
-    from tests.faults.test_slot_never_leaks import slot_locks
+    from tests.faults.conftest import slot_locks
 
     assert slot_locks(url) == []  # what the killed run left behind: nothing
     outcome: dict[str, Any] = {}

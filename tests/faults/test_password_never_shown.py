@@ -24,8 +24,9 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from tests.cli import CliResult, cli, cli_env, finish
 from tests.conftest import free_port
-from tests.faults.conftest import ROOT, CliResult, cli, cli_env, finish
+from tests.faults.conftest import ROOT
 from tests.pg import LOCAL
 
 PASSWORD = "Pw@S3cr:t-Nv7"

@@ -9,7 +9,7 @@ test_restore_keeps_newer_thumbnails_and_skips_deleted_products), conflicting row
 created after a reset (tests/site/test_site_reset_safety.py::
 test_restore_refuses_conflicts_unless_told_to_skip_them), malformed site ids
 (tests/site/test_site_reset_safety.py::test_malformed_or_unknown_site_id_is_bad_input and
-test_cli_exit_codes_and_output_lines).
+test_site_cli_exit_codes_2_and_3_and_dry_run_lines).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.cli import cli
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES, answer_approval, approve_as
-from tests.faults.conftest import States, checksums, cli
+from tests.faults.conftest import States, checksums
 from tests.pg import audit_rows, execute, scalar
 
 Cms = tuple[str, dict[str, str]]

@@ -1,6 +1,6 @@
 """Issue 15, item 1: the one-live-run-per-database slot cannot leak.
 
-The slot is a session advisory lock on the target database (``tasks/concurrency.py``).
+The slot is a session advisory lock on the target database (``tasks/common/slot.py``).
 These tests prove it is per *database* (not per target name), and that a holder
 SIGKILLed at each moment of a live run -- waiting for the slot, holding it while paused
 for approval, waiting for a table lock, mid-apply -- stops blocking others within
@@ -32,9 +32,10 @@ import pytest
 
 from flows.media_purge import purge_product_media
 from safeops.core import events
-from tasks.common.slot import SLOT_CLASS, one_at_a_time
+from tasks.common.slot import one_at_a_time
+from tests.cli import cli_env
 from tests.conftest import answer_approval, approve_as
-from tests.faults.conftest import ROOT, States, cli_env, install_stall, wait_for_stall
+from tests.faults.conftest import ROOT, States, install_stall, slot_locks, wait_for_stall
 from tests.pg import audit_rows
 
 PRIVATE_NOISE = "ConcurrencySlotAcquisitionWithLeaseService"
@@ -42,20 +43,6 @@ RELEASE_BOUND_S = 60.0  # the issue's "about a minute"; measured values are in e
 
 
 # ---------------------------------------------------------------- observing the database
-
-
-def slot_locks(url: str) -> list[tuple[int, str]]:
-    """(backend pid, application_name) of every granted safeops slot lock in ``url``'s db."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT l.pid, coalesce(a.application_name, '') FROM pg_locks l "
-            "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
-            "AND l.classid = %s::bigint::oid "
-            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (SLOT_CLASS,),
-        ).fetchall()
-    return [(int(pid), str(app)) for pid, app in rows]
 
 
 def backends(url: str, where: str) -> list[int]:
@@ -315,7 +302,7 @@ def test_killed_while_waiting_for_the_slot_leaves_nothing(
     assert slot_locks(medusa_url) == []
 
 
-def test_killed_while_holding_the_slot_paused_for_approval(
+def test_killed_while_paused_for_approval_frees_the_slot_in_seconds(
     medusa_url: str, exports: Path, media_states: States
 ) -> None:
     """Measured: the next (waiting) run held the slot 1.08 s after the SIGKILL (the idle
@@ -389,7 +376,9 @@ def test_killed_while_its_apply_waits_for_a_table_lock(
     assert nxt.waits == []
 
 
-def test_killed_mid_apply(medusa_url: str, exports: Path, media_states: States) -> None:
+def test_killed_mid_apply_rolls_back_and_frees_the_slot(
+    medusa_url: str, exports: Path, media_states: States
+) -> None:
     """The apply is parked mid-transaction (links deleted, a 60 s pg_sleep in the image
     delete) and the CLI SIGKILLed. Measured: the stalled backend rolled back and ended
     0.65 s after the kill, not when its statement would have returned (60 s)."""

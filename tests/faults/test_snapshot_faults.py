@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import cli
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES, answer_approval, approve_as
 from tests.faults.conftest import (
     change_one_byte,
     checksums,
-    cli,
     on_event,
     read_snapshot_file,
     runs_of,

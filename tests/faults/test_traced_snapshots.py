@@ -25,8 +25,9 @@ from flows.site_reset import reset_site_structure
 from flows.site_restore import restore_site_structure
 from safeops.core import events
 from safeops.core.errors import SnapshotUntraced, exit_code_for
+from tests.cli import cli
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES, answer_approval, approve_as
-from tests.faults.conftest import checksums, cli, read_snapshot_file, write_snapshot_file
+from tests.faults.conftest import checksums, read_snapshot_file, write_snapshot_file
 from tests.pg import execute, scalar
 
 EVIL = "https://evil.example/"

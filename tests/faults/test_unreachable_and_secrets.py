@@ -17,8 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.cli import cli, finish, start_cli
 from tests.conftest import answer_approval, approve_as, free_port
-from tests.faults.conftest import cli, finish, runs_of, start_cli, task_runs
+from tests.faults.conftest import runs_of, task_runs
 from tests.pg import LOCAL, execute
 
 PASSWORD = "Faults-pw-7Qx!"

@@ -7,13 +7,13 @@ from pathlib import Path
 from flows.media_purge import purge_product_media
 from flows.media_restore import restore_product_media
 from tests.conftest import MEDUSA_TABLES, answer_approval, approve_as
-from tests.pg import scalar, table_checksums
+from tests.pg import STAMPS, scalar, table_checksums
 
 
 def test_full_chain_purge_then_restore_gives_identical_tables(
     medusa_url: str, exports: Path
 ) -> None:
-    before = table_checksums(medusa_url, MEDUSA_TABLES)
+    before = table_checksums(medusa_url, MEDUSA_TABLES, STAMPS)
     images_before = scalar(medusa_url, "SELECT count(*) FROM image")
     assert images_before and int(images_before) > 100  # type: ignore[call-overload]
 
@@ -30,12 +30,5 @@ def test_full_chain_purge_then_restore_gives_identical_tables(
     with answer_approval(approve_as()):
         restored = restore_product_media(result.snapshot_uri, dry_run=False)
     assert restored.applied["images"] == images_before
-    after = table_checksums(medusa_url, MEDUSA_TABLES)
-    for table in (
-        "image",
-        "product_variant_product_image",
-        "cart_line_item",
-        "order_line_item",
-        "inventory_item",
-    ):
-        assert after[table] == before[table], table
+    # All seven tables as they were, but for the timestamp the thumbnail updates move.
+    assert table_checksums(medusa_url, MEDUSA_TABLES, STAMPS) == before

@@ -432,3 +432,24 @@ def test_merge_keeps_other_refs_replaces_stale_and_never_duplicates() -> None:
     assert [r.key for r in merged.refs] == [migrated.key, fresh_b.key, upload.key]
     assert (added, left) == (1, 1)  # img_b replaced (its source changed); dup_a left alone
     assert merge_refs(merged, [fresh_b]) == (merged, 0, 0)  # a retry changes nothing
+
+
+def test_upload_never_overwrites_an_existing_object(s3_bucket: str, tmp_path: Path) -> None:
+    """The store refuses the write itself (create-only PUT), so a key taken between any
+    check and the write keeps its bytes."""
+    from safeops.core.errors import KeyTaken
+    from safeops.core.snapshot_store import s3_client
+    from tasks.media.objects import put_verified
+
+    client = s3_client()
+    client.put_object(Bucket=s3_bucket, Key="products/p1/taken.png", Body=b"theirs")
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"mine")
+    with pytest.raises(KeyTaken, match="Refusing to overwrite existing object"):
+        put_verified(client, s3_bucket, "products/p1/taken.png", mine, "image/png", {})
+    body = client.get_object(Bucket=s3_bucket, Key="products/p1/taken.png")["Body"].read()
+    assert body == b"theirs"
+
+    written = put_verified(client, s3_bucket, "products/p1/new.png", mine, "image/png", {})
+    assert written.size == 4
+    assert client.get_object(Bucket=s3_bucket, Key="products/p1/new.png")["Body"].read() == b"mine"

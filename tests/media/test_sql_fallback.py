@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.conftest import MEDUSA_TABLES
+from tests.media.counts import media_counts
 from tests.pg import execute, scalar, table_checksums
 
 SQL_FILE = Path(__file__).resolve().parents[2] / "sql" / "purge-product-media.sql"
@@ -54,17 +55,6 @@ def parse_tables(output: str) -> list[dict[str, str]]:
     return rows
 
 
-def real_counts(url: str) -> dict[str, int]:
-    queries = {
-        "images": "SELECT count(*) FROM image",
-        "variant_links": "SELECT count(*) FROM product_variant_product_image",
-        "product_thumbnails": "SELECT count(*) FROM product WHERE thumbnail IS NOT NULL",
-        "variant_thumbnails": "SELECT count(*) FROM product_variant "
-        "WHERE product_id IS NOT NULL AND thumbnail IS NOT NULL",
-    }
-    return {name: int(scalar(url, sql)) for name, sql in queries.items()}  # type: ignore[call-overload]
-
-
 def stage_counts(rows: list[dict[str, str]], stage: str) -> dict[str, int]:
     found = [r for r in rows if r.get("stage") == stage]
     assert len(found) == 1, f"expected one {stage!r} row in {rows}"
@@ -105,7 +95,7 @@ def test_file_ends_in_a_lone_rollback_line() -> None:
 
 def test_as_shipped_reports_counts_and_changes_nothing(medusa_url: str) -> None:
     before = table_checksums(medusa_url, MEDUSA_TABLES)
-    counts = real_counts(medusa_url)
+    counts = media_counts(medusa_url, COUNT_COLUMNS)
     assert counts["images"] > 100 and counts["product_thumbnails"] > 0
 
     result = run_psql(medusa_url, SQL_FILE)
@@ -149,7 +139,7 @@ def test_edited_to_commit_purges_only_image_references(medusa_url: str, tmp_path
     script.write_text("".join(lines))
 
     before = table_checksums(medusa_url, MEDUSA_TABLES)
-    counts = real_counts(medusa_url)
+    counts = media_counts(medusa_url, COUNT_COLUMNS)
     metadata_before = metadata_checksum(medusa_url)
     products_before = rows_by_id(medusa_url, "SELECT id, updated_at, thumbnail FROM product")
     variants_before = rows_by_id(

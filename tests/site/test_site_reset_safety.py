@@ -787,8 +787,8 @@ def test_malformed_or_unknown_site_id_is_bad_input(cms: Cms, exports: Path) -> N
 # ---------------------------------------------------------------- 8 + 9. the CLI
 
 
-def test_cli_exit_codes_and_output_lines(cms: Cms, exports: Path) -> None:
-    from tests.test_cli import lines_starting, safeops
+def test_site_cli_exit_codes_2_and_3_and_dry_run_lines(cms: Cms, exports: Path) -> None:
+    from tests.cli import lines_starting, safeops
 
     url, sites = cms
     before = table_checksums(url, CMS_TABLES)

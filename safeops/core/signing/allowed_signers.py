@@ -9,10 +9,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from safeops.core.errors import AllowedSignersInvalid
-from safeops.core.signing.statement import ALLOWED_SIGNERS_ENV, _clip, _one_line_problem
+from safeops.core.signing.statement import ALLOWED_SIGNERS_ENV, clip, one_line_problem
 
 _KEY_TYPES = frozenset(
     {
@@ -89,17 +88,17 @@ def _parse_signer_line(line: str, where: str) -> AllowedSigner:
         )
     principals = tuple(principals_token.split(","))
     for principal in principals:
-        if not principal or any(ch in principal for ch in "*?!") or _one_line_problem(principal):
+        if not principal or any(ch in principal for ch in "*?!") or one_line_problem(principal):
             raise AllowedSignersInvalid(
-                f"{where}: principal {_clip(principal)!r} must be an exact name (no patterns), "
+                f"{where}: principal {clip(principal)!r} must be an exact name (no patterns), "
                 "because it is recorded as the approver."
             )
     for option in filter(None, options.split(",")):
         if not _OPTIONS.match(option):
-            raise AllowedSignersInvalid(f"{where}: unsupported option {_clip(option)!r}.")
+            raise AllowedSignersInvalid(f"{where}: unsupported option {clip(option)!r}.")
     try:
         blob = base64.b64decode(key_b64, validate=True)
-        embedded, _ = _read_string(blob, 0)
+        embedded, _ = read_string(blob, 0)
     except (binascii.Error, ValueError):
         raise AllowedSignersInvalid(f"{where}: the {key_type} key is not valid base64.") from None
     if embedded != key_type.encode():
@@ -149,11 +148,10 @@ def load_allowed_signers(environ: Mapping[str, str] | None = None) -> AllowedSig
 
 
 def _secret_text(name: str) -> str:
-    try:
-        from prefect.blocks.system import Secret
+    from safeops.core.prefect_blocks import secret_value
 
-        secret: Any = Secret.load(name, _sync=True)  # type: ignore[call-arg]
-        value = secret.get()
+    try:
+        value = secret_value(name)
     except Exception as exc:  # no API, no such block: still configured, so refuse
         raise AllowedSignersInvalid(
             f"{ALLOWED_SIGNERS_ENV} names the Prefect Secret block {name!r}, which could not "
@@ -166,7 +164,7 @@ def _secret_text(name: str) -> str:
     return value
 
 
-def _read_string(blob: bytes, pos: int) -> tuple[bytes, int]:
+def read_string(blob: bytes, pos: int) -> tuple[bytes, int]:
     if pos + 4 > len(blob):
         raise ValueError("truncated")
     size = int.from_bytes(blob[pos : pos + 4], "big")

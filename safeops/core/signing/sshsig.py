@@ -33,13 +33,13 @@ from safeops.core.errors import (
     SigningUnavailable,
     WrongNamespace,
 )
-from safeops.core.signing.allowed_signers import AllowedSigners, _read_string
+from safeops.core.signing.allowed_signers import AllowedSigners, read_string
 from safeops.core.signing.statement import (
     NAMESPACE,
     SIGNING_KEY_ENV,
     Statement,
-    _clip,
     check_statement,
+    clip,
 )
 
 _BEGIN = "-----BEGIN SSH SIGNATURE-----"
@@ -91,7 +91,7 @@ def _diagnostic(result: subprocess.CompletedProcess[bytes], hide: str = "") -> s
         if hide:
             line = line.replace(hide, Path(hide).name)
         if line and not line.startswith(("Signing data on standard input", "No principal matched")):
-            return _clip(line, 200)
+            return clip(line, 200)
     return f"exit status {result.returncode}"
 
 
@@ -124,11 +124,11 @@ def _parse_signature(signature: str) -> _Signature:
             raise ValueError("no SSHSIG magic")
         if int.from_bytes(blob[6:10], "big") != 1:
             raise ValueError("unsupported SSHSIG version")
-        public_key, pos = _read_string(blob, 10)
-        namespace, pos = _read_string(blob, pos)
-        _reserved, pos = _read_string(blob, pos)
-        hash_algorithm, pos = _read_string(blob, pos)
-        raw_signature, pos = _read_string(blob, pos)
+        public_key, pos = read_string(blob, 10)
+        namespace, pos = read_string(blob, pos)
+        _reserved, pos = read_string(blob, pos)
+        hash_algorithm, pos = read_string(blob, pos)
+        raw_signature, pos = read_string(blob, pos)
         if pos != len(blob) or not public_key or not raw_signature:
             raise ValueError("unexpected length")
         if hash_algorithm not in (b"sha256", b"sha512"):
@@ -148,7 +148,7 @@ def _key_path(key: str, origin: str) -> str:
         raise SigningUnavailable(f"{origin} must be the path of a key file, not key material.")
     path = Path(key).expanduser()
     if not path.is_file():
-        raise SigningUnavailable(f"{origin} names {_clip(key, 200)!r}, which is not a file.")
+        raise SigningUnavailable(f"{origin} names {clip(key, 200)!r}, which is not a file.")
     return str(path)
 
 
@@ -255,7 +255,7 @@ def verify(
     assert signature is not None  # require_signature refused None
     parsed = _parse_signature(signature)
     if parsed.namespace != NAMESPACE.encode():
-        shown = _clip(parsed.namespace.decode("utf-8", "replace"), 40)
+        shown = clip(parsed.namespace.decode("utf-8", "replace"), 40)
         raise WrongNamespace(
             f"Refused: the signature was made for namespace {shown!r}, not {NAMESPACE!r}; "
             f"sign with -n {NAMESPACE}."

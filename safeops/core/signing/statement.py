@@ -45,7 +45,7 @@ _PLAN_HASH = re.compile(r"^[0-9a-f]{64}$")
 _MAX_REASON = 2000
 
 
-def _one_line_problem(value: str) -> str | None:
+def one_line_problem(value: str) -> str | None:
     """Why ``value`` cannot stand on one ``key: value`` line, or None.
 
     Refusing (rather than escaping) control, format and separator characters
@@ -65,7 +65,7 @@ def _one_line_problem(value: str) -> str | None:
     return None
 
 
-def _clip(value: object, limit: int = 80) -> str:
+def clip(value: object, limit: int = 80) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -95,31 +95,31 @@ class Statement:
                 run_id = str(UUID(str(run_id)))
             except ValueError:
                 raise StatementInvalid(
-                    f"flow_run_id {_clip(run_id)!r} is neither a flow run UUID nor "
+                    f"flow_run_id {clip(run_id)!r} is neither a flow run UUID nor "
                     f"{SAVED_PLAN_RUN_ID!r}."
                 ) from None
             object.__setattr__(self, "flow_run_id", run_id)
         if not isinstance(self.flow, str) or not _FLOW_NAME.match(self.flow):
             raise StatementInvalid(
-                f"flow {_clip(self.flow)!r} is not a flow name (lowercase letters, digits, "
+                f"flow {clip(self.flow)!r} is not a flow name (lowercase letters, digits, "
                 "'.', '_', '-')."
             )
         target = self.target_fingerprint
-        if not isinstance(target, str) or not _TARGET.match(target) or _one_line_problem(target):
+        if not isinstance(target, str) or not _TARGET.match(target) or one_line_problem(target):
             raise StatementInvalid(
-                f"target_fingerprint {_clip(target)!r} is not '<system identifier>/<database>'."
+                f"target_fingerprint {clip(target)!r} is not '<system identifier>/<database>'."
             )
         if not isinstance(self.plan_hash, str) or not _PLAN_HASH.match(self.plan_hash):
             raise StatementInvalid(
-                f"plan_hash {_clip(self.plan_hash)!r} is not 64 lowercase hex digits."
+                f"plan_hash {clip(self.plan_hash)!r} is not 64 lowercase hex digits."
             )
         if self.decision not in ("approve", "reject"):
             raise StatementInvalid(
-                f"decision {_clip(self.decision)!r} is neither 'approve' nor 'reject'."
+                f"decision {clip(self.decision)!r} is neither 'approve' nor 'reject'."
             )
         if not isinstance(self.reason, str):
             raise StatementInvalid("reason must be text.")
-        problem = _one_line_problem(self.reason)
+        problem = one_line_problem(self.reason)
         if problem:
             raise StatementInvalid(f"reason {problem}; write it as one line of plain text.")
         if len(self.reason) > _MAX_REASON:
@@ -169,7 +169,7 @@ class Statement:
             signed_at = datetime.strptime(values["signed_at"], _TIME_FORMAT).replace(tzinfo=UTC)
         except ValueError:
             raise StatementMalformed(
-                f"Refused: signed_at {_clip(values['signed_at'])!r} is not YYYY-MM-DDTHH:MM:SSZ."
+                f"Refused: signed_at {clip(values['signed_at'])!r} is not YYYY-MM-DDTHH:MM:SSZ."
             ) from None
         try:
             statement = cls(
@@ -229,8 +229,8 @@ def check_statement(
         got = getattr(statement, field)
         if got != want:
             raise StatementMismatch(
-                f"Refused: the signed statement is for {field} {_clip(got, 40)!r}, "
-                f"not this run's {_clip(want, 40)!r}.",
+                f"Refused: the signed statement is for {field} {clip(got, 40)!r}, "
+                f"not this run's {clip(want, 40)!r}.",
                 field=field,
             )
     earliest = _utc_seconds(not_before, "not_before")
@@ -262,5 +262,5 @@ def parse_time(value: str) -> datetime:
         return datetime.strptime(value.strip(), _TIME_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         raise StatementMalformed(
-            f"Refused: signed_at {_clip(value)!r} is not YYYY-MM-DDTHH:MM:SSZ."
+            f"Refused: signed_at {clip(value)!r} is not YYYY-MM-DDTHH:MM:SSZ."
         ) from None
