@@ -141,9 +141,11 @@ def approve_in_the_ui(
             assert signature.startswith("-----BEGIN SSH SIGNATURE-----"), signed.stderr
 
             def field(label: str) -> Any:
+                # The label may carry "(Optional)"; no description starts with a label.
+                title = page.get_by_text(re.compile(rf"^\s*{re.escape(label)}\b"))
                 return (
                     form.locator(".schema-form-property")
-                    .filter(has=page.get_by_text(label, exact=True))
+                    .filter(has=title)
                     .locator("textarea, input")
                     .first
                 )
