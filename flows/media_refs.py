@@ -40,6 +40,7 @@ def migrate_product_media_refs(
     approved_by: str | None = None,
     approval_timeout_s: int = 3600,
     snapshot_uri: str | None = None,
+    approved_plan_signature: str | None = None,
 ) -> RunResult:
     """Copy product images to products/<id>/<stamp>-<uuid4><ext> and write ImageRefs.
 
@@ -55,6 +56,8 @@ def migrate_product_media_refs(
             changes on timeout).
         snapshot_uri: A media snapshot (path or s3:// URI) to take the images from, e.g. the
             one a purge wrote; it is verified first. Empty: the live image rows.
+        approved_plan_signature: The signed saved plan (``safeops sign-plan``): needed with
+            approved_plan_hash when SAFEOPS_ALLOWED_SIGNERS is set.
     """
     validate_target(target)
     store = media_store()
@@ -85,6 +88,7 @@ def migrate_product_media_refs(
         approved_plan_hash=approved_plan_hash,
         approved_by=approved_by,
         approval_timeout_s=approval_timeout_s,
+        approved_plan_signature=approved_plan_signature,
         artifacts="media-refs",
         report_counts=report_counts,
     ) as run:

@@ -37,6 +37,7 @@ def restore_product_media(
     approval_timeout_s: int = 3600,
     force: bool = False,
     allow_untraced: bool = False,
+    approved_plan_signature: str | None = None,
 ) -> RunResult:
     """Put back image rows, variant links and empty thumbnails from a snapshot.
 
@@ -50,6 +51,8 @@ def restore_product_media(
         force: Restore a snapshot taken from another database (fingerprint differs).
         allow_untraced: Restore a snapshot that is not in this database's snapshot register
             (not written by safeops from it); the approval and the audit row say so.
+        approved_plan_signature: The signed saved plan (``safeops sign-plan``): needed with
+            approved_plan_hash when SAFEOPS_ALLOWED_SIGNERS is set.
     """
     with destructive_run(
         FLOW,
@@ -58,6 +61,7 @@ def restore_product_media(
         approved_plan_hash=approved_plan_hash,
         approved_by=approved_by,
         approval_timeout_s=approval_timeout_s,
+        approved_plan_signature=approved_plan_signature,
         artifacts="media-restore",
     ) as run:
         report = verify_media_snapshot(target, snapshot_uri, require_live_match=False)

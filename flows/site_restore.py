@@ -44,6 +44,7 @@ def restore_site_structure(
     approval_timeout_s: int = 3600,
     skip_conflicts: bool = False,
     allow_untraced: bool = False,
+    approved_plan_signature: str | None = None,
 ) -> RunResult:
     """Put back exactly what a reset removed and changed.
 
@@ -57,6 +58,8 @@ def restore_site_structure(
         skip_conflicts: Restore around rows created since the reset instead of refusing.
         allow_untraced: Restore a snapshot that is not in this database's snapshot register
             (not written by safeops from it); the approval and the audit row say so.
+        approved_plan_signature: The signed saved plan (``safeops sign-plan``): needed with
+            approved_plan_hash when SAFEOPS_ALLOWED_SIGNERS is set.
     """
     validate_target(target)
     # The site's slot, like its reset's: a restore and a reset of one site never interleave.
@@ -68,6 +71,7 @@ def restore_site_structure(
         approved_plan_hash=approved_plan_hash,
         approved_by=approved_by,
         approval_timeout_s=approval_timeout_s,
+        approved_plan_signature=approved_plan_signature,
         artifacts="site-restore",
         scope=(site,),
     ) as run:

@@ -171,7 +171,8 @@ def sign_plan_command(
         str,
         typer.Option(
             "--flow",
-            help="The flow that will apply it, e.g. purge-product-media or reset-site-structure.",
+            help="The flow that will apply it: purge-product-media, restore-product-media, "
+            "migrate-product-media-refs, reset-site-structure or restore-site-structure.",
         ),
     ],
     target: Annotated[

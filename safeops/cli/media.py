@@ -107,6 +107,8 @@ def media_restore(
         bool, typer.Option("--force", help="Restore a snapshot taken from another database.")
     ] = False,
     untraced: Untraced = False,
+    plan_signature: PlanSignature = None,
+    key: SigningKey = None,
 ) -> None:
     """Put back what a snapshot holds (ids, urls, ranks, timestamps). Dry run unless --live."""
     from flows.media_restore import restore_product_media
@@ -128,5 +130,7 @@ def media_restore(
             yes=yes,
             plan=plan,
             reason=reason,
+            plan_signature=plan_signature,
+            key=key,
         )
     )

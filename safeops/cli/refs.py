@@ -16,7 +16,15 @@ import typer
 
 from safeops.cli.media import group
 from safeops.cli.options import Live as LiveFlag
-from safeops.cli.options import MediaTarget, Reason, SavedPlan, Timeout, handle_errors
+from safeops.cli.options import (
+    MediaTarget,
+    PlanSignature,
+    Reason,
+    SavedPlan,
+    SigningKey,
+    Timeout,
+    handle_errors,
+)
 from safeops.cli.options import Yes as YesFlag
 
 
@@ -37,6 +45,8 @@ def media_migrate_refs(
     target: MediaTarget = "medusa",
     reason: Reason = None,
     timeout: Timeout = 3600,
+    plan_signature: PlanSignature = None,
+    key: SigningKey = None,
 ) -> None:
     """Copy product images to timestamp+UUID keys and write metadata.media.refs.
 
@@ -60,6 +70,8 @@ def media_migrate_refs(
             yes=yes,
             plan=plan,
             reason=reason,
+            plan_signature=plan_signature,
+            key=key,
         )
     )
 

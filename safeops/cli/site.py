@@ -92,6 +92,8 @@ def site_restore(
         ),
     ] = False,
     untraced: Untraced = False,
+    plan_signature: PlanSignature = None,
+    key: SigningKey = None,
 ) -> None:
     """Undo a reset from its snapshot: rows, post links and blueprint state."""
     from flows.site_restore import restore_site_structure
@@ -113,5 +115,7 @@ def site_restore(
             yes=yes,
             plan=plan,
             reason=reason,
+            plan_signature=plan_signature,
+            key=key,
         )
     )

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PREFECT = [sys.executable, "-m", "prefect"]
 WORKERS = ("safeops-worker-a", "safeops-worker-b")
 # Extra Medusa databases, each its own target (<TARGET>_DATABASE_URL in the workers'
-# environment): the scale-out tests queue two runs on one and run two side by side on others.
-EXTRA_MEDUSA_TARGETS = ("medusa-b", "medusa-c", "medusa-d")
+# environment): the scale-out tests queue two runs on one and run two side by side on others;
+# the signed UI approvals (test_approvals_signed.py) purge medusa-e.
+EXTRA_MEDUSA_TARGETS = ("medusa-b", "medusa-c", "medusa-d", "medusa-e")
 
 
 def asyncpg_url(url: str) -> str:

@@ -32,6 +32,10 @@ key the CLI signed with when it started the run in this process, the Prefect
 user who created the run (when the server records one), and ``approved_by`` of
 a run started without a saved plan. A starter's or a repeated signer's approval
 is recorded in the log and the run pauses again; one rejection ends the run.
+A deployment run whose creator is not a Prefect user (an open-source server
+records none) has an unknown starter, who may be one of the signers: it needs one
+approval more, so that the required number of people other than the starter
+approve, whoever that was (votes.starter_unknown).
 
 Saved plans have no pause time: their statement (``flow_run_id: saved-plan``)
 must be signed at most ``SAFEOPS_SAVED_PLAN_MAX_AGE_S`` (default 7 days) ago.

@@ -32,7 +32,13 @@ from tasks.common.approval.request import (
     record_votes,
 )
 from tasks.common.approval.saved_plan import check_saved_plan, saved_plan_vote
-from tasks.common.approval.votes import approval_of, counts_toward_quorum, judge, starter_names
+from tasks.common.approval.votes import (
+    approval_of,
+    counts_toward_quorum,
+    judge,
+    starter_names,
+    starter_unknown,
+)
 from tasks.common.notify import notify_approvers
 
 
@@ -58,6 +64,7 @@ def request_approval(
     signers = signing.load_allowed_signers()
     if signers is not None:
         check_target_identified(target_fingerprint, policy)
+    unknown_starter = starter_unknown(policy.forbid_self_approval)
     request = ApprovalRequest(
         plan=plan,
         flow=flow_name,
@@ -69,8 +76,10 @@ def request_approval(
         target_fingerprint=target_fingerprint,
         target_description=target_description or plan.target,
         signers=signers,
-        required=policy.required_for(flow_name),
+        # An unknown starter may be one of the signers: one approval more (see votes.py).
+        required=policy.required_for(flow_name) + (1 if unknown_starter else 0),
         forbid_self=policy.forbid_self_approval,
+        starter_unknown=unknown_starter,
         starter_names=starter_names(approved_by, approved_plan_hash is not None),
     )
 

@@ -104,6 +104,7 @@ class ApprovalRequest:
     required: int
     forbid_self: bool
     starter_names: set[str]
+    starter_unknown: bool = False  # a deployment run: ``required`` already holds the extra one
     votes: list[Vote] = field(default_factory=list)
     requested_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
     deadline: datetime | None = None
@@ -146,6 +147,7 @@ class ApprovalRequest:
             "approvedCount": len(self.votes),
             "approvedBy": [v.name for v in self.votes],
             "forbidSelfApproval": self.forbid_self,
+            "starterUnknown": self.starter_unknown,
         }
 
     def description(self) -> str:
@@ -165,6 +167,14 @@ class ApprovalRequest:
             lines += [
                 f"Approvals: {len(self.votes)} of {self.required} ({names}); "
                 f"{self.required - len(self.votes)} more needed.",
+                "",
+            ]
+        if self.starter_unknown:
+            lines += [
+                "Who started this run is not known to the server (a deployment run; an "
+                "open-source Prefect server records no user), and SAFEOPS_FORBID_SELF_APPROVAL "
+                "is set: one approval more than SAFEOPS_REQUIRED_APPROVALS is needed, so that "
+                "enough people other than the starter approve, whoever that was.",
                 "",
             ]
         template = self.statement_template()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from safeops.core import signing
-from safeops.core.errors import ApprovalDenied, PlanMismatch
+from safeops.core.errors import ApprovalDenied, PlanMismatch, SignatureMissing
 from safeops.core.hash_text import printable
 from safeops.core.models import Plan, SignedVote
 from tasks.common.approval.policy import ApprovalPolicy, check_allowlist
@@ -53,6 +53,13 @@ def saved_plan_vote(
         return Vote(name=approver, reason=reason)
     assert request.target_fingerprint
     text, signature = split_signed_plan(signed_plan)
+    if not signature.strip():  # say how to sign a saved plan, not how to answer a pause
+        raise SignatureMissing(
+            f"Refused: saved plan {request.plan.plan_hash} carries no signature and "
+            "SAFEOPS_ALLOWED_SIGNERS is set; sign it with `safeops sign-plan HASH --flow "
+            f"{request.flow} --target {request.plan.target} --reason ... --out FILE` and pass "
+            "--plan-signature FILE (parameter approved_plan_signature); nothing changed."
+        )
     now = datetime.now(UTC)
     verified = verify_signed(
         request,

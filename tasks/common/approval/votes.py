@@ -68,13 +68,42 @@ def starter_names(approved_by: str | None, saved_plan: bool) -> set[str]:
     names: set[str] = set()
     if approved_by and approved_by.strip() and not saved_plan:
         names.add(approved_by.strip())
+    user = _creating_user()
+    if user:
+        names.add(user)
+    return names
+
+
+def _creating_user() -> str | None:
+    """The Prefect user who created this run: Prefect Cloud records one; an open-source
+    server has no login, so it never does (``created_by`` is empty or names a
+    deployment, schedule or automation, none of which is a person)."""
     run = FlowRunContext.get()
     creator = getattr(run.flow_run, "created_by", None) if run and run.flow_run else None
     if creator is not None and str(getattr(creator, "type", "")).upper().endswith("USER"):
         value = getattr(creator, "display_value", None)
-        if value:
-            names.add(str(value))
-    return names
+        return str(value) if value else None
+    return None
+
+
+def starter_unknown(forbid_self: bool) -> bool:
+    """True when self-approval is forbidden but nothing trustworthy says who started the run.
+
+    A run the CLI starts in its own process is started by that CLI, whose signing key is
+    registered (``register_starter``) when it answers. A deployment run (the UI's *Run*,
+    ``prefect deployment run``, the API) is started by whoever could reach the API: the
+    open-source server authenticates nobody and records no user, and ``approved_by`` is
+    only typed text. Such a starter may well be one of the signers, so the caller asks
+    for one approval more: among ``required + 1`` distinct signers at most one started
+    the run, so ``required`` others approved it, whoever that was.
+    """
+    if not forbid_self:
+        return False
+    run = FlowRunContext.get()
+    flow_run = run.flow_run if run else None
+    if flow_run is None or getattr(flow_run, "deployment_id", None) is None:
+        return False
+    return _creating_user() is None
 
 
 # --- judging one answer -----------------------------------------------------------------
