@@ -34,6 +34,7 @@ from safeops.core import events  # noqa: E402
 from safeops.seeds.cms import CMS_SCHEMA_TABLES  # noqa: E402
 from safeops.seeds.medusa import load_schema, seed_medusa  # noqa: E402
 from tests.pg import fresh_database, server_url  # noqa: E402
+from tests.signing import Key, make_keys  # noqa: E402
 
 MEDUSA_TABLES = [
     "product",
@@ -219,3 +220,26 @@ def cms(
 
 def approve_slug(approver: str = "alice") -> Callable[[dict[str, Any]], dict[str, Any]]:
     return approve_as(approver)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Key]:
+    """Throwaway keys of alice, bob, carol (allowed) and mallory (not allowed)."""
+    return make_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture()
+def signed(keys: dict[str, Key], monkeypatch: pytest.MonkeyPatch) -> dict[str, Key]:
+    """Allowed signers configured on the 'worker' (this process); no ambient key or agent."""
+    for name in (
+        "SSH_AUTH_SOCK",
+        "SAFEOPS_SIGNING_KEY",
+        "SAFEOPS_NOTIFY_BLOCK",
+        "SAFEOPS_REQUIRED_APPROVALS",
+        "SAFEOPS_FORBID_SELF_APPROVAL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(
+        "SAFEOPS_ALLOWED_SIGNERS", str(keys["alice"].path.parent / "allowed_signers")
+    )
+    return keys

@@ -98,5 +98,14 @@ def audit_rows(url: str, flow_name: str | None = None) -> list[tuple[object, ...
     return [tuple(r) for r in rows if flow_name is None or r[1] == flow_name]
 
 
+def audit_records(url: str) -> list[dict[str, Any]]:
+    """Every audit row as a dict of all its columns, oldest first."""
+    if scalar(url, "SELECT to_regclass('safeops.safeops_audit')") is None:
+        return []
+    with psycopg.connect(url) as conn:
+        cur = conn.execute("SELECT to_jsonb(a) FROM safeops.safeops_audit a ORDER BY id")
+        return [dict(r[0]) for r in cur.fetchall()]
+
+
 def audit_count(url: str) -> int:
     return len(audit_rows(url))

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from flows.media_purge import purge_product_media
-from safeops.core import signing
 from safeops.core.errors import (
     ApprovalDenied,
     ApprovalTimedOut,
@@ -34,111 +30,12 @@ from safeops.core.errors import (
     StatementMismatch,
     exit_code_for,
 )
-from tasks.common.approval import signed_answer
 from tests.cli import cli
 from tests.conftest import MEDUSA_TABLES, answer_approval, free_port
-from tests.pg import execute, scalar, table_checksums
+from tests.pg import audit_records, execute, scalar, table_checksums
+from tests.signing import Key, no_key_material, sign_as
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH")
-
-
-@dataclass(frozen=True)
-class Key:
-    name: str
-    path: Path
-    private_text: str
-    fingerprint: str
-
-    @property
-    def principal(self) -> str:
-        return f"{self.name}@example.com"
-
-
-def _keygen(folder: Path, name: str) -> Key:
-    path = folder / name
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True
-    )
-    fp = subprocess.run(
-        ["ssh-keygen", "-lf", f"{path}.pub"], check=True, capture_output=True, text=True
-    ).stdout.split()[1]
-    return Key(name, path, path.read_text(), fp)
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Key]:
-    folder = tmp_path_factory.mktemp("keys")
-    made = {n: _keygen(folder, n) for n in ("alice", "bob", "carol", "mallory")}
-    lines = ["# approvers of safeops"]
-    for name in ("alice", "bob", "carol"):  # mallory is not allowed
-        key_type, key_b64 = Path(f"{made[name].path}.pub").read_text().split()[:2]
-        lines.append(f"{made[name].principal} {key_type} {key_b64}")
-    (folder / "allowed_signers").write_text("\n".join(lines) + "\n")
-    return made
-
-
-@pytest.fixture()
-def signed(keys: dict[str, Key], monkeypatch: pytest.MonkeyPatch) -> dict[str, Key]:
-    """Allowed signers configured on the 'worker' (this process); no ambient key or agent."""
-    for name in (
-        "SSH_AUTH_SOCK",
-        "SAFEOPS_SIGNING_KEY",
-        "SAFEOPS_NOTIFY_BLOCK",
-        "SAFEOPS_REQUIRED_APPROVALS",
-        "SAFEOPS_FORBID_SELF_APPROVAL",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(
-        "SAFEOPS_ALLOWED_SIGNERS", str(keys["alice"].path.parent / "allowed_signers")
-    )
-    return keys
-
-
-def sign_as(
-    key: Key,
-    decision: str = "approve",
-    reason: str = "OPS-12 drop images",
-    confirmation: str | None = None,
-    **statement_changes: Any,
-) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """An approver who signs this run's statement (optionally altered) with ``key``."""
-
-    def answer(data: dict[str, Any]) -> dict[str, Any]:
-        request = data["request"]
-        confirm = data["expected_confirmation"] if confirmation is None else confirmation
-        if not statement_changes:
-            return signed_answer(
-                request, decision=decision, reason=reason, confirmation=confirm, key=str(key.path)
-            )
-        values: dict[str, Any] = dict(
-            flow_run_id=request["flowRunId"],
-            flow=request["flow"],
-            target_fingerprint=request["targetFingerprint"],
-            plan_hash=request["planHash"],
-            decision=decision,
-            reason=reason,
-            signed_at=datetime.now(UTC),
-        )
-        values.update(statement_changes)
-        text = signing.Statement(**values).text()
-        return {
-            "reason": reason,
-            "confirmation": confirm,
-            "decision": decision,
-            "signed_at": signing.format_time(values["signed_at"]),
-            "statement": text,
-            "signature": signing.sign(text, str(key.path)),
-        }
-
-    return answer
-
-
-def audit(url: str) -> list[dict[str, Any]]:
-    if scalar(url, "SELECT to_regclass('safeops.safeops_audit')") is None:
-        return []
-    with psycopg.connect(url) as conn:
-        cur = conn.execute("SELECT to_jsonb(a) FROM safeops.safeops_audit a ORDER BY id")
-        return [dict(r[0]) for r in cur.fetchall()]
 
 
 def refused(url: str, answer: Any, kind: type[BaseException], words: str) -> ApprovalDenied:
@@ -147,17 +44,10 @@ def refused(url: str, answer: Any, kind: type[BaseException], words: str) -> App
     with answer_approval(answer), pytest.raises(kind, match=words) as caught:
         purge_product_media(dry_run=False)
     assert table_checksums(url, MEDUSA_TABLES) == before
-    assert audit(url) == []
+    assert audit_records(url) == []
     assert isinstance(caught.value, ApprovalDenied) and exit_code_for(caught.value) == 4
     assert "\n" not in str(caught.value)
     return caught.value
-
-
-def no_key_material(text: str, keys: dict[str, Key]) -> None:
-    for key in keys.values():
-        for line in key.private_text.splitlines():
-            if "-----" not in line:
-                assert line not in text and line[:24] not in text
 
 
 # --------------------------------------------------------------------- 1. signed approvals
@@ -177,7 +67,7 @@ def test_signed_approval_applies_and_the_audit_row_can_be_reverified(
     assert result.applied["images"] > 0 and scalar(medusa_url, "SELECT count(*) FROM image") == 0
     assert result.approval is not None and result.approval.identity == "verified"
     assert result.approval.approver == alice.principal
-    [row] = audit(medusa_url)
+    [row] = audit_records(medusa_url)
     assert row["identity"] == "verified" and row["approver"] == alice.principal
     [vote] = row["signatures"]
     assert vote["principal"] == alice.principal and vote["fingerprint"] == alice.fingerprint
@@ -290,7 +180,7 @@ def test_unverified_when_no_allowed_signers(
     ) as seen:
         result = purge_product_media(dry_run=False)
     assert result.approval is not None and result.approval.identity == "unverified"
-    [row] = audit(medusa_url)
+    [row] = audit_records(medusa_url)
     assert row["identity"] == "unverified" and row["signatures"] == []
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
@@ -334,7 +224,7 @@ def test_signed_saved_plan(
     assert result.approval is not None and result.approval.via == "saved-plan"
     assert result.approval.approver == "bob@example.com"
     assert (
-        audit(medusa_url)[0]["signatures"][0]["statement"].split("\n")[1]
+        audit_records(medusa_url)[0]["signatures"][0]["statement"].split("\n")[1]
         == "flow_run_id: saved-plan"
     )
 
@@ -364,7 +254,7 @@ def test_quorum_of_two_with_self_approval_forbidden(
     assert [d["needed"] for d in seen] == [2, 2, 1, 1]
     assert result.approval is not None
     assert result.approval.approver == "bob@example.com + carol@example.com"
-    [row] = audit(medusa_url)
+    [row] = audit_records(medusa_url)
     assert [v["principal"] for v in row["signatures"]] == ["bob@example.com", "carol@example.com"]
     [waiting] = [r for r in listed[0] if r["run_id"] == str(seen[0]["flow_run_id"])]
     assert waiting["approvedBy"] == ["bob@example.com"] and waiting["requiredApprovals"] == 2
@@ -398,7 +288,7 @@ def test_cli_live_yes_signs_and_its_own_signature_does_not_count_when_forbidden(
         run = cli("media", "purge", "--live", "--yes", "--reason", "OPS-12")
     assert run.code == 0, run
     assert "waiting: 1 more approval(s) of 1" in run.stdout and "safeops approve " in run.stdout
-    [row] = audit(medusa_url)
+    [row] = audit_records(medusa_url)
     assert [v["principal"] for v in row["signatures"]] == ["bob@example.com"]
     no_key_material(run.stdout + run.stderr + json.dumps(row, default=str), signed)
 

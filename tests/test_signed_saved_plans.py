@@ -24,15 +24,10 @@ from flows.site_reset import reset_site_structure
 from flows.site_restore import restore_site_structure
 from safeops.seeds.medusa import FILE_URL
 from tasks.media.objects import key_for_url
-from tests import test_signed_approvals as signed_tests
+from tests.cli import cli
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES, answer_approval
-from tests.faults.conftest import cli
-from tests.pg import execute, scalar, table_checksums
-from tests.test_signed_approvals import Key, audit, no_key_material, sign_as
-
-# The same throwaway keys and allowed_signers as the signed-approval tests.
-keys = signed_tests.keys
-signed = signed_tests.signed
+from tests.pg import audit_records, execute, scalar, table_checksums
+from tests.signing import Key, no_key_material, sign_as
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH")
 
@@ -70,20 +65,24 @@ def refused_then_applied(
     """``command --live --plan HASH`` is refused without a signature (exit 4, no row
     changed, no audit row added, nothing ``elsewhere``), then applied with the signed
     plan; returns the new audit row."""
-    before, rows_before, outside = table_checksums(url, tables), len(audit(url)), elsewhere()
+    before, rows_before, outside = (
+        table_checksums(url, tables),
+        len(audit_records(url)),
+        elsewhere(),
+    )
     unsigned = cli(*command, "--live", "--plan", plan_hash)
     assert unsigned.code == 4, unsigned
     assert f"saved plan {plan_hash} carries no signature" in unsigned.error_line
     assert "safeops sign-plan" in unsigned.error_line
     assert table_checksums(url, tables) == before
-    assert len(audit(url)) == rows_before
+    assert len(audit_records(url)) == rows_before
     assert elsewhere() == outside
 
     signature = sign_plan(plan_hash, flow, target, signer, tmp_path / f"{flow}.plan.sig")
     applied = cli(*command, "--live", "--plan", plan_hash, "--plan-signature", str(signature))
     assert applied.code == 0, applied
     assert f"Approved by {signer.principal} (saved-plan)." in applied.stdout
-    rows = audit(url)[rows_before:]
+    rows = audit_records(url)[rows_before:]
     assert rows
     for row in rows:  # the refs migration writes one per batch
         assert row["identity"] == "verified" and row["approver"] == signer.principal

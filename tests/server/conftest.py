@@ -31,6 +31,10 @@ WORKERS = ("safeops-worker-a", "safeops-worker-b")
 # the signed UI approvals (test_approvals_signed.py) purge medusa-e.
 EXTRA_MEDUSA_TARGETS = ("medusa-b", "medusa-c", "medusa-d", "medusa-e")
 
+# The UI tests drive Debian's Chromium (.ci/run installs it); screenshots land here.
+CHROMIUM = os.environ.get("SAFEOPS_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
 
 def asyncpg_url(url: str) -> str:
     """Prefect's server speaks to PostgreSQL through SQLAlchemy's asyncpg dialect."""

@@ -27,8 +27,7 @@ import pytest
 
 from tests.conftest import MEDUSA_TABLES
 from tests.pg import scalar, table_checksums
-from tests.server.conftest import Stack
-from tests.server.test_deployments import ARTIFACTS, CHROMIUM
+from tests.server.conftest import ARTIFACTS, CHROMIUM, Stack
 
 pytestmark = [
     pytest.mark.server,

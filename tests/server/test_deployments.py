@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -14,11 +13,9 @@ import pytest
 
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES
 from tests.pg import scalar, table_checksums
-from tests.server.conftest import PREFECT, WORKERS, Stack
+from tests.server.conftest import ARTIFACTS, CHROMIUM, PREFECT, WORKERS, Stack
 
 pytestmark = pytest.mark.server
-CHROMIUM = os.environ.get("SAFEOPS_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 def run_deployment(stack: Stack, name: str, *params: str) -> str:
