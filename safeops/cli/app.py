@@ -58,6 +58,9 @@ Approver = Annotated[
 @handle_errors
 def approvals() -> None:
     """List runs waiting for approval on the configured Prefect API."""
+    from safeops.cli.local_server import use_for_this_command
+
+    use_for_this_command()
     from rich.table import Table
 
     from safeops.cli.approvals import waiting_approvals
@@ -127,6 +130,9 @@ def approve(
 ) -> None:
     """Approve a paused run (signed when the run asks for signatures); a wrong
     confirmation or a refused signature ends it with nothing changed."""
+    from safeops.cli.local_server import use_for_this_command
+
+    use_for_this_command()
     from safeops.cli.approvals import answer, answer_for
 
     answer(
@@ -152,6 +158,9 @@ def reject(
     key: Key = None,
 ) -> None:
     """Reject a paused run: it ends with nothing changed."""
+    from safeops.cli.local_server import use_for_this_command
+
+    use_for_this_command()
     from safeops.cli.approvals import answer, answer_for
 
     answer(
@@ -216,6 +225,51 @@ def audit_verify(target: Annotated[str, typer.Option("--target", help="The targe
         print(f"no audit row in {target}", flush=True)
     if not ok:
         raise typer.Exit(3)
+
+
+server = typer.Typer(
+    no_args_is_help=True,
+    help="The local Prefect server the commands share when PREFECT_API_URL is not set.",
+)
+app.add_typer(server, name="server")
+
+
+@server.command("status")
+@handle_errors
+def server_status() -> None:
+    """Say which Prefect API the commands use: the configured one, or the local server."""
+    from safeops.cli import local_server
+
+    configured = local_server.configured_api_url()
+    running = local_server.running()
+    if configured:
+        print(f"api: {configured} (configured: the local server is not used)", flush=True)
+    if running is not None:
+        print(f"running: {running.describe()}", flush=True)
+    else:
+        print(f"stopped: no local Prefect server runs (files in {local_server.server_dir()})")
+
+
+@server.command("start")
+@handle_errors
+def server_start() -> None:
+    """Start the local server now (commands start it on first use anyway)."""
+    from safeops.cli import local_server
+
+    print(f"running: {local_server.ensure().describe()}", flush=True)
+
+
+@server.command("stop")
+@handle_errors
+def server_stop() -> None:
+    """Stop the local server; the next command starts it again (its runs are kept)."""
+    from safeops.cli import local_server
+
+    stopped = local_server.stop()
+    if stopped is None:
+        print("stopped: no local Prefect server was running", flush=True)
+    else:
+        print(f"stopped: {stopped.describe()}", flush=True)
 
 
 @app.command("demo")
