@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def measure(admin_url: str, reps: int, log: Callable[[str], None]) -> dict[str, 
                 times["help"].append(_timed([*safeops, "--help"], env, workdir, 0))
         finally:
             subprocess.run(stop, env=env, cwd=workdir, capture_output=True, timeout=120)
+            shutil.rmtree(workdir, ignore_errors=True)
     median = {k: round(statistics.median(v), 3) for k, v in times.items()}
 
     def row(cold: str, warm: str, reference: str, label: str, target: float) -> dict[str, Any]:
