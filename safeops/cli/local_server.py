@@ -202,8 +202,16 @@ def _notice(text: str) -> None:
     print(f"safeops: {text}", file=sys.stderr, flush=True)
 
 
-def ensure(notice: Callable[[str], None] = _notice) -> LocalServer:
-    """The running local server, started (or restarted, if it died) when there is none."""
+# A server this process started and has not yet seen healthy (see ready()).
+_starting: tuple[LocalServer, subprocess.Popen[bytes]] | None = None
+
+
+def ensure(notice: Callable[[str], None] = _notice, *, wait: bool = True) -> LocalServer:
+    """The running local server, started (or restarted, if it died) when there is none.
+
+    ``wait=False`` returns as soon as a new server is launched: the command imports
+    Prefect and its flow (~3 s) while the server boots on the other core, then calls
+    ready(). Other commands meanwhile find its pid alive and wait for its health."""
     server = running()
     if server is not None:
         return server
@@ -215,7 +223,27 @@ def ensure(notice: Callable[[str], None] = _notice) -> LocalServer:
                 return previous
             _terminate(previous)
         server = _start(previous, notice)
+    if wait:
+        ready()
     return server
+
+
+def ready() -> None:
+    """Wait until the server this process started answers (no-op when it started none)."""
+    global _starting
+    if _starting is None:
+        return
+    server, process = _starting
+    _starting = None
+    if not _wait_healthy(server, process, STARTUP_TIMEOUT_S):
+        with _locked():
+            _terminate(server)
+            if _read_state() == server:
+                (server_dir() / "state.json").unlink(missing_ok=True)
+        raise SafeopsError(
+            f"The local Prefect server did not start within {STARTUP_TIMEOUT_S:.0f} s "
+            f"(see {server_dir() / 'server.log'})."
+        )
 
 
 def _free_port() -> int:
@@ -288,13 +316,8 @@ def _start(previous: LocalServer | None, notice: Callable[[str], None]) -> Local
         )
     server = LocalServer(url=url, pid=process.pid, port=port)
     _write_state(server)
-    if not _wait_healthy(server, process, STARTUP_TIMEOUT_S):
-        _terminate(server)
-        (folder / "state.json").unlink(missing_ok=True)
-        raise SafeopsError(
-            f"The local Prefect server did not start within {STARTUP_TIMEOUT_S:.0f} s "
-            f"(see {folder / 'server.log'})."
-        )
+    global _starting
+    _starting = (server, process)
     return server
 
 
@@ -353,12 +376,13 @@ def stop() -> LocalServer | None:
         return server if alive else None
 
 
-def use_for_this_command() -> str:
+def use_for_this_command(*, wait: bool = True) -> str:
     """Point this process at a Prefect API before Prefect is imported: the operator's own
-    when configured, else the machine's local server (started when needed)."""
+    when configured, else the machine's local server (started when needed; with
+    ``wait=False`` the caller calls ready() before talking to it)."""
     configured = configured_api_url()
     if configured:
         return configured
-    server = ensure()
+    server = ensure(wait=wait)
     os.environ["PREFECT_API_URL"] = server.url
     return server.url

@@ -182,8 +182,17 @@ def before_prefect(
     location: str | None = None,
 ) -> None:
     """What every flow-running command does first: refuse bad input at once, then point
-    the process at a Prefect API (the operator's, else the machine's local server)."""
-    from safeops.cli.local_server import use_for_this_command
+    the process at a Prefect API (the operator's, else the machine's local server).
+
+    A local server that has to be started boots while this process imports what every
+    flow command needs (Prefect, the runner, SQLAlchemy): on two cores that hides most
+    of the import behind the server's start-up."""
+    from safeops.cli import local_server
 
     check(target, site_id=site_id, snapshot_uri=snapshot_uri, location=location)
-    use_for_this_command()
+    local_server.use_for_this_command(wait=False)
+    try:
+        import safeops.console.runner
+        import safeops.core.db  # noqa: F401
+    finally:
+        local_server.ready()
