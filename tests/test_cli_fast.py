@@ -135,7 +135,7 @@ def test_input_and_configuration_errors_answer_before_prefect_is_imported(home: 
             ("media", "purge"),
             {"MEDUSA_DATABASE_URL": f"host=db password={PASSWORD}"},
             2,
-            "error: The database URL names no database: postgresql://***@db/",
+            "error: The database URL names no database: postgresql://:***@db/",
         ),
         (
             ("media", "verify", str(home / "missing.json")),

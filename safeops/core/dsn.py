@@ -132,6 +132,8 @@ class ParsedDsn:
     def sqlalchemy_url(self) -> URL:
         """A ``postgresql+psycopg`` URL for ``create_engine``; several hosts go in the query
         the way SQLAlchemy's psycopg dialect reads them (one port per host)."""
+        from sqlalchemy.engine import URL  # here: the CLI parses URLs before SQLAlchemy loads
+
         params = dict(self.params)
         user, password = params.pop("user", None), params.pop("password", None)
         database = params.pop("dbname", None)
