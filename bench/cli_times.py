@@ -112,8 +112,12 @@ def measure(admin_url: str, reps: int, log: Callable[[str], None]) -> dict[str, 
             shutil.rmtree(workdir, ignore_errors=True)
     median = {k: round(statistics.median(v), 3) for k, v in times.items()}
 
-    def row(cold: str, warm: str, reference: str, label: str, target: float) -> dict[str, Any]:
+    def row(
+        cold: str, warm: str, reference: str, label: str, target: float, *, both: bool
+    ) -> dict[str, Any]:
+        """``both``: the target holds cold and warm (an error needs no server at all)."""
         ref = median[reference]
+        judged = max(median[cold], median[warm]) if both else median[warm]
         return {
             "cold_s": median[cold],
             "warm_s": median[warm],
@@ -121,8 +125,8 @@ def measure(admin_url: str, reps: int, log: Callable[[str], None]) -> dict[str, 
             "reference_s": ref,
             "cold_ratio": round(median[cold] / ref, 2),
             "warm_ratio": round(median[warm] / ref, 2),
-            "target": f"warm ≤ {target}x {label}",
-            "met": median[warm] / ref <= target,
+            "target": f"{'cold and warm' if both else 'warm'} ≤ {target}x {label}",
+            "met": judged / ref <= target,
         }
 
     return {
@@ -134,9 +138,15 @@ def measure(admin_url: str, reps: int, log: Callable[[str], None]) -> dict[str, 
             "import_prefect",
             'python -c "import prefect"',
             TARGETS["purge_dry_run"],
+            both=False,
         ),
         "config_error": row(
-            "config_cold", "config_warm", "help", "safeops --help", TARGETS["config_error"]
+            "config_cold",
+            "config_warm",
+            "help",
+            "safeops --help",
+            TARGETS["config_error"],
+            both=True,
         ),
         "samples_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
     }
@@ -148,8 +158,9 @@ def table(cli: dict[str, Any]) -> str:
         f"CLI wall time on a {cli['catalog_images']:,}-image catalog (median of "
         f"{cli['reps']}; cold: no local Prefect server running, warm: it is up):",
         "",
-        "| command | cold (s) | warm (s) | reference | reference (s) | warm ratio | met |",
-        "|---|---:|---:|---|---:|---:|:---:|",
+        "| command | cold (s) | warm (s) | reference | reference (s) | ratio cold / warm "
+        "| target | met |",
+        "|---|---:|---:|---|---:|---:|---|:---:|",
     ]
     for name, label in (
         ("purge_dry_run", "`safeops media purge` (dry run)"),
@@ -158,8 +169,8 @@ def table(cli: dict[str, Any]) -> str:
         r = cli[name]
         lines.append(
             f"| {label} | {r['cold_s']:.2f} | {r['warm_s']:.2f} | {r['reference']} | "
-            f"{r['reference_s']:.2f} | {r['warm_ratio']:.2f}x (≤ {TARGETS[name]}x) | "
-            f"{'✓' if r['met'] else '✗'} |"
+            f"{r['reference_s']:.2f} | {r['cold_ratio']:.2f}x / {r['warm_ratio']:.2f}x | "
+            f"{r['target']} | {'✓' if r['met'] else '✗'} |"
         )
     return "\n".join(lines)
 
