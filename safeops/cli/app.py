@@ -280,10 +280,16 @@ def server_status() -> None:
     running = local_server.running()
     if configured:
         print(f"api: {configured} (configured: the local server is not used)", flush=True)
+    booting = local_server.starting() if running is None else None
     if running is not None:
         print(f"running: {running.describe()}", flush=True)
+    elif booting is not None:
+        print(f"starting: {booting.describe()}", flush=True)
     else:
-        print(f"stopped: no local Prefect server runs (files in {local_server.server_dir()})")
+        print(
+            f"stopped: no local Prefect server runs (files in {local_server.server_dir()})",
+            flush=True,
+        )
 
 
 @server.command("start")

@@ -185,6 +185,14 @@ def running() -> LocalServer | None:
     return None
 
 
+def starting() -> LocalServer | None:
+    """A recorded server whose process runs but does not answer yet (still booting)."""
+    server = _read_state()
+    if server is not None and _alive(server) and not healthy(server.url):
+        return server
+    return None
+
+
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
     """One command at a time finds or starts the server (others wait, then reuse it)."""
