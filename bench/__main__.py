@@ -33,6 +33,7 @@ from typing import Any
 
 import psycopg
 
+from bench import cli_times
 from bench import generate as gen
 from bench.report import chart, evaluate, summarize, table
 from bench.stages import STAGES, VARIANTS, Measurement, Runner, count_task_runs
@@ -85,9 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile", type=Path, default=None, help="folder for pyinstrument profiles of our stages"
     )
     p.add_argument("--keep-workdir", action="store_true")
+    p.add_argument(
+        "--no-cli", action="store_true", help="skip the CLI wall times (bench/cli_times.py)"
+    )
     args = p.parse_args(argv)
     if args.smoke:
-        args.sizes, args.reps = "10000", 1
+        args.sizes, args.reps, args.no_cli = "10000", 1, True
     return args
 
 
@@ -149,6 +153,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"work files kept in {workroot}")
         else:
             shutil.rmtree(workroot, ignore_errors=True)
+    if not args.no_cli:
+        log("== CLI wall times (bench/cli_times.py)")
+        results["cli"] = cli_times.measure(args.admin_url, args.reps, log)
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = evaluate(results)
     return results

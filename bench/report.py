@@ -194,6 +194,10 @@ def table(results: dict[str, Any]) -> str:
                     "-" if info is None else f"{info['task_runs']} ({info['seconds']:.1f} s)"
                 )
             lines.append(f"| {flow} | " + " | ".join(cells) + " |")
+    if "cli" in results:
+        from bench.cli_times import table as cli_table
+
+        lines += ["", cli_table(results["cli"])]
     return "\n".join(lines)
 
 

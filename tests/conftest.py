@@ -15,9 +15,14 @@ from typing import Any
 import pytest
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="safeops-prefect-")
+# The CLI's machine-wide local Prefect server is never the tests': every CLI run gets
+# PREFECT_API_URL (the harness), and should one start anyway it lives in this session's
+# own folder and is stopped when the session ends (safeops_home_cleanup).
+_SAFEOPS_HOME = tempfile.mkdtemp(prefix="safeops-home-")
 os.environ.update(
     {
         "PREFECT_HOME": _PREFECT_HOME,
+        "SAFEOPS_HOME": _SAFEOPS_HOME,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
@@ -59,6 +64,15 @@ def prefect_harness() -> Iterator[None]:
         temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def safeops_home_cleanup() -> Iterator[None]:
+    """No test leaves a local Prefect server running in the session's SAFEOPS_HOME."""
+    yield
+    from safeops.cli import local_server
+
+    local_server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ restore from.
 from __future__ import annotations
 
 import os
-from typing import Annotated
+import sys
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -23,7 +24,42 @@ apply_offline_defaults()
 # The CLI prints one line per refusal; Prefect's own tracebacks still reach the API (UI).
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
-app = typer.Typer(
+
+class SafeopsTyper(typer.Typer):
+    """The console script's entry point: Typer, plus a quick exit once Prefect was used.
+
+    Tearing down the interpreter after Prefect, SQLAlchemy and pydantic were imported
+    takes ~0.4 s of freeing objects nobody will read again. When the command is done
+    this exits the way the interpreter would (non-daemon threads joined, every atexit
+    handler run: Prefect's log and event flushes, logging.shutdown) and then skips only
+    that teardown. Typer's test runner does not come through here."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as done:
+            if "prefect" not in sys.modules:
+                raise
+            code = done.code
+            _exit_now(code if isinstance(code, int) else (0 if code is None else 1), done)
+
+
+def _exit_now(code: int, done: SystemExit) -> NoReturn:
+    import atexit
+    import threading
+
+    if isinstance(done.code, str):
+        print(done.code, file=sys.stderr)
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+app = SafeopsTyper(
     no_args_is_help=True,
     add_completion=False,
     help="Destructive database maintenance, made safe (Prefect flows).",
@@ -58,6 +94,9 @@ Approver = Annotated[
 @handle_errors
 def approvals() -> None:
     """List runs waiting for approval on the configured Prefect API."""
+    from safeops.cli.local_server import use_for_this_command
+
+    use_for_this_command()
     from rich.table import Table
 
     from safeops.cli.approvals import waiting_approvals
@@ -127,6 +166,9 @@ def approve(
 ) -> None:
     """Approve a paused run (signed when the run asks for signatures); a wrong
     confirmation or a refused signature ends it with nothing changed."""
+    from safeops.cli.local_server import use_for_this_command
+
+    use_for_this_command()
     from safeops.cli.approvals import answer, answer_for
 
     answer(
@@ -152,6 +194,9 @@ def reject(
     key: Key = None,
 ) -> None:
     """Reject a paused run: it ends with nothing changed."""
+    from safeops.cli.local_server import use_for_this_command
+
+    use_for_this_command()
     from safeops.cli.approvals import answer, answer_for
 
     answer(
@@ -217,6 +262,57 @@ def audit_verify(target: Annotated[str, typer.Option("--target", help="The targe
         print(f"no audit row in {target}", flush=True)
     if not ok:
         raise typer.Exit(3)
+
+
+server = typer.Typer(
+    no_args_is_help=True,
+    help="The local Prefect server the commands share when PREFECT_API_URL is not set.",
+)
+app.add_typer(server, name="server")
+
+
+@server.command("status")
+@handle_errors
+def server_status() -> None:
+    """Say which Prefect API the commands use: the configured one, or the local server."""
+    from safeops.cli import local_server
+
+    configured = local_server.configured_api_url()
+    running = local_server.running()
+    if configured:
+        print(f"api: {configured} (configured: the local server is not used)", flush=True)
+    booting = local_server.starting() if running is None else None
+    if running is not None:
+        print(f"running: {running.describe()}", flush=True)
+    elif booting is not None:
+        print(f"starting: {booting.describe()}", flush=True)
+    else:
+        print(
+            f"stopped: no local Prefect server runs (files in {local_server.server_dir()})",
+            flush=True,
+        )
+
+
+@server.command("start")
+@handle_errors
+def server_start() -> None:
+    """Start the local server now (commands start it on first use anyway)."""
+    from safeops.cli import local_server
+
+    print(f"running: {local_server.ensure().describe()}", flush=True)
+
+
+@server.command("stop")
+@handle_errors
+def server_stop() -> None:
+    """Stop the local server; the next command starts it again (its runs are kept)."""
+    from safeops.cli import local_server
+
+    stopped = local_server.stop()
+    if stopped is None:
+        print("stopped: no local Prefect server was running", flush=True)
+    else:
+        print(f"stopped: {stopped.describe()}", flush=True)
 
 
 @app.command("demo")

@@ -35,6 +35,9 @@ def media_snapshot(
     ] = None,
 ) -> None:
     """Write every image reference to a new JSON snapshot (read-only)."""
+    from safeops.cli.preflight import before_prefect
+
+    before_prefect(target, location=to)
     from flows.media_snapshot import snapshot_product_media
     from safeops.console.runner import console, run_command
 
@@ -52,6 +55,9 @@ def media_verify(
     ] = False,
 ) -> None:
     """Check a snapshot's format, checksum, totals, source and live id sets (exit 3 if not)."""
+    from safeops.cli.preflight import before_prefect
+
+    before_prefect(target, snapshot_uri=uri)
     from flows.media_snapshot import verify_product_media_snapshot
     from safeops.console.runner import console, run_command
 
@@ -76,6 +82,9 @@ def media_purge(
     key: SigningKey = None,
 ) -> None:
     """Remove every image reference; MinIO files stay. Dry run unless --live."""
+    from safeops.cli.preflight import before_prefect
+
+    before_prefect(target)
     from flows.media_purge import purge_product_media
     from safeops.console.runner import report_run, run_command
 
@@ -111,10 +120,13 @@ def media_restore(
     key: SigningKey = None,
 ) -> None:
     """Put back what a snapshot holds (ids, urls, ranks, timestamps). Dry run unless --live."""
+    from safeops.cli.preflight import before_prefect
+
+    print(f"snapshot: {uri}", flush=True)
+    before_prefect(target, snapshot_uri=uri)
     from flows.media_restore import restore_product_media
     from safeops.console.runner import report_run, run_command
 
-    print(f"snapshot: {uri}", flush=True)
     report_run(
         run_command(
             restore_product_media,

@@ -52,11 +52,14 @@ def media_migrate_refs(
 
     Dry run unless --live. Source objects are never changed or deleted; a re-run
     copies nothing already referenced and reuses copies an interrupted run left."""
-    from flows.media_refs import migrate_product_media_refs
-    from safeops.console.runner import report_run, run_command
+    from safeops.cli.preflight import before_prefect
 
     if snapshot:
         print(f"snapshot: {snapshot}", flush=True)
+    before_prefect(target, snapshot_uri=snapshot or None)
+    from flows.media_refs import migrate_product_media_refs
+    from safeops.console.runner import report_run, run_command
+
     report_run(
         run_command(
             migrate_product_media_refs,
@@ -84,6 +87,9 @@ def media_upload(
     target: MediaTarget = "medusa",
 ) -> None:
     """Upload files as new ImageRefs of a product (appended after its current refs)."""
+    from safeops.cli.preflight import before_prefect
+
+    before_prefect(target)
     from safeops.console.runner import current_user
     from tasks.media.refs.upload import upload_media
 

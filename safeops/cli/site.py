@@ -28,6 +28,9 @@ group = typer.Typer(no_args_is_help=True, help="CMS site structure: check, reset
 @handle_errors
 def site_check(site_id: SiteId, target: CmsTarget = "cms") -> None:
     """Exit 0 when the site may be reset, 3 (with the reason) when it may not."""
+    from safeops.cli.preflight import before_prefect
+
+    before_prefect(target, site_id=site_id)
     from flows.site_reset import check_site_reset
     from safeops.console.runner import run_command
     from safeops.core.errors import ResetNotAllowed
@@ -52,6 +55,9 @@ def site_reset(
     key: SigningKey = None,
 ) -> None:
     """Delete the site's categories, authors, pages, content types and their SEO meta."""
+    from safeops.cli.preflight import before_prefect
+
+    before_prefect(target, site_id=site_id)
     from flows.site_reset import reset_site_structure
     from safeops.console.runner import report_run, run_command
 
@@ -96,10 +102,13 @@ def site_restore(
     key: SigningKey = None,
 ) -> None:
     """Undo a reset from its snapshot: rows, post links and blueprint state."""
+    from safeops.cli.preflight import before_prefect
+
+    print(f"snapshot: {uri}", flush=True)
+    before_prefect(target, snapshot_uri=uri)
     from flows.site_restore import restore_site_structure
     from safeops.console.runner import report_run, run_command
 
-    print(f"snapshot: {uri}", flush=True)
     report_run(
         run_command(
             restore_site_structure,

@@ -33,8 +33,10 @@ console = Console(highlight=False)
 
 
 def start_prefect() -> None:
-    """Start the ephemeral API in the main thread before any other thread needs it
-    (two threads racing to start it create two servers on one SQLite file)."""
+    """Reach the Prefect API in the main thread before any other thread needs it: the
+    CLI has pointed PREFECT_API_URL at the operator's API or the local server
+    (safeops/cli/local_server.py); without one (the demo) this starts the ephemeral
+    server, and two threads racing to start it create two servers on one SQLite file."""
     from prefect import get_client
 
     with get_client(sync_client=True) as client:

@@ -12,19 +12,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from safeops.core.db_faults import refusing_db_faults
-from safeops.core.dsn import parse_dsn, parsed_for, remember
+from safeops.core.dsn import LOGIN_REFUSALS, parse_dsn, parsed_for, remember
 from safeops.core.errors import DatabaseUnreachable, LoginRefused
 from safeops.core.settings import database_url
-
-# What PostgreSQL says when it answers but refuses the login (connection errors carry
-# no SQLSTATE in psycopg, only the server's message).
-LOGIN_REFUSALS = (
-    "does not exist",
-    "password authentication failed",
-    "no pg_hba.conf entry",
-    "permission denied for database",
-    "authentication failed for user",
-)
 
 
 def engine_for(target: str) -> Engine:
@@ -99,15 +89,15 @@ def connect(engine: Engine) -> Connection:
         return engine.connect()
     except OperationalError as exc:
         dsn = parsed_for(engine)
-        scrub = dsn.scrub if dsn is not None else (lambda text: text)
-        detail = scrub(str(exc.orig or exc))
-        kind = (
-            LoginRefused
-            if any(marker in detail for marker in LOGIN_REFUSALS)
-            else DatabaseUnreachable
-        )
-        where = dsn.target.masked() if dsn is not None else "the database"
-        raise kind(scrub(f"Cannot connect to {where}: {_first_line(exc.orig or exc)}")) from None
+        driver_error = exc.orig or exc
+        if dsn is None:
+            kind = (
+                LoginRefused
+                if any(marker in str(driver_error) for marker in LOGIN_REFUSALS)
+                else DatabaseUnreachable
+            )
+            raise kind(f"Cannot connect to the database: {_first_line(driver_error)}") from None
+        raise dsn.connect_failure(driver_error) from None
 
 
 @contextmanager

@@ -17,15 +17,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, unquote
 from weakref import WeakKeyDictionary
 
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from sqlalchemy.engine import URL
 
-from safeops.core.errors import InvalidDsn
+from safeops.core.errors import DatabaseUnreachable, InvalidDsn, LoginRefused
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 # A scheme is letters, digits, '+', '-' and '.': safe to quote in an error, unlike
 # anything after "://".
@@ -42,6 +44,15 @@ ENV_DEFAULTS = {
     "dbname": "PGDATABASE",
 }
 NOT_SHOWN = "(not shown: it may contain a password)"
+# What PostgreSQL says when it answers but refuses the login (connection errors carry
+# no SQLSTATE in psycopg, only the server's message).
+LOGIN_REFUSALS = (
+    "does not exist",
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "permission denied for database",
+    "authentication failed for user",
+)
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,8 @@ class ParsedDsn:
     def sqlalchemy_url(self) -> URL:
         """A ``postgresql+psycopg`` URL for ``create_engine``; several hosts go in the query
         the way SQLAlchemy's psycopg dialect reads them (one port per host)."""
+        from sqlalchemy.engine import URL  # here: the CLI parses URLs before SQLAlchemy loads
+
         params = dict(self.params)
         user, password = params.pop("user", None), params.pop("password", None)
         database = params.pop("dbname", None)
@@ -150,6 +163,20 @@ class ParsedDsn:
             for form in {secret, quote(secret, safe=""), quote(secret)}:
                 text = text.replace(form, "***")
         return text
+
+    def connect_failure(self, driver_error: BaseException) -> DatabaseUnreachable:
+        """The one line a failed connection becomes, whoever connected (an engine, the
+        CLI's preflight): the masked URL and the driver's first line, secrets starred;
+        LoginRefused when the server answered and said no (no retry fixes that)."""
+        detail = self.scrub(str(driver_error))
+        kind = (
+            LoginRefused
+            if any(marker in detail for marker in LOGIN_REFUSALS)
+            else DatabaseUnreachable
+        )
+        text = str(driver_error).strip()
+        first = text.splitlines()[0] if text else type(driver_error).__name__
+        return kind(self.scrub(f"Cannot connect to {self.target.masked()}: {first}"))
 
 
 def parse_dsn(raw: str, environ: Mapping[str, str] | None = None) -> ParsedDsn:

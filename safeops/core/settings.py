@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import functools
 import os
-import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sqlalchemy.engine import URL
 
 from safeops.core.dsn import parse_dsn
-from safeops.core.errors import BadInput, SafeopsError
+from safeops.core.errors import SafeopsError
+from safeops.core.targets import TARGET_NAME as TARGET_NAME
+from safeops.core.targets import env_var_for as env_var_for
+from safeops.core.targets import missing_database as missing_database
+from safeops.core.targets import secret_block_name as secret_block_name
+from safeops.core.targets import validate_target as validate_target
 
-TARGET_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 
 class Settings(BaseSettings):
@@ -86,19 +90,6 @@ def _settings_for(environment: tuple[tuple[str, str], ...]) -> Settings:
     return Settings()
 
 
-def env_var_for(target: str) -> str:
-    return f"{target.upper().replace('-', '_')}_DATABASE_URL"
-
-
-def validate_target(target: str) -> str:
-    if not isinstance(target, str) or not TARGET_NAME.match(target):
-        raise BadInput(
-            f"Invalid target name {target!r}: use lowercase letters, digits and dashes "
-            "(e.g. 'medusa', 'cms')."
-        )
-    return target
-
-
 def database_url(target: str) -> str:
     """The raw URL of a target; never log or return it to a flow's caller.
 
@@ -107,12 +98,9 @@ def database_url(target: str) -> str:
     validate_target(target)
     value = os.environ.get(env_var_for(target))
     if not value:
-        value = _secret_block(f"{target}-database-url")
+        value = _secret_block(secret_block_name(target))
     if not value:
-        raise BadInput(
-            f"No database configured for target {target!r}: set {env_var_for(target)} "
-            f"or create a Prefect Secret block named '{target}-database-url'."
-        )
+        raise missing_database(target)
     return value
 
 
@@ -136,7 +124,7 @@ def sqlalchemy_url(raw: str) -> URL:
 def mask_url(raw: str | URL) -> str:
     """The URL as it may appear in logs, artifacts and audit rows: the one parser's
     masked form, or a placeholder when it cannot be parsed (never the raw text)."""
-    text = raw.render_as_string(hide_password=False) if isinstance(raw, URL) else str(raw)
+    text = raw if isinstance(raw, str) else raw.render_as_string(hide_password=False)
     try:
         return parse_dsn(text).target.masked()
     except SafeopsError:

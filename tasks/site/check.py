@@ -4,7 +4,6 @@ canonical UUID reaches SQL), the site's row, the published-posts guard, and the
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from prefect import task
@@ -12,18 +11,8 @@ from sqlalchemy import Connection, text
 
 from safeops.core.db import engine_for, transaction
 from safeops.core.errors import BadInput
+from safeops.core.site_id import parse_site_id as parse_site_id  # re-exported for the flows
 from tasks.common.retry import TRANSIENT_RETRIES
-
-
-def parse_site_id(site_id: Any) -> str:
-    """Only a canonical UUID reaches SQL; anything else is bad input (exit 2)."""
-    raw = str(site_id).strip() if site_id is not None else ""
-    if not raw or len(raw) > 64:
-        raise BadInput(f"Invalid site_id {raw[:64]!r}: expected a UUID.")
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise BadInput(f"Invalid site_id {raw[:64]!r}: expected a UUID.") from None
 
 
 def site_row(conn: Connection, site_id: str, lock: bool = False) -> tuple[str, str] | None:

@@ -88,6 +88,9 @@ def test_every_form_connects_or_fails_masked_and_prefect_never_stores_the_passwo
     from prefect.logging.handlers import APILogHandler
     from prefect.types._datetime import now
 
+    from flows.media_snapshot import snapshot_product_media
+    from safeops.core.errors import LoginRefused
+
     since = now("UTC")
     texts: dict[str, str] = {}
     loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs")]
@@ -116,6 +119,16 @@ def test_every_form_connects_or_fails_masked_and_prefect_never_stores_the_passwo
             assert f"127.0.0.1:5432/{UNKNOWN_DATABASE}: " in line, line
             assert f'database "{UNKNOWN_DATABASE}" does not exist' in line, line
             assert (":***@" in line) == (name != "query-string sslpassword"), line
+            # The CLI answered before Prefect (its preflight); the flow, as a UI or
+            # scheduled run meets it, fails the same way and Prefect stores that.
+            with monkeypatch.context() as patch:
+                patch.setenv("MEDUSA_DATABASE_URL", raw)
+                for key, value in env.items():
+                    patch.setenv(key, value)
+                with pytest.raises(LoginRefused) as refused:
+                    snapshot_product_media()
+            texts[f"flow {name} unknown database"] = str(refused.value)
+            assert str(refused.value) == line.removeprefix("error: "), (name, refused.value)
         keyword, env = forms(database)["multi-host keyword DSN"]
         live = run("live purge", keyword, env, "media", "purge", "--live", "--yes")
         assert live.code == 0 and "Applied: " in live.stdout, live

@@ -29,25 +29,35 @@ AWS_SECRET = "AwsFaultsMarker-2Lm"
 def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
     exports: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The closed port in a real process (all it prints, with the task's 3 retries at
-    SAFEOPS_RETRY_DELAY_S=0.1); the unknown database in-process (not retried)."""
+    """The closed port in a real process (all it prints), the unknown database in-process.
+
+    The CLI finds both before Prefect starts (safeops/cli/preflight.py), with the same
+    retries as the tasks: a closed port may be a server restarting, so it is retried
+    (at SAFEOPS_RETRY_DELAY_S=0.1: 0.1 + 0.3 + 0.9 s), then failed; a database that does
+    not exist is configuration, which no retry fixes, so it fails at once. The flows,
+    which runs from the UI or a schedule go through, keep the same policy in their tasks
+    (checked below on the flows themselves)."""
+    import time
+
     from prefect.types._datetime import now
 
+    from flows.media_purge import purge_product_media
+    from flows.site_reset import check_site_reset
+    from safeops.core.errors import DatabaseUnreachable, LoginRefused
+    from tasks.media.snapshot import take_media_snapshot
     from tasks.site.check import check_site
 
     closed = free_port()
     medusa = f"postgresql://shop_admin:{PASSWORD}@127.0.0.1:{closed}/shop"
-    since = now("UTC")
+    unknown_url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/safeops_no_such_database"
+    started = time.monotonic()
     proc = start_cli(
         "media", "purge", env={"MEDUSA_DATABASE_URL": medusa, "SAFEOPS_RETRY_DELAY_S": "0.1"}
     )
-    monkeypatch.setattr(check_site, "retry_delay_seconds", [0.1, 0.1, 0.1])
-    monkeypatch.setenv(
-        "CMS_DATABASE_URL",
-        f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/safeops_no_such_database",
-    )
+    monkeypatch.setenv("CMS_DATABASE_URL", unknown_url)
     unknown = cli("site", "check", "00000000-0000-4000-8000-000000000000")
     code, out, err = finish(proc)
+    retried_for = time.monotonic() - started
 
     runs = {
         "closed port": (code, out, err),
@@ -61,8 +71,20 @@ def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
         assert ":***@127.0.0.1:" in line, (name, line)
     assert f"127.0.0.1:{closed}/shop" in runs["closed port"][2]
     assert 'database "safeops_no_such_database" does not exist' in runs["no database"][2]
-    # A closed port may be a server restarting: retried, then failed. A database that
-    # does not exist is configuration: no retry can fix it, so it fails at once.
+    assert retried_for >= 1.3  # the three retries of the closed port
+
+    # The flows themselves: the closed port retried, then failed; the unknown database
+    # failed at once.
+    since = now("UTC")
+    monkeypatch.setattr(take_media_snapshot, "retry_delay_seconds", [0.1, 0.1, 0.1])
+    monkeypatch.setattr(check_site, "retry_delay_seconds", [0.1, 0.1, 0.1])
+    monkeypatch.setenv("MEDUSA_DATABASE_URL", medusa)
+    with pytest.raises(DatabaseUnreachable) as closed_port:
+        purge_product_media(dry_run=True)
+    with pytest.raises(LoginRefused) as no_database:
+        check_site_reset("00000000-0000-4000-8000-000000000000")
+    for refused in (closed_port.value, no_database.value):
+        assert PASSWORD not in str(refused) and ":***@127.0.0.1:" in str(refused)
     for flow_name, task_name, attempts_made in (
         ("purge-product-media", "snapshot-media", 4),
         ("check-site-reset", "check-site-reset", 1),
