@@ -31,6 +31,7 @@ from tests.server.conftest import ARTIFACTS, CHROMIUM, Stack
 
 pytestmark = [
     pytest.mark.server,
+    pytest.mark.xdist_group("prefect-server"),  # the same stack as test_deployments.py
     pytest.mark.skipif(
         not Path(CHROMIUM).exists(),
         reason=f"{CHROMIUM} missing: `apt-get install chromium` (.ci/run does)",

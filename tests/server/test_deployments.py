@@ -15,7 +15,8 @@ from tests.conftest import CMS_TABLES, MEDUSA_TABLES
 from tests.pg import scalar, table_checksums
 from tests.server.conftest import ARTIFACTS, CHROMIUM, PREFECT, WORKERS, Stack
 
-pytestmark = pytest.mark.server
+# One PostgreSQL-backed server stack per session: every server test on one xdist worker.
+pytestmark = [pytest.mark.server, pytest.mark.xdist_group("prefect-server")]
 
 
 def run_deployment(stack: Stack, name: str, *params: str) -> str:
