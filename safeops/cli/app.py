@@ -17,7 +17,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from safeops.cli import media, refs, site
-from safeops.cli.options import handle_errors
+from safeops.cli.options import Approver, RunId, SigningKey, Target, Why, handle_errors
 from safeops.core.prefect_env import apply_offline_defaults
 
 apply_offline_defaults()
@@ -67,27 +67,6 @@ app = SafeopsTyper(
 app.add_typer(media.group, name="media")
 app.add_typer(site.group, name="site")
 assert refs.group is media.group  # migrate-refs and upload live in the media group
-
-RunId = Annotated[str, typer.Argument(help="The paused flow run's id (safeops approvals).")]
-
-
-Key = Annotated[
-    str | None,
-    typer.Option(
-        "--key",
-        help="Private key file to sign with (or a .pub whose private half is in the "
-        "ssh-agent); default SAFEOPS_SIGNING_KEY, then the agent's first key. Used only when "
-        "the run's worker has allowed signers.",
-    ),
-]
-Approver = Annotated[
-    str | None,
-    typer.Option(
-        "--approver",
-        help="Your name, for runs without allowed signers (default: the current "
-        "user). Signed runs ignore it: the signature says who you are.",
-    ),
-]
 
 
 @app.command("approvals")
@@ -160,9 +139,9 @@ def approve(
             "'PURGE 200 IMAGES' or the site slug.",
         ),
     ],
-    reason: Annotated[str, typer.Option("--reason")] = "approved from the CLI",
+    reason: Why = "approved from the CLI",
     approver: Approver = None,
-    key: Key = None,
+    key: SigningKey = None,
 ) -> None:
     """Approve a paused run (signed when the run asks for signatures); a wrong
     confirmation or a refused signature ends it with nothing changed."""
@@ -189,9 +168,9 @@ def approve(
 @handle_errors
 def reject(
     run_id: RunId,
-    reason: Annotated[str, typer.Option("--reason", help="Why the change is rejected.")],
+    reason: Why,
     approver: Approver = None,
-    key: Key = None,
+    key: SigningKey = None,
 ) -> None:
     """Reject a paused run: it ends with nothing changed."""
     from safeops.cli.local_server import use_for_this_command
@@ -220,12 +199,9 @@ def sign_plan_command(
             "migrate-product-media-refs, reset-site-structure or restore-site-structure.",
         ),
     ],
-    target: Annotated[
-        str,
-        typer.Option("--target", help="The target name (its database's fingerprint is signed)."),
-    ],
-    reason: Annotated[str, typer.Option("--reason", help="Why (one line).")],
-    key: Key = None,
+    target: Target,
+    reason: Why,
+    key: SigningKey = None,
     out: Annotated[
         str | None, typer.Option("--out", help="File to write (default: stdout).")
     ] = None,
@@ -250,7 +226,7 @@ app.add_typer(audit, name="audit")
 
 @audit.command("verify")
 @handle_errors
-def audit_verify(target: Annotated[str, typer.Option("--target", help="The target name.")]) -> None:
+def audit_verify(target: Target) -> None:
     """Re-check every signed audit row of a target against SAFEOPS_ALLOWED_SIGNERS, one
     line per row; exit 3 when any signed row no longer verifies."""
     from safeops.cli.approvals import verify_audit

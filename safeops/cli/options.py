@@ -55,9 +55,25 @@ SigningKey = Annotated[
     str | None,
     typer.Option(
         "--key",
-        help="Key to sign the approval with (default SAFEOPS_SIGNING_KEY, then the "
-        "ssh-agent); used when allowed signers are configured.",
+        help="Private key file to sign with (or a .pub whose private half is in the "
+        "ssh-agent); default SAFEOPS_SIGNING_KEY, then the agent's first key. Used only when "
+        "the run's worker has allowed signers.",
     ),
+]
+Approver = Annotated[
+    str | None,
+    typer.Option(
+        "--approver",
+        help="Your name, for runs without allowed signers (default: the current "
+        "user). Signed runs ignore it: the signature says who you are.",
+    ),
+]
+RunId = Annotated[str, typer.Argument(help="The paused flow run's id (safeops approvals).")]
+Target = Annotated[
+    str, typer.Option("--target", help="The target name (its database's fingerprint is signed).")
+]
+Why = Annotated[
+    str, typer.Option("--reason", help="Why (one line: ticket, context); recorded with it.")
 ]
 Reason = Annotated[
     str | None,

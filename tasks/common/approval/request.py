@@ -23,8 +23,7 @@ from prefect.input.actions import create_flow_run_input, delete_flow_run_input
 from pydantic import Field
 
 from safeops.core import signing
-from safeops.core.models import Plan
-from tasks.common.approval.votes import Vote
+from safeops.core.models import Plan, SignedVote
 from tasks.common.notify import approve_command
 
 REASON_PLACEHOLDER = "REPLACE-WITH-YOUR-REASON"
@@ -80,6 +79,15 @@ class SignedApprovalForm(RunInput):
         description="Optional: the exact statement you signed (the CLI "
         "sends it); empty means the one shown above.",
     )
+
+
+@dataclass
+class Vote:
+    """One approver's approval that counts (signed or not)."""
+
+    name: str  # principal when signed, typed name when not
+    reason: str
+    signed: SignedVote | None = None
 
 
 def counts_text(plan: Plan) -> str:

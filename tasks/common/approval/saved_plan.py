@@ -16,8 +16,8 @@ from safeops.core.errors import ApprovalDenied, PlanMismatch, SignatureMissing
 from safeops.core.hash_text import printable
 from safeops.core.models import Plan, SignedVote
 from tasks.common.approval.policy import ApprovalPolicy, check_allowlist
-from tasks.common.approval.request import ApprovalRequest, counts_text
-from tasks.common.approval.votes import Vote, verify_signed
+from tasks.common.approval.request import ApprovalRequest, Vote, counts_text
+from tasks.common.approval.votes import verify_signed
 
 SIGNATURE_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 

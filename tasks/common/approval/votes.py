@@ -12,9 +12,8 @@ control flow around them.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect.context import FlowRunContext
 
@@ -27,17 +26,7 @@ from safeops.core.errors import (
 )
 from safeops.core.models import Approval, SignedVote
 from tasks.common.approval.policy import check_allowlist
-
-if TYPE_CHECKING:
-    from tasks.common.approval.request import ApprovalRequest
-
-
-@dataclass
-class Vote:
-    name: str  # principal when signed, typed name when not
-    reason: str
-    signed: SignedVote | None = None
-
+from tasks.common.approval.request import ApprovalRequest, Vote
 
 # --- who started the run --------------------------------------------------------
 
