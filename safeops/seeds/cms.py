@@ -9,6 +9,10 @@ must be refused and one without any post.
 
 Blueprint slugs are derived from names only (never from ids, counters or clocks), so applying
 the same blueprint again after a reset yields the very same slugs and canonical URLs.
+
+One module (~540 lines) on purpose: it is a single data set written as the CMS's own
+operations (create a site, apply a blueprint, add a post), and each step reads what the
+previous one wrote (slugs, base URLs, SEO rows); split, every part would import the others.
 """
 
 from __future__ import annotations
