@@ -3,8 +3,10 @@
 PostgreSQL renders the documents (SNAPSHOT_SQL) and streams them with a binary
 COPY while Python hashes and writes them; the totals for the summary are summed
 on the way. The same rendering is what ``loaded.match_live`` compares a file
-with, and ``tune_for_bulk`` is shared by every catalog-sized statement of the
-pipeline, so both live here, beside the task that first needs them.
+with, so it lives here, beside the task that first needs it. A purge asks for
+its plan too (``plan=True``): computed in the same REPEATABLE READ view that
+rendered the file, it describes exactly the rows the file holds, so the purge
+needs no second rendering to prove the file against the catalog.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from sqlalchemy import Connection, text
 
 from safeops.core.db import engine_for, fingerprint, read_snapshot
 from safeops.core.models import SnapshotRef
+from safeops.core.settings import describe_target
 from safeops.core.snapshot_writer import SnapshotWriter
 from tasks.common.artifacts import Progress
 from tasks.common.register import record_snapshot, target_is_read_only
 from tasks.common.retry import TRANSIENT_RETRIES
 from tasks.common.snapshots import finish_and_publish, new_writer, now_utc, source_fields
+from tasks.media.bulk import tune_for_bulk
+from tasks.media.plan import purge_plan
 
 MEDIA_FORMAT = "safeops/medusa-media-snapshot"
 
@@ -72,25 +77,6 @@ LEFT JOIN vthumbs vt ON vt.product_id = p.id
 WHERE p.thumbnail IS NOT NULL OR im.docs IS NOT NULL OR vt.docs IS NOT NULL
 ORDER BY p.id
 """)
-
-# Bulk statements over the whole catalog: JIT compilation costs seconds per
-# statement here and buys nothing for row_to_json/string_agg work; the sorts
-# stay in memory instead of spilling at catalog scale; and the planner's default
-# price for passing rows up from parallel workers keeps it from ever sharing the
-# rendering and digests (3.3 s instead of 4.8 s for the 1M-image snapshot query
-# on two cores). Parallel workers stay bounded by max_parallel_workers_per_gather.
-BULK_SETTINGS = (
-    "SET LOCAL jit = off",
-    "SET LOCAL work_mem = '64MB'",
-    "SET LOCAL parallel_tuple_cost = 0.001",
-    "SET LOCAL parallel_setup_cost = 10",
-)
-
-
-def tune_for_bulk(conn: Connection) -> None:
-    """Transaction-local settings for catalog-sized statements."""
-    for statement in BULK_SETTINGS:
-        conn.execute(text(statement))
 
 
 def estimate_products(conn: Connection) -> int:
@@ -190,8 +176,15 @@ SNAPSHOT_PREFIX = "medusa-media-snapshot"
 
 
 @task(name="snapshot-media", **TRANSIENT_RETRIES)
-def take_media_snapshot(target: str, snapshot_location: str | None = None) -> SnapshotRef:
-    """Stream every product holding a reference to a new snapshot file."""
+def take_media_snapshot(
+    target: str, snapshot_location: str | None = None, *, plan: bool = False
+) -> SnapshotRef:
+    """Stream every product holding a reference to a new snapshot file.
+
+    ``plan``: also derive the purge plan in the same view, after the documents
+    (the snapshot's ``plan``): the digest of exactly the rows the file was
+    rendered from, which a verify reading the file back and the apply under
+    its lock prove the file and the live rows against."""
     created = now_utc()
     writer = new_writer(MEDIA_FORMAT, "products", snapshot_location)
     try:
@@ -204,6 +197,12 @@ def take_media_snapshot(target: str, snapshot_location: str | None = None) -> Sn
             )
             totals = stream_snapshot(conn, writer, progress.update)
             progress.finish(totals["totalProducts"])
+            in_view = None
+            if plan:
+                # The products count is the documents' (the same products the plan's
+                # count of products in scope would find, in the same view).
+                in_view = purge_plan(conn, describe_target(target), count_products=False)
+                in_view.counts = {"products": totals["totalProducts"], **in_view.counts}
             read_only = target_is_read_only(conn)
         uri = finish_and_publish(
             writer,
@@ -224,4 +223,6 @@ def take_media_snapshot(target: str, snapshot_location: str | None = None) -> Sn
     except BaseException:
         writer.discard()
         raise
-    return SnapshotRef(uri=uri, totals=totals, body_sha256=writer.sha256, source=str(fp))
+    return SnapshotRef(
+        uri=uri, totals=totals, body_sha256=writer.sha256, source=str(fp), plan=in_view
+    )
