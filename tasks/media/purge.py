@@ -8,10 +8,13 @@ restore (it imports ``lock_media_tables`` from here).
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
-from prefect import task
+import psycopg
+from prefect import get_run_logger, task
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from safeops.core.db import engine_for, fingerprint, read_snapshot, transaction
 from safeops.core.errors import DriftDetected
@@ -40,6 +43,72 @@ def lock_media_tables(conn: Connection) -> None:
     conflicts with itself, so two purges/restores serialise; lock_timeout turns
     a long wait behind someone else's transaction into a retryable error."""
     conn.execute(LOCK_SQL)
+
+
+# ---------------------------------------------------------------- the cascade's index
+
+# ``DELETE FROM image`` fires the ON DELETE CASCADE of
+# ``product_variant_product_image_image_id_foreign`` once per image row: PostgreSQL's
+# RI trigger runs ``DELETE FROM ONLY product_variant_product_image WHERE $1 = image_id``
+# for each. Medusa's only index on that column is partial (``WHERE deleted_at IS
+# NULL``), which that query cannot use, so every firing scans the whole link table.
+# Deleting the links first does not help: the scan still visits every tuple this
+# transaction deleted (they stay on their pages until a vacuum after the commit).
+# Measured here (PostgreSQL 15, the bench catalog, the two DELETEs in one transaction
+# under the purge's lock): 20k images, 8,750 links: links first then images 2.49 s;
+# with a plain btree index on image_id built in the transaction 0.10 s (index 0.01 s);
+# 200k images, 87,500 links: 1.7-3.2 s with the index (index 0.1-0.16 s), hours
+# without (quadratic: 200k scans of the link table). So the apply builds that index
+# inside its own transaction, after its lock (CREATE INDEX takes SHARE on the link
+# table: compatible with our SHARE ROW EXCLUSIVE, and every writer already waits on
+# that), and drops it just before the commit. The DROP takes ACCESS EXCLUSIVE on the
+# link table until the commit, a few milliseconds later; it waits for reads already
+# running on that table, under the apply's lock_timeout (a timeout rolls everything
+# back and the task retries). Other sessions never see the index (its catalog row is
+# never committed), and a killed apply leaves none. Skipped when the table already
+# has a plain btree index on image_id, and when the role may not create one (not the
+# table's owner): then the purge is as slow as the cascade makes it, never wrong.
+CASCADE_INDEX = "safeops_purge_link_image_id"
+HAS_FULL_INDEX_SQL = text("""
+SELECT EXISTS (
+    SELECT 1 FROM pg_index x
+    JOIN pg_class ic ON ic.oid = x.indexrelid
+    JOIN pg_am am ON am.oid = ic.relam
+    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+    WHERE x.indrelid = 'product_variant_product_image'::regclass
+      AND a.attname = 'image_id' AND am.amname = 'btree'
+      AND x.indpred IS NULL AND x.indisvalid AND x.indisready)
+""")
+
+
+def index_for_cascade(conn: Connection) -> bool:
+    """Build the link table's image_id index for this transaction; True when built."""
+    if conn.execute(HAS_FULL_INDEX_SQL).scalar_one():
+        return False
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                text(f"CREATE INDEX {CASCADE_INDEX} ON product_variant_product_image (image_id)")
+            )
+    except DBAPIError as exc:
+        if not isinstance(
+            exc.orig, psycopg.errors.InsufficientPrivilege | psycopg.errors.DuplicateTable
+        ):
+            raise
+        with contextlib.suppress(Exception):  # outside a run there is no run logger
+            get_run_logger().warning(
+                "could not build the cascade's index on product_variant_product_image(image_id) "
+                "(%s): the image DELETE scans the link table once per image",
+                str(exc.orig).strip().splitlines()[0],
+            )
+        return False
+    return True
+
+
+def drop_cascade_index(conn: Connection, built: bool) -> None:
+    """Leave the store's schema as we found it; the last statement before the commit."""
+    if built:
+        conn.execute(text(f"DROP INDEX {CASCADE_INDEX}"))
 
 
 def delete_snapshot_rows(conn: Connection) -> dict[str, int]:
@@ -160,6 +229,7 @@ def apply_media_purge(
                 body_sha256, proof = reader.actual_sha256, "file compared with the live rows"
             require_snapshot_holds(plan, reader.summary, snapshot_uri)
             refuse_if_plan_moved(plan, approved_plan_hash, "the plan changed since approval")
+            built = index_for_cascade(conn)
             applied = delete_matched_rows(conn) if matched else delete_snapshot_rows(conn)
             require_as_planned(applied, plan, "Purge changed")
             write_audit(
@@ -178,6 +248,7 @@ def apply_media_purge(
                 snapshot_uri=snapshot_uri,
                 started_at=started_at,
             )
+            drop_cascade_index(conn, built)
     finally:
         if file_check is not None:
             file_check.cancel()
