@@ -155,6 +155,7 @@ def plot_jobs(ax: Any, results: dict[str, Any]) -> None:
             ax.plot(xs, ys, "o-", label=f"{job} (≤ {JOB_TARGETS[job]}x)")
     ax.axhline(1.0, color="black", linestyle=":", linewidth=1)
     ax.set_xscale("log")
+    ax.set_yscale("log")  # the CLI's start-up dwarfs the flows' ratios otherwise
     ax.set_title("whole jobs: ours / raw procedure")
     ax.set_xlabel("images")
     ax.set_ylabel("ratio")
