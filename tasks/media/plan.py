@@ -7,6 +7,8 @@ saved plan, and by the apply under its lock (the drift check).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Connection, text
 
 from safeops.core.db import fingerprint
@@ -61,6 +63,26 @@ def purge_plan(conn: Connection, target: str, *, count_products: bool = True) ->
     parts = {name: [int(n), digest or "0"] for name, n, digest in rows}
     if count_products:
         counts = {"products": count_products_in_scope(conn), **counts}
+    return _plan(conn, target, counts, parts)
+
+
+def plan_of_digests(
+    conn: Connection, target: str, products: int, digests: dict[str, tuple[int, int]]
+) -> Plan:
+    """The plan from per-kind (count, digest sum) computed elsewhere: the snapshot sums
+    the same 64-bit hashes of the same row texts while it renders them, so for the
+    same rows this is exactly ``purge_plan``'s plan (PostgreSQL's numeric sum and
+    Python's int print alike). Rows the rendering cannot reach (an image whose
+    product is gone, in a database without Medusa's foreign keys) are in
+    ``purge_plan``'s sums only: the apply's plan then differs, and it refuses."""
+    parts: dict[str, list[int | str]] = {
+        name: [n, str(digest) if n else "0"] for name, (n, digest) in digests.items()
+    }
+    counts = {"products": products, **{name: n for name, (n, _) in digests.items()}}
+    return _plan(conn, target, counts, parts)
+
+
+def _plan(conn: Connection, target: str, counts: dict[str, int], parts: dict[str, Any]) -> Plan:
     return Plan(
         kind="purge-product-media",
         target=target,
