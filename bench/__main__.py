@@ -9,8 +9,10 @@ databases (``safeops_bench_*``, dropped afterwards), then for each stage and
 repetition run ours and its raw-SQL baseline back to back (the order
 alternating between repetitions), each in a fresh process; report medians,
 peak RSS and the ratios against the issue's targets; run the real flows once
-per size and count their task runs. Writes ``bench/results.json`` and
-``bench/results.png`` (or next to ``--out``) and prints the tables.
+per size and count their task runs, and set each whole job (flow, CLI
+snapshot) beside the raw procedure it replaces (``bench/jobs.py``). Writes
+``bench/results.json`` and ``bench/results.png`` (or next to ``--out``) and
+prints the tables.
 
 Needs a PostgreSQL superuser (default ``postgresql://postgres@127.0.0.1:5432/
 postgres``, or ``--admin-url`` / ``SAFEOPS_BENCH_ADMIN_URL``).
@@ -35,6 +37,7 @@ import psycopg
 
 from bench import cli_times
 from bench import generate as gen
+from bench.jobs import jobs_of, snapshot_cli
 from bench.report import chart, evaluate, summarize, table
 from bench.stages import STAGES, VARIANTS, Measurement, Runner, count_task_runs
 
@@ -144,6 +147,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     entry["flows"] = count_task_runs(runner, args.prefect_api_url)
                     for flow, info in entry["flows"].items():
                         log(f"    {flow}: {info['task_runs']} task runs, {info['seconds']:.1f} s")
+                    entry["jobs"] = jobs_of(entry)
+                    log("  timing `safeops media snapshot` beside pg_dump")
+                    env = dict(runner.env)
+                    if args.prefect_api_url:
+                        env["PREFECT_API_URL"] = args.prefect_api_url
+                    entry["jobs"]["snapshot_cli"] = snapshot_cli(
+                        env, runner.medusa_url, runner.workdir, args.reps
+                    )
+                    for job, row in entry["jobs"].items():
+                        log(f"    {job}: {row['ours_s']} s vs raw {row['raw_s']} s")
                 entry["seconds"] = round(time.perf_counter() - started, 1)
                 results["sizes"][str(size)] = entry
             finally:

@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.jobs import jobs_table, plot_jobs
 from bench.stages import STAGES, Measurement
 
 RATIO_TARGETS = {  # stage: (limit, what the ratio is taken against)
@@ -194,6 +195,9 @@ def table(results: dict[str, Any]) -> str:
                     "-" if info is None else f"{info['task_runs']} ({info['seconds']:.1f} s)"
                 )
             lines.append(f"| {flow} | " + " | ".join(cells) + " |")
+    jobs = jobs_table(results)
+    if jobs:
+        lines += ["", jobs]
     if "cli" in results:
         from bench.cli_times import table as cli_table
 
@@ -208,7 +212,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = sorted(results["sizes"], key=int)
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))
     for ax, stage in zip(axes.flat, STAGES, strict=False):
         xs, ours, base = [], [], []
         for size in sizes:
@@ -261,6 +265,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("MB")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    plot_jobs(axes.flat[len(STAGES) + 1], results)
+    for spare in axes.flat[len(STAGES) + 2 :]:
+        spare.set_axis_off()
     machine = results.get("machine", {})
     fig.suptitle(
         f"safeops vs raw SQL — {machine.get('cpus', '?')} cores, "

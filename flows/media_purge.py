@@ -1,7 +1,9 @@
 """Purge every image reference of a Medusa catalog, safely.
 
-snapshot → verify → plan → (dry run stops here) → approval → apply in one
-transaction → a fresh snapshot proves zero images and thumbnails are left.
+snapshot (and its plan, in the same consistent view) → verify the stored file
+against that view → (dry run stops here) → approval → apply in one transaction
+(under its lock: the live rows still hash to the plan, the file is unchanged)
+→ a fresh snapshot proves zero images and thumbnails are left.
 MinIO objects are never touched; `restore-product-media` undoes the purge
 from the snapshot this run writes.
 
@@ -17,7 +19,7 @@ from safeops.core.errors import DriftDetected
 from safeops.core.models import RunResult
 from tasks.common.artifacts import snapshot_link
 from tasks.common.destructive import destructive_run
-from tasks.media.purge import apply_media_purge, plan_media_purge
+from tasks.media.purge import apply_media_purge
 from tasks.media.snapshot import take_media_snapshot
 from tasks.media.verify import verify_media_snapshot
 
@@ -59,19 +61,21 @@ def purge_product_media(
         approved_plan_signature=approved_plan_signature,
         artifacts="media-purge",
     ) as run:
-        snapshot = take_media_snapshot(target, snapshot_location)
+        # One rendering of the catalog: the plan comes from the snapshot's own view,
+        # and the verify proves the stored file holds exactly what that view rendered.
+        snapshot = take_media_snapshot(target, snapshot_location, plan=True)
         snapshot_link(snapshot.uri, key="media-purge-snapshot", announce="snapshot")
-        report = verify_media_snapshot(target, snapshot.uri)
+        report = verify_media_snapshot(target, snapshot.uri, written=snapshot)
         if not report.ok:
             raise DriftDetected(
                 "Refused: the fresh snapshot does not verify "
                 f"({report.failures()}); nothing changed."
             )
-        plan = plan_media_purge(target)
-        if plan.plan_hash != report.plan_hash:
+        plan = snapshot.plan
+        if plan is None or plan.plan_hash != report.plan_hash:
             raise DriftDetected(
-                "Refused: the catalog changed while the snapshot was being "
-                "verified (plan hash moved); nothing changed. Run it again."
+                "Refused: the snapshot's plan and the verified file disagree; "
+                "nothing changed. Run it again."
             )
         if run.planned(
             plan,

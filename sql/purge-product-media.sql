@@ -44,6 +44,14 @@ SELECT 'before' AS stage,
        (SELECT count(*) FROM product_variant
          WHERE product_id IS NOT NULL AND thumbnail IS NOT NULL) AS variant_thumbnails;
 
+-- Medusa's only index on product_variant_product_image(image_id) is partial (WHERE deleted_at
+-- IS NULL), which the ON DELETE CASCADE from image cannot use: without the index below, the
+-- image DELETE scans the whole link table once per image (20k images: 2.5 s instead of 0.1 s;
+-- 200k: hours instead of 2-3 s). It lives only inside this transaction: dropped before the
+-- end, never seen by another session. Creating it needs the table's owner; a role that is
+-- not may delete this line and the DROP INDEX below (the purge is then only slower).
+CREATE INDEX safeops_purge_link_image_id ON product_variant_product_image (image_id);
+
 \echo '== Deleting variant image links (product_variant_product_image)'
 WITH deleted AS (
     DELETE FROM product_variant_product_image
@@ -78,6 +86,10 @@ WITH cleared AS (
     RETURNING 1
 )
 SELECT count(*) AS variant_thumbnails_cleared FROM cleared;
+
+-- ACCESS EXCLUSIVE on the link table from here to the end (milliseconds); it waits for
+-- reads of that table already running, at most lock_timeout.
+DROP INDEX safeops_purge_link_image_id;
 
 \echo '== Counts AFTER the purge (all must be 0)'
 SELECT 'after' AS stage,

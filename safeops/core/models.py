@@ -65,6 +65,8 @@ class SnapshotRef(BaseModel):
     totals: dict[str, int]
     body_sha256: str
     source: str
+    # The purge plan derived in the view the file was rendered from (purge only).
+    plan: Plan | None = None
 
 
 class VerifyReport(BaseModel):

@@ -18,7 +18,8 @@ from sqlalchemy import Connection, text
 from safeops.core.errors import SnapshotInvalid
 from safeops.core.models import TableDiff
 from safeops.core.snapshot_reader import SnapshotReader
-from tasks.media.snapshot import Totals, live_documents, tune_for_bulk
+from tasks.media.bulk import tune_for_bulk
+from tasks.media.snapshot import Totals, live_documents
 
 # ---------------------------------------------------------------- loading a snapshot
 
