@@ -1,9 +1,12 @@
 """Restore a Medusa catalog's image references from a media snapshot.
 
-verify the snapshot → refuse one from another database (unless forced) →
-plan (rows to insert, already present, whose product is gone) → (dry run
-stops here) → approval → insert in one transaction → plan again: nothing
-left to restore. Running it twice changes nothing the second time.
+plan (load the snapshot, prove it intact and ours, sort its rows into to
+insert / already present / product gone; a read-only view) → (dry run stops
+here) → approval → apply in one transaction (load it again, lock, re-derive the
+plan and refuse any drift, insert, count what is left, audit). With a saved
+plan there is no pause and no plan step: the apply derives the plan once, under
+its lock, and refuses unless it is the saved one. Running it twice changes
+nothing the second time.
 
 Run:  uv run safeops media restore ./exports/medusa-media-snapshot-<stamp>.json --live
 """
@@ -12,10 +15,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from safeops.core.models import RunResult
+from safeops.core.models import Plan, RunResult
 from tasks.common.destructive import counts_of, destructive_run
 from tasks.media.restore import apply_media_restore, plan_media_restore
-from tasks.media.verify import verify_media_snapshot
 
 FLOW = "restore-product-media"
 TODO = ("images", "variant_links", "product_thumbnails", "variant_thumbnails")
@@ -25,6 +27,7 @@ SINCE = (
     "images_after_newer_images",
     "products_with_newer_images",
 )
+NOTHING = "Nothing to restore: every row of the snapshot is already present."
 
 
 @flow(name=FLOW)
@@ -64,38 +67,39 @@ def restore_product_media(
         approved_plan_signature=approved_plan_signature,
         artifacts="media-restore",
     ) as run:
-        report = verify_media_snapshot(target, snapshot_uri, require_live_match=False)
-        plan = plan_media_restore(target, snapshot_uri, force, allow_untraced)
-        todo = counts_of(plan, TODO)
-        if run.planned(
-            plan,
-            snapshot_uri,
-            nothing_to_do=not any(todo.values()),
-            nothing_message="Nothing to restore: every row of the snapshot is already present.",
-        ):
-            return run.require_result()
-
-        since = counts_of(plan, SINCE)
-        run.approve(
-            confirmation=f"RESTORE {todo['images']} IMAGES",
-            what=[
-                f"insert {todo['images']} image row(s) with their original ids",
-                f"of which {since['images_product_soft_deleted']} come back "
-                f"soft-deleted with their product: "
-                f"{since['products_soft_deleted']} product(s) soft-deleted since the "
-                "snapshot, on which no product or variant thumbnail is set",
-                f"of which {since['images_after_newer_images']} follow, in snapshot "
-                f"order, the images {since['products_with_newer_images']} product(s) "
-                "gained since (those keep their ranks)",
-                f"insert {todo['variant_links']} variant-image link(s)",
-                f"set {todo['product_thumbnails']} product and "
-                f"{todo['variant_thumbnails']} variant thumbnail(s) that are empty now",
-                *(f"skip {note}" for note in plan.notes),
-                *plan.details,
-            ],
-        )
-        run.applied(
-            apply_media_restore(
+        if run.saved_plan_approves():
+            # Nobody reads a plan between plan and apply: the apply plans, under its lock.
+            approval = run.approve_saved_plan(FLOW)
+            done = apply_media_restore(
+                target,
+                snapshot_uri,
+                force,
+                run.approved_plan_hash or "",
+                approval,
+                run.started,
+                allow_untraced,
+                saved_plan=True,
+            )
+            if run.planned(
+                done.plan,
+                snapshot_uri,
+                nothing_to_do=not done.applied,
+                nothing_message=NOTHING,
+                announced=True,
+            ):
+                return run.require_result()
+            run.require_result().approval = approval
+        else:
+            plan = plan_media_restore(target, snapshot_uri, force, allow_untraced)
+            if run.planned(
+                plan,
+                snapshot_uri,
+                nothing_to_do=not any(counts_of(plan, TODO).values()),
+                nothing_message=NOTHING,
+            ):
+                return run.require_result()
+            run.approve(confirmation=f"RESTORE {plan.counts['images']} IMAGES", what=what(plan))
+            done = apply_media_restore(
                 target,
                 snapshot_uri,
                 force,
@@ -104,18 +108,36 @@ def restore_product_media(
                 run.started,
                 allow_untraced,
             )
-        )
-        get_run_logger().info(
-            "restore committed: %s (snapshot had %s)", run.require_result().applied, report.totals
-        )
 
-        left = counts_of(plan_media_restore(target, snapshot_uri, force, allow_untraced), TODO)
-        run.require_result().after_totals = {f"left_{k}": v for k, v in left.items()}
+        run.applied(done.applied)
+        get_run_logger().info("restore committed: %s (snapshot had %s)", done.applied, done.totals)
+        # The check afterwards, counted in the apply's transaction before its commit.
+        run.require_result().after_totals = {f"left_{k}": v for k, v in done.left.items()}
         return run.finish(
-            problem=(f"Restore committed but rows are still missing afterwards: {left}.")
-            if any(left.values())
+            problem=(f"Restore committed but rows are still missing afterwards: {done.left}.")
+            if any(done.left.values())
             else None
         )
+
+
+def what(plan: Plan) -> list[str]:
+    """What the approver is asked to approve, line by line."""
+    todo, since = counts_of(plan, TODO), counts_of(plan, SINCE)
+    return [
+        f"insert {todo['images']} image row(s) with their original ids",
+        f"of which {since['images_product_soft_deleted']} come back "
+        f"soft-deleted with their product: "
+        f"{since['products_soft_deleted']} product(s) soft-deleted since the "
+        "snapshot, on which no product or variant thumbnail is set",
+        f"of which {since['images_after_newer_images']} follow, in snapshot "
+        f"order, the images {since['products_with_newer_images']} product(s) "
+        "gained since (those keep their ranks)",
+        f"insert {todo['variant_links']} variant-image link(s)",
+        f"set {todo['product_thumbnails']} product and "
+        f"{todo['variant_thumbnails']} variant thumbnail(s) that are empty now",
+        *(f"skip {note}" for note in plan.notes),
+        *plan.details,
+    ]
 
 
 if __name__ == "__main__":

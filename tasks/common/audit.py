@@ -146,13 +146,16 @@ def audit_rows(conn: Connection) -> list[AuditRow]:
     ]
 
 
-def applied_counts(
+def recorded_apply(
     conn: Connection, flow_run_id: UUID | None, flow_name: str, plan_hash: str
-) -> dict[str, int] | None:
-    """Counts of an apply this flow run already committed (a retry after a lost ack)."""
+) -> dict[str, Any] | None:
+    """The counts record (``{"planned": …, "applied": …}``) of an apply this flow run
+    already committed (a retry after a lost ack), or None. Reads only: a target without
+    the audit table has no such apply (the table is created by the first write_audit)."""
     if flow_run_id is None:
         return None
-    ensure_audit_table(conn)
+    if conn.execute(text("SELECT to_regclass('safeops.safeops_audit')")).scalar_one() is None:
+        return None
     row = conn.execute(
         text("""
         SELECT counts FROM safeops.safeops_audit
@@ -160,6 +163,17 @@ def applied_counts(
         ORDER BY id DESC LIMIT 1"""),
         {"run": flow_run_id, "flow": flow_name, "hash": plan_hash},
     ).scalar_one_or_none()
+    return dict(row) if row is not None else None
+
+
+def applied_counts(
+    conn: Connection, flow_run_id: UUID | None, flow_name: str, plan_hash: str
+) -> dict[str, int] | None:
+    """Counts of an apply this flow run already committed (a retry after a lost ack)."""
+    if flow_run_id is None:
+        return None
+    ensure_audit_table(conn)
+    row = recorded_apply(conn, flow_run_id, flow_name, plan_hash)
     if row is None:
         return None
     # The row holds {"planned": …, "applied"/"deleted"/"restored": …}: hand back what the

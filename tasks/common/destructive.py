@@ -36,6 +36,7 @@ from safeops.core.errors import SafeopsError
 from safeops.core.models import Approval, Plan, RunResult
 from safeops.core.settings import describe_target, get_settings, validate_target
 from tasks.common.approval import check_saved_plan, request_approval
+from tasks.common.approval.policy import ApprovalPolicy
 from tasks.common.artifacts import counts_table, summary_markdown
 from tasks.common.slot import one_at_a_time
 from tasks.common.snapshots import now_utc
@@ -61,11 +62,19 @@ class DestructiveRun:
     target_fingerprint: str | None = None
 
     def planned(
-        self, plan: Plan, snapshot_uri: str | None, *, nothing_to_do: bool, nothing_message: str
+        self,
+        plan: Plan,
+        snapshot_uri: str | None,
+        *,
+        nothing_to_do: bool,
+        nothing_message: str,
+        announced: bool = False,
     ) -> bool:
         """Show the plan, refuse a saved plan that differs; True when the run stops here
-        (a dry run, or nothing to do), with its reports published."""
-        events.emit("plan", plan=plan)
+        (a dry run, or nothing to do), with its reports published. ``announced``: the
+        task that derived the plan showed it already (an apply that plans under its lock)."""
+        if not announced:
+            events.emit("plan", plan=plan)
         check_saved_plan(plan, self.approved_plan_hash)
         self.result = RunResult(
             flow=self.flow,
@@ -98,6 +107,47 @@ class DestructiveRun:
             target_description=describe_target(self.target),
         )
         return result.approval
+
+    def saved_plan_approves(self) -> bool:
+        """A live run whose saved plan is its whole approval: no pause, so no person reads
+        a plan between the plan step and the apply, and a flow may derive its plan only
+        once, inside the apply's transaction (see approve_saved_plan)."""
+        return (
+            not self.dry_run
+            and self.approved_plan_hash is not None
+            and ApprovalPolicy().required_for(self.flow) <= 1
+        )
+
+    def approve_saved_plan(self, kind: str) -> Approval:
+        """The approval a saved plan gives, before its plan is derived.
+
+        A saved plan approves a hash, nothing else (no confirmation is typed, nothing is
+        shown): its vote, signature and allowlist checks need only the hash, the flow and
+        the target. So they run first, and the apply must then derive, under its lock,
+        a plan with exactly this hash (``check_saved_plan``) or change nothing: the same
+        guarantee as checking the hash against a plan step before the apply, without the
+        plan step. Only when ``saved_plan_approves()``: otherwise the pause needs a plan."""
+        if not self.saved_plan_approves() or self.approved_plan_hash is None:
+            raise SafeopsError("Internal error: no saved plan to approve with; nothing changed.")
+        approved = Plan(
+            kind=kind,
+            target=describe_target(self.target),
+            counts={},
+            plan_hash=self.approved_plan_hash.strip(),
+        )
+        return request_approval(
+            approved,
+            expected_confirmation="",
+            what=[],
+            snapshot_uri=None,
+            timeout_s=self.approval_timeout_s,
+            approved_plan_hash=self.approved_plan_hash,
+            approved_by=self.approved_by,
+            approved_plan_signature=self.approved_plan_signature,
+            flow=self.flow,
+            target_fingerprint=self.fingerprint(),
+            target_description=describe_target(self.target),
+        )
 
     def fingerprint(self) -> str | None:
         """``<system identifier>/<database>`` of the target, read once per run.

@@ -4,9 +4,11 @@ against its own summary (totals, site, plan hash, audit) before anything relies 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 from prefect import task
 from sqlalchemy import Connection, text
 
@@ -39,38 +41,89 @@ SITE_FORMAT = "safeops/cms-site-structure-snapshot"
 SNAPSHOT_PREFIX = "cms-site-structure-snapshot"
 
 
-def stream_snapshot_docs(conn: Connection, site_id: str) -> Iterator[tuple[str, str]]:
-    """(kind, one-line JSON document) for every row the reset removes or changes."""
+def stream_snapshot_docs(conn: Connection, site_id: str) -> Iterator[tuple[str, bytes]]:
+    """(kind, one-line JSON document) for every row the reset removes or changes.
+
+    Each kind's documents come in one binary ``COPY ... TO STDOUT`` rather than through
+    a cursor fetching rows in batches: 2.3 s of the 3.9 s snapshot of a site with 100k
+    SEO rows was that fetching (round trips and a Python row per document). A text
+    value's binary form is its bytes in the client encoding (UTF-8), which the bytea
+    loader hands over as they are: the documents are the same bytes as before."""
     tune_for_site(conn)
-    for kind in KINDS:
-        statement = text(
-            f"SELECT json_build_object('kind', '{kind.name}', 'row', {kind.row_expr()})::text "
-            f"FROM {kind.table} t WHERE {kind.where} ORDER BY {kind.key}"
-        )
-        result = conn.execute(
-            statement.execution_options(stream_results=True, yield_per=1000), {"site": site_id}
-        )
-        for (doc,) in result:
-            yield kind.name, doc
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur:  # type: ignore[union-attr]
+        for kind in KINDS:
+            statement = (
+                "COPY (SELECT json_build_object('kind', '"
+                + kind.name
+                + "', 'row', "
+                + kind.row_expr()
+                + ")::text FROM "
+                + kind.table
+                + " t WHERE "
+                + kind.where.replace(":site", "%(site)s")
+                + " ORDER BY "
+                + kind.key
+                + ") TO STDOUT (FORMAT BINARY)"
+            )
+            with cur.copy(statement, {"site": site_id}) as copy:
+                copy.set_types(["bytea"])
+                for (doc,) in copy.rows():
+                    yield kind.name, doc
+
+
+# Binary COPY framing (see the PostgreSQL COPY documentation): the signature, flags and
+# header extension length; per row a field count and the field's length; -1 at the end.
+# A jsonb value is a version byte (1) followed by the JSON text, so the documents go in
+# as they are and the server parses each once, as it stores it.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_COPY_CHUNK = 1 << 20
+
+
+def _copy_documents(conn: Connection, documents: Iterator[bytes], uri: str) -> None:
+    """COPY the documents into ``_snap_doc`` as jsonb, in a savepoint.
+
+    A document that is not JSON (or not UTF-8) is refused by the server when the COPY
+    ends; the rest of the body is read first, so a tampered file still fails its
+    checksum (the reader raises it at the end of the body) rather than the format
+    check, as when the documents were parsed by a later statement."""
+    raw = conn.connection.driver_connection
+    try:
+        with conn.begin_nested(), raw.cursor() as cur, cur.copy(COPY_DOCS_SQL) as copy:  # type: ignore[union-attr]
+            buf = bytearray(_COPY_SIGNATURE)
+            for doc in documents:
+                buf += struct.pack(">hi", 1, len(doc) + 1)
+                buf += b"\x01"
+                buf += doc
+                if len(buf) >= _COPY_CHUNK:
+                    copy.write(buf)
+                    buf = bytearray()
+            buf += _COPY_TRAILER
+            copy.write(buf)
+    except (psycopg.DataError, psycopg.errors.StatementTooComplex) as exc:
+        for _ in documents:  # the rest of the body, for its checksum
+            pass
+        raise SnapshotInvalid(
+            f"Snapshot {uri} failed the format check: its documents do not "
+            f"fit the CMS tables ({str(exc).strip().splitlines()[0]})"
+        ) from None
+
+
+COPY_DOCS_SQL = "COPY _snap_doc (doc) FROM STDIN (FORMAT BINARY)"
 
 
 def load_snapshot(conn: Connection, documents: Iterator[bytes], uri: str) -> dict[str, int]:
     """Copy the documents into temp tables shaped like the live tables."""
     tune_for_site(conn)
-    conn.execute(text("CREATE TEMP TABLE _snap_doc (doc text NOT NULL) ON COMMIT DROP"))
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cur, cur.copy("COPY _snap_doc (doc) FROM STDIN") as copy:  # type: ignore[union-attr]
-        for doc in documents:
-            copy.write_row((doc.decode("utf-8", errors="replace"),))
+    conn.execute(text("CREATE TEMP TABLE _snap_doc (doc jsonb NOT NULL) ON COMMIT DROP"))
+    _copy_documents(conn, documents, uri)
     try:
         with conn.begin_nested():
-            # Each document is parsed once, into jsonb (OFFSET 0 keeps the cast
-            # from being inlined into both extractions, which would parse twice).
             conn.execute(
                 text(
                     "CREATE TEMP TABLE _snap_json ON COMMIT DROP AS "
-                    "SELECT j->>'kind' AS kind, j->'row' AS row "
-                    "FROM (SELECT doc::jsonb AS j FROM _snap_doc OFFSET 0) d"
+                    "SELECT doc->>'kind' AS kind, doc->'row' AS row FROM _snap_doc"
                 )
             )
             for kind in KINDS:
