@@ -732,7 +732,8 @@ def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
 
     from flows.media_purge import purge_product_media
     from flows.media_restore import restore_product_media
-    from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
+    from flows.media_snapshot import snapshot_product_media
+    from flows.media_verify import verify_product_media_snapshot
     from flows.site_reset import reset_site_structure
     from flows.site_restore import restore_site_structure
     from tasks.media.purge import plan_media_purge

@@ -49,7 +49,7 @@ DEPLOYMENTS: tuple[Spec, ...] = (
         {"target": "medusa", "dry_run": True},
     ),
     Spec(
-        "flows/media_snapshot.py:verify_product_media_snapshot",
+        "flows/media_verify.py:verify_product_media_snapshot",
         "manual",
         "Check a media snapshot: format, checksum, totals, source, live ids, objects.",
         ("safeops", "medusa", "read-only"),
@@ -73,7 +73,7 @@ DEPLOYMENTS: tuple[Spec, ...] = (
         {"target": "medusa", "dry_run": True},
     ),
     Spec(
-        "flows/site_reset.py:check_site_reset",
+        "flows/site_check.py:check_site_reset",
         "manual",
         "Can this CMS site's structure be reset? Only with zero published posts.",
         ("safeops", "cms", "read-only"),

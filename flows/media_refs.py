@@ -19,9 +19,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
 from safeops.core.models import Plan, RunResult
-from safeops.core.settings import validate_target
 from tasks.common.artifacts import rows_table, snapshot_link, verify_table
 from tasks.common.destructive import destructive_run
 from tasks.media.refs.copy import copy_media_objects
@@ -29,7 +27,7 @@ from tasks.media.refs.plan import FLOW, plan_media_refs
 from tasks.media.refs.report import outcome_rows
 from tasks.media.refs.store import media_store
 from tasks.media.refs.write import write_media_refs
-from tasks.media.verify import verify_media_snapshot
+from tasks.media.verify import refuse_unless_verified, verify_media_snapshot
 
 
 @flow(name=FLOW)
@@ -59,19 +57,7 @@ def migrate_product_media_refs(
         approved_plan_signature: The signed saved plan (``safeops sign-plan``): needed with
             approved_plan_hash when SAFEOPS_ALLOWED_SIGNERS is set.
     """
-    validate_target(target)
     store = media_store()
-    if snapshot_uri:
-        report = verify_media_snapshot(target, snapshot_uri, require_live_match=False)
-        verify_table(report, key="media-refs-snapshot-verify")
-        if not report.ok:
-            failed = [c.name for c in report.checks if not c.ok]
-            error = ForeignSnapshot if failed == ["source"] else SnapshotInvalid
-            raise error(
-                f"Refused: snapshot {snapshot_uri} failed the {', '.join(failed)} "
-                f"check(s): {report.failures()}; nothing changed."
-            )
-        snapshot_link(snapshot_uri, key="media-refs-snapshot")
 
     def report_counts(plan: Plan, applied: dict[str, int] | None) -> None:
         rows_table(
@@ -92,6 +78,13 @@ def migrate_product_media_refs(
         artifacts="media-refs",
         report_counts=report_counts,
     ) as run:
+        if snapshot_uri:
+            report = verify_media_snapshot(target, snapshot_uri, require_live_match=False)
+            verify_table(report, key="media-refs-snapshot-verify")
+            refuse_unless_verified(
+                report, f"Refused: snapshot {snapshot_uri}", "; nothing changed."
+            )
+            snapshot_link(snapshot_uri, key="media-refs-snapshot")
         plan = plan_media_refs(target, snapshot_uri)
         c = plan.counts
         todo = c["to_copy"] + c["to_reuse"]
@@ -120,30 +113,38 @@ def migrate_product_media_refs(
         written = write_media_refs(
             target, copies.refs, plan.plan_hash, run.approval, run.started, snapshot_uri
         )
-
-    run.applied(
-        {
-            "copied": copies.copied,
-            "reused": copies.reused,
-            **written,
-            **{f"failed_{k}": v for k, v in copies.failed.items()},
-        }
-    )
-    get_run_logger().info("refs written: %s", run.require_result().applied)
-    run.require_result().message = (
-        f"{copies.copied} copied, {copies.reused} reused, "
-        f"{written['refs_written']} ref(s) written to "
-        f"{written['products_updated']} product(s)."
-    )
-    return run.finish(
-        problem=(
-            f"{sum(copies.failed.values())} copy(ies) failed "
-            f"({', '.join(copies.first_failed)}); refs were written for the "
-            "others, source objects are untouched; run again to retry them."
+        run.applied(
+            {
+                "copied": copies.copied,
+                "reused": copies.reused,
+                **written,
+                **{f"failed_{k}": v for k, v in copies.failed.items()},
+            }
         )
-        if copies.failed
-        else None
-    )
+        get_run_logger().info("refs written: %s", run.require_result().applied)
+        run.require_result().message = (
+            f"{copies.copied} copied, {copies.reused} reused, "
+            f"{written['refs_written']} ref(s) written to "
+            f"{written['products_updated']} product(s)."
+        )
+        # The check afterwards: planned again, nothing may be left to copy or reuse
+        # but what failed (a retry's work, said as such).
+        after = plan_media_refs(target, snapshot_uri).counts
+        left = after["to_copy"] + after["to_reuse"]
+        failed = sum(copies.failed.values())
+        return run.finish(
+            problem=(
+                f"{failed} copy(ies) failed ({', '.join(copies.first_failed)}); refs were "
+                "written for the others, source objects are untouched; run again to retry them."
+            )
+            if copies.failed
+            else (
+                f"Refs written, but the check afterwards still finds {left} image(s) to "
+                "migrate (added since the plan?); run again."
+            )
+            if left
+            else None
+        )
 
 
 if __name__ == "__main__":

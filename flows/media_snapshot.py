@@ -1,12 +1,10 @@
-"""Snapshot and verify a Medusa catalog's image references.
+"""Snapshot a Medusa catalog's image references (read-only).
 
 `snapshot-product-media` writes every image reference (image rows, variant
-links, product and variant thumbnails) to a JSON snapshot in the store;
-`verify-product-media-snapshot` reads one back and checks format, checksum,
-totals, source database, live id sets and, on request, the objects in MinIO.
+links, product and variant thumbnails) to a JSON snapshot in the store, and
+optionally prunes old ones (retention); `verify-product-media-snapshot` checks one.
 
 Run:  uv run safeops media snapshot
-      uv run safeops media verify ./exports/medusa-media-snapshot-<stamp>.json
 """
 
 from __future__ import annotations
@@ -14,13 +12,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
-from safeops.core.models import SnapshotRef, VerifyReport
+from safeops.core.models import SnapshotRef
 from safeops.core.settings import validate_target
-from tasks.common.artifacts import snapshot_link, verify_table
+from tasks.common.artifacts import snapshot_link
 from tasks.common.retention import prune_snapshots
 from tasks.media.snapshot import SNAPSHOT_PREFIX, take_media_snapshot
-from tasks.media.verify import verify_media_snapshot
 
 
 @flow(name="snapshot-product-media")
@@ -51,29 +47,6 @@ def snapshot_product_media(
         )
         get_run_logger().info("retention: pruned %s", outcome["pruned"])
     return ref
-
-
-@flow(name="verify-product-media-snapshot")
-def verify_product_media_snapshot(
-    snapshot_uri: str, target: str = "medusa", check_objects: bool = False
-) -> VerifyReport:
-    """Check a snapshot; the run fails (CLI exit 3) naming each failed check.
-
-    Args:
-        snapshot_uri: The snapshot to check (path or s3:// URI).
-        target: Which database to compare with (a name such as 'medusa', never a URL).
-        check_objects: Also HEAD every image's object in SAFEOPS_MEDIA_BUCKET.
-    """
-    validate_target(target)
-    report = verify_media_snapshot(target, snapshot_uri, check_objects=check_objects)
-    verify_table(report, key="media-snapshot-verify")
-    if not report.ok:
-        failed = [c.name for c in report.checks if not c.ok]
-        error = ForeignSnapshot if failed == ["source"] else SnapshotInvalid
-        raise error(
-            f"Snapshot {snapshot_uri} failed the {', '.join(failed)} check(s): {report.failures()}"
-        )
-    return report
 
 
 if __name__ == "__main__":

@@ -8,15 +8,13 @@ hash to the approved plan, reset the blueprint state, prove nothing else was
 written, audit) → verify: no structure and no orphan SEO rows left.
 `restore-site-structure` undoes it.
 
-Run:  uv run safeops site check <site-id>
+Run:  uv run safeops site reset <site-id>            # dry run
       uv run safeops site reset <site-id> --live
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from safeops.core.errors import ResetNotAllowed
@@ -30,24 +28,6 @@ from tasks.site.snapshot import snapshot_site, verify_site_snapshot
 from tasks.site.structure import HEADLINE
 
 FLOW = "reset-site-structure"
-
-
-@flow(name="check-site-reset")
-def check_site_reset(site_id: str, target: str = "cms") -> dict[str, Any]:
-    """Can this site's structure be reset? Only with zero published posts.
-
-    Args:
-        site_id: The site's UUID.
-        target: Which database: 'cms' reads CMS_DATABASE_URL or the Prefect Secret block
-            'cms-database-url'. A name, never a URL.
-    """
-    validate_target(target)
-    verdict = check_site(target, parse_site_id(site_id))
-    create_table_artifact(
-        [verdict], key="site-reset-check", description=f"reset eligibility of site {site_id}"
-    )
-    get_run_logger().info(verdict["reason"])
-    return verdict
 
 
 @flow(name=FLOW)

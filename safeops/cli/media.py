@@ -58,7 +58,7 @@ def media_verify(
     from safeops.cli.preflight import before_prefect
 
     before_prefect(target, snapshot_uri=uri)
-    from flows.media_snapshot import verify_product_media_snapshot
+    from flows.media_verify import verify_product_media_snapshot
     from safeops.console.runner import console, run_command
 
     report = run_command(

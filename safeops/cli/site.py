@@ -31,7 +31,7 @@ def site_check(site_id: SiteId, target: CmsTarget = "cms") -> None:
     from safeops.cli.preflight import before_prefect
 
     before_prefect(target, site_id=site_id)
-    from flows.site_reset import check_site_reset
+    from flows.site_check import check_site_reset
     from safeops.console.runner import run_command
     from safeops.core.errors import ResetNotAllowed
 

@@ -74,8 +74,10 @@ def run_demo() -> None:
 
     from flows.media_purge import purge_product_media
     from flows.media_restore import restore_product_media
-    from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
-    from flows.site_reset import check_site_reset, reset_site_structure
+    from flows.media_snapshot import snapshot_product_media
+    from flows.media_verify import verify_product_media_snapshot
+    from flows.site_check import check_site_reset
+    from flows.site_reset import reset_site_structure
     from flows.site_restore import restore_site_structure
     from safeops.core.errors import ResetNotAllowed
     from safeops.core.settings import mask_url, sqlalchemy_url

@@ -17,7 +17,7 @@ from prefect import task
 from sqlalchemy import Connection
 
 from safeops.core.db import engine_for, fingerprint, read_snapshot
-from safeops.core.errors import SnapshotInvalid
+from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
 from safeops.core.hash_text import tell_apart
 from safeops.core.models import Check, SnapshotRef, VerifyReport, describe_diffs
 from safeops.core.settings import describe_target
@@ -199,3 +199,14 @@ def refuse_if_edited(conn: Connection, uri: str, sha256: str) -> None:
     problem = edited_since_purge(conn, uri, sha256)
     if problem:
         raise SnapshotInvalid(f"Snapshot {uri} failed the audit check: {problem}")
+
+
+def refuse_unless_verified(report: VerifyReport, subject: str, outcome: str) -> None:
+    """Raise, naming every failed check: a snapshot of another database is
+    ``ForeignSnapshot`` (exit 3, ``--force`` territory), any other failure
+    ``SnapshotInvalid``. ``outcome`` ends the message (e.g. "; nothing changed.")."""
+    if report.ok:
+        return
+    failed = [c.name for c in report.checks if not c.ok]
+    error = ForeignSnapshot if failed == ["source"] else SnapshotInvalid
+    raise error(f"{subject} failed the {', '.join(failed)} check(s): {report.failures()}{outcome}")

@@ -160,7 +160,8 @@ def test_site_flows_refuse_a_database_without_cms_tables_naming_them(
 ) -> None:
     import uuid
 
-    from flows.site_reset import check_site_reset, reset_site_structure
+    from flows.site_check import check_site_reset
+    from flows.site_reset import reset_site_structure
     from safeops.core.errors import TargetSchemaMissing
 
     for url in (empty_url, medusa_url):
@@ -267,7 +268,8 @@ def test_media_snapshot_with_a_json_bomb_or_wrong_types_is_refused(
     medusa_url: str, exports: Path
 ) -> None:
     from flows.media_restore import restore_product_media
-    from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
+    from flows.media_snapshot import snapshot_product_media
+    from flows.media_verify import verify_product_media_snapshot
     from safeops.core.errors import SnapshotInvalid
 
     uri = snapshot_product_media().uri

@@ -135,7 +135,8 @@ def test_media_body_that_is_not_json_fails_the_format_check_only_if_its_checksum
     a body whose checksum holds by the format check. Verify reaches the same load once
     the body differs from the live catalog."""
     from flows.media_restore import restore_product_media
-    from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
+    from flows.media_snapshot import snapshot_product_media
+    from flows.media_verify import verify_product_media_snapshot
     from safeops.core.errors import SnapshotInvalid
 
     needle, replacement = NOT_JSON[case]

@@ -42,7 +42,7 @@ def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
     from prefect.types._datetime import now
 
     from flows.media_purge import purge_product_media
-    from flows.site_reset import check_site_reset
+    from flows.site_check import check_site_reset
     from safeops.core.errors import DatabaseUnreachable, LoginRefused
     from tasks.media.snapshot import take_media_snapshot
     from tasks.site.check import check_site
@@ -136,7 +136,8 @@ def test_no_cms_secret_in_output_parameters_logs_artifacts_snapshots_or_audit(
     from prefect.logging.handlers import APILogHandler
     from prefect.types._datetime import now
 
-    from flows.site_reset import check_site_reset, reset_site_structure
+    from flows.site_check import check_site_reset
+    from flows.site_reset import reset_site_structure
     from flows.site_restore import restore_site_structure
     from tasks.site.check import check_site
 

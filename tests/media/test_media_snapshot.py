@@ -14,7 +14,8 @@ from sqlalchemy import create_engine
 
 from flows.media_purge import purge_product_media
 from flows.media_restore import restore_product_media
-from flows.media_snapshot import snapshot_product_media, verify_product_media_snapshot
+from flows.media_snapshot import snapshot_product_media
+from flows.media_verify import verify_product_media_snapshot
 from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
 from safeops.core.settings import sqlalchemy_url
 from safeops.seeds.medusa import FILE_URL, load_schema, seed_medusa

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.site_reset import check_site_reset, reset_site_structure
+from flows.site_check import check_site_reset
+from flows.site_reset import reset_site_structure
 from flows.site_restore import restore_site_structure
 from safeops.core.errors import ResetNotAllowed
 from tests.conftest import CMS_TABLES, answer_approval, approve_as

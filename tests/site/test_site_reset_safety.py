@@ -22,7 +22,8 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
-from flows.site_reset import check_site_reset, reset_site_structure
+from flows.site_check import check_site_reset
+from flows.site_reset import reset_site_structure
 from flows.site_restore import restore_site_structure
 from safeops.core.errors import (
     ApprovalDenied,
