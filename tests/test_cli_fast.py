@@ -208,7 +208,11 @@ def test_a_secret_block_is_never_reported_missing(
             "Secret(value=sys.argv[1]).save('cms-database-url', overwrite=True)",
             url,
         ],
-        env={**env, "PREFECT_API_URL": api},
+        env={
+            **env,
+            "PREFECT_API_URL": api,
+            "PREFECT_API_AUTH_STRING": (home / "server" / "auth").read_text(),
+        },
         capture_output=True,
         text=True,
         timeout=120,
@@ -317,3 +321,42 @@ def test_a_configured_api_starts_no_local_server(
     assert not (home / "server").exists()
     status = run("server", "status", env=env)
     assert status.stdout.startswith(f"api: {api} (configured"), status
+
+
+def test_the_local_server_is_its_owners_alone(home: Path) -> None:
+    """It listens on 127.0.0.1, where every local user can connect: its API wants the
+    credentials kept in a 0600 file, and its folder (database with Secret blocks and their
+    key, state.json naming the pid `server stop` signals) is the owner's only."""
+    import stat
+    import urllib.error
+    import urllib.request
+
+    env = local_env(home)
+    assert run("server", "start", env=env).code == 0
+    try:
+        folder = home / "server"
+        api = json.loads((folder / "state.json").read_text())["url"]
+        for path in (folder, folder / "prefect"):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+        for path in (
+            folder / "state.json",
+            folder / "auth",
+            folder / "lock",
+            folder / "server.log",
+        ):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        for path in (folder / "prefect").glob("prefect.db*"):
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+        with urllib.request.urlopen(f"{api}/health", timeout=10) as health:
+            assert health.status == 200  # probes stay open
+        anonymous = urllib.request.Request(
+            f"{api}/block_documents/filter", data=b"{}", method="POST"
+        )
+        anonymous.add_header("Content-Type", "application/json")
+        try:
+            urllib.request.urlopen(anonymous, timeout=10)
+            raise AssertionError("the API answered a request without credentials")
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 401
+    finally:
+        assert run("server", "stop", env=env).code == 0

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -52,6 +53,38 @@ def safeops_home() -> Path:
 
 def server_dir() -> Path:
     return safeops_home() / "server"
+
+
+def _private_dir(path: Path) -> Path:
+    """A folder only its owner can enter: the server's database holds flow parameters,
+    Secret blocks and the key that decrypts them, and state.json says which pid
+    `safeops server stop` signals."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _private_open(path: Path, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def auth_string() -> str:
+    """The local server's API credentials (``user:secret``, HTTP basic auth), made once and
+    kept in a file only the owner can read: the server listens on 127.0.0.1, where every
+    local user can reach it, so without them anyone on the machine could read its
+    Secret blocks (a target's database URL) or answer an approval."""
+    path = _private_dir(server_dir()) / "auth"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    value = f"safeops:{secrets.token_urlsafe(32)}"
+    part = path.with_suffix(".part")
+    fd = _private_open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value)
+    part.replace(path)
+    return value
 
 
 def database_path() -> Path:
@@ -154,11 +187,11 @@ def _read_state() -> LocalServer | None:
 
 
 def _write_state(server: LocalServer) -> None:
-    path = server_dir() / "state.json"
+    path = _private_dir(server_dir()) / "state.json"
     part = path.with_suffix(".part")
-    part.write_text(
-        json.dumps({"url": server.url, "pid": server.pid, "port": server.port}), encoding="utf-8"
-    )
+    fd = _private_open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"url": server.url, "pid": server.pid, "port": server.port}, handle)
     part.replace(path)
 
 
@@ -196,9 +229,8 @@ def starting() -> LocalServer | None:
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
     """One command at a time finds or starts the server (others wait, then reuse it)."""
-    folder = server_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lock", "a+b") as handle:
+    folder = _private_dir(server_dir())
+    with os.fdopen(_private_open(folder / "lock", os.O_RDWR | os.O_CREAT), "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -279,6 +311,7 @@ def server_environment(folder: Path) -> dict[str, str]:
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": (
                 f"sqlite+aiosqlite:///{folder / 'prefect' / 'prefect.db'}"
             ),
+            "PREFECT_SERVER_API_AUTH_STRING": auth_string(),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
             "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -288,8 +321,8 @@ def server_environment(folder: Path) -> dict[str, str]:
 
 
 def _start(previous: LocalServer | None, notice: Callable[[str], None]) -> LocalServer:
-    folder = server_dir()
-    (folder / "prefect").mkdir(parents=True, exist_ok=True)
+    folder = _private_dir(server_dir())
+    _private_dir(folder / "prefect")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     if previous is None:
@@ -302,7 +335,8 @@ def _start(previous: LocalServer | None, notice: Callable[[str], None]) -> Local
         notice(
             f"the local Prefect server (pid {previous.pid}) is gone; starting a new one at {url}"
         )
-    with open(folder / "server.log", "ab") as log:
+    log_fd = _private_open(folder / "server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    with os.fdopen(log_fd, "ab") as log:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -321,6 +355,7 @@ def _start(previous: LocalServer | None, notice: Callable[[str], None]) -> Local
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives this command; its own group for stop
+            umask=0o077,  # its database and files: the owner's only
         )
     server = LocalServer(url=url, pid=process.pid, port=port)
     _write_state(server)
@@ -393,4 +428,5 @@ def use_for_this_command(*, wait: bool = True) -> str:
         return configured
     server = ensure(wait=wait)
     os.environ["PREFECT_API_URL"] = server.url
+    os.environ["PREFECT_API_AUTH_STRING"] = auth_string()
     return server.url
