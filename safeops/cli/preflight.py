@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from safeops.core.errors import LoginRefused, SnapshotNotFound
+from safeops.core.errors import SnapshotNotFound
 from safeops.core.site_id import parse_site_id
 from safeops.core.targets import env_var_for, missing_database, secret_block_name, validate_target
 
@@ -74,10 +74,22 @@ def _snapshot_exists(uri: str) -> None:
             raise SnapshotNotFound(f"No snapshot file at {path}.")
 
 
+# What a server says while it cannot take a connection *yet*: worth the tasks' retries.
+# Anything else (refused port, unknown host, timeout, unknown database) is answered at
+# once: a person is waiting at the terminal, and the flow's tasks retry mid-run faults.
+_SERVER_BUSY = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "too many clients already",
+)
+
+
 def reachable(dsn: ParsedDsn) -> None:
-    """Connect once, as the flow's first task would, with the same retries of a transient
-    failure (a restarting server gets the same chance); a login the server refuses is
-    configuration and fails at once."""
+    """Connect once, as the flow's first task would. Only a server that says it is
+    starting up, in recovery or full gets the tasks' retries (1, 3, 9 s by default); a
+    closed port or an unknown host fails at once (measured by the attack review: 13.8 s
+    of silence before an unreachable host was reported, with those retries)."""
     import psycopg
 
     from safeops.core.settings import get_settings
@@ -93,10 +105,10 @@ def reachable(dsn: ParsedDsn) -> None:
             )
         except psycopg.Error as exc:
             failure = dsn.connect_failure(exc)
-            transient = isinstance(exc, psycopg.OperationalError) and not isinstance(
-                failure, LoginRefused
+            busy = isinstance(exc, psycopg.OperationalError) and any(
+                phrase in str(exc) for phrase in _SERVER_BUSY
             )
-            if not transient or not delays:
+            if not busy or not delays:
                 raise failure from None
             time.sleep(delays.pop(0))
             continue

@@ -31,13 +31,10 @@ def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
 ) -> None:
     """The closed port in a real process (all it prints), the unknown database in-process.
 
-    The CLI finds both before Prefect starts (safeops/cli/preflight.py), with the same
-    retries as the tasks: a closed port may be a server restarting, so it is retried
-    (at SAFEOPS_RETRY_DELAY_S=0.1: 0.1 + 0.3 + 0.9 s), then failed; a database that does
-    not exist is configuration, which no retry fixes, so it fails at once. The flows,
-    which runs from the UI or a schedule go through, keep the same policy in their tasks
-    (checked below on the flows themselves)."""
-    import time
+    The CLI finds both before Prefect starts (safeops/cli/preflight.py) and answers at
+    once: a person waits at the terminal (only a server saying it is starting up gets
+    retries there). The flows, which runs from the UI or a schedule go through, retry a
+    closed port in their tasks (checked below on the flows themselves)."""
 
     from prefect.types._datetime import now
 
@@ -50,14 +47,12 @@ def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
     closed = free_port()
     medusa = f"postgresql://shop_admin:{PASSWORD}@127.0.0.1:{closed}/shop"
     unknown_url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/safeops_no_such_database"
-    started = time.monotonic()
     proc = start_cli(
         "media", "purge", env={"MEDUSA_DATABASE_URL": medusa, "SAFEOPS_RETRY_DELAY_S": "0.1"}
     )
     monkeypatch.setenv("CMS_DATABASE_URL", unknown_url)
     unknown = cli("site", "check", "00000000-0000-4000-8000-000000000000")
     code, out, err = finish(proc)
-    retried_for = time.monotonic() - started
 
     runs = {
         "closed port": (code, out, err),
@@ -71,7 +66,6 @@ def test_unreachable_host_and_unknown_database_exit_1_with_the_password_masked(
         assert ":***@127.0.0.1:" in line, (name, line)
     assert f"127.0.0.1:{closed}/shop" in runs["closed port"][2]
     assert 'database "safeops_no_such_database" does not exist' in runs["no database"][2]
-    assert retried_for >= 1.3  # the three retries of the closed port
 
     # The flows themselves: the closed port retried, then failed; the unknown database
     # failed at once.
