@@ -360,3 +360,15 @@ def test_the_local_server_is_its_owners_alone(home: Path) -> None:
             assert refused.code == 401
     finally:
         assert run("server", "stop", env=env).code == 0
+
+
+def test_an_unreachable_prefect_api_is_named(home: Path, medusa_url: str) -> None:
+    """PREFECT_API_URL set to a closed port: one line naming the Prefect API (not the
+    database), exit 1, no fallback to a local server."""
+    closed = f"http://127.0.0.1:{free_port()}/api"
+    env = {**local_env(home, MEDUSA_DATABASE_URL=medusa_url), "PREFECT_API_URL": closed}
+    result = run("media", "purge", env=env)
+    assert result.code == 1, result
+    (line,) = result.stderr_lines
+    assert line.startswith(f"error: The Prefect API at {closed} (PREFECT_API_URL) cannot be"), line
+    assert not (home / "server" / "state.json").exists()

@@ -425,8 +425,32 @@ def use_for_this_command(*, wait: bool = True) -> str:
     ``wait=False`` the caller calls ready() before talking to it)."""
     configured = configured_api_url()
     if configured:
+        _require_listening(configured)
         return configured
     server = ensure(wait=wait)
     os.environ["PREFECT_API_URL"] = server.url
     os.environ["PREFECT_API_AUTH_STRING"] = auth_string()
     return server.url
+
+
+def _require_listening(api_url: str) -> None:
+    """The operator's Prefect API accepts connections, else one line naming it (Prefect's
+    own error is a bare "Connection refused", easily taken for the database's). A TCP
+    connect only: no TLS, no credentials, no endpoint that Prefect Cloud may not serve."""
+    from urllib.parse import urlsplit
+
+    from safeops.core.errors import SafeopsError
+
+    parts = urlsplit(api_url)
+    shown = f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    shown += parts.path
+    if not parts.hostname:
+        return  # not a URL we can check; Prefect will say what is wrong with it
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except OSError as exc:
+        raise SafeopsError(
+            f"The Prefect API at {shown} (PREFECT_API_URL) cannot be reached "
+            f"({exc.strerror or type(exc).__name__}); nothing was started."
+        ) from None
