@@ -81,6 +81,21 @@ class Location:
         return str(Path(self.root) / name)
 
 
+# S3's bucket naming rules (and MinIO's): 3-63 lowercase letters, digits, dots and
+# hyphens, starting and ending with a letter or digit. Checked here so a typo is bad input
+# (exit 2) named at once, not botocore's "Parameter validation failed" after the flow started.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _bucket(name: str, raw: str) -> str:
+    if not _BUCKET.match(name):
+        raise BadInput(
+            f"Bucket {name!r} in {raw!r} is not a valid S3 bucket name (3-63 lowercase "
+            "letters, digits, dots and hyphens)."
+        )
+    return name
+
+
 def _reject_traversal(raw: str) -> None:
     if any(part == ".." for part in re.split(r"[/\\]", raw)):
         raise BadInput(f"Snapshot location {raw!r} contains '..': path traversal is refused.")
@@ -96,7 +111,7 @@ def parse_location(raw: str | None) -> Location:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise BadInput(f"Snapshot location {raw!r} names no bucket.")
-        return Location("s3", parsed.netloc, parsed.path.strip("/"))
+        return Location("s3", _bucket(parsed.netloc, raw), parsed.path.strip("/"))
     if parsed.scheme == "file":
         return Location("file", parsed.path or "/")
     if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
@@ -116,7 +131,7 @@ def split_uri(uri: str) -> tuple[Location, str]:
         if not parsed.netloc or not key:
             raise BadInput(f"Snapshot URI {uri!r} must be s3://bucket/key.json.")
         prefix, _, name = key.rpartition("/")
-        return Location("s3", parsed.netloc, prefix), name
+        return Location("s3", _bucket(parsed.netloc, uri), prefix), name
     if parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme == "file" else uri)
         return Location("file", str(path.parent)), path.name
