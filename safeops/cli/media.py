@@ -122,8 +122,8 @@ def media_restore(
     """Put back what a snapshot holds (ids, urls, ranks, timestamps). Dry run unless --live."""
     from safeops.cli.preflight import before_prefect
 
-    print(f"snapshot: {uri}", flush=True)
     before_prefect(target, snapshot_uri=uri)
+    print(f"snapshot: {uri}", flush=True)  # after the checks: a refused URI prints no such line
     from flows.media_restore import restore_product_media
     from safeops.console.runner import report_run, run_command
 
