@@ -104,8 +104,8 @@ def site_restore(
     """Undo a reset from its snapshot: rows, post links and blueprint state."""
     from safeops.cli.preflight import before_prefect
 
-    print(f"snapshot: {uri}", flush=True)
     before_prefect(target, snapshot_uri=uri)
+    print(f"snapshot: {uri}", flush=True)  # after the checks: a refused URI prints no such line
     from flows.site_restore import restore_site_structure
     from safeops.console.runner import report_run, run_command
 
