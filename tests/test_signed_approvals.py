@@ -33,7 +33,7 @@ from safeops.core.errors import (
 from tests.cli import cli
 from tests.conftest import MEDUSA_TABLES, answer_approval, free_port
 from tests.pg import audit_records, execute, scalar, table_checksums
-from tests.signing import Key, no_key_material, sign_as
+from tests.signing import Key, keygen, no_key_material, sign_as
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH")
 
@@ -291,6 +291,49 @@ def test_cli_live_yes_signs_and_its_own_signature_does_not_count_when_forbidden(
     [row] = audit_records(medusa_url)
     assert [v["principal"] for v in row["signatures"]] == ["bob@example.com"]
     no_key_material(run.stdout + run.stderr + json.dumps(row, default=str), signed)
+
+
+def test_a_second_key_of_the_starter_does_not_count_when_forbidden(
+    medusa_url: str,
+    exports: Path,
+    signed: dict[str, Key],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """alice has two keys under alice@example.com: the CLI starts the run with the first
+    (`--live --yes --key`), her answer with the second does not count either; bob and
+    carol make the quorum of two."""
+    alice2 = keygen(tmp_path, "alice2")
+    lines = []
+    for key, principal in (
+        (signed["alice"], "alice@example.com"),
+        (alice2, "alice@example.com"),
+        (signed["bob"], "bob@example.com"),
+        (signed["carol"], "carol@example.com"),
+    ):
+        key_type, key_b64 = Path(f"{key.path}.pub").read_text().split()[:2]
+        lines.append(f"{principal} {key_type} {key_b64}")
+    (tmp_path / "allowed_signers").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("SAFEOPS_ALLOWED_SIGNERS", str(tmp_path / "allowed_signers"))
+    monkeypatch.setenv("SAFEOPS_REQUIRED_APPROVALS", "2")
+    monkeypatch.setenv("SAFEOPS_FORBID_SELF_APPROVAL", "true")
+    later = {2: alice2, 3: signed["bob"], 4: signed["carol"]}
+    with _only_rounds(set(later), lambda d: sign_as(later[d["round"]])(d)):
+        run = cli(
+            "media",
+            "purge",
+            "--live",
+            "--yes",
+            "--key",
+            str(signed["alice"].path),
+            "--reason",
+            "OPS-12",
+        )
+    assert run.code == 0, run
+    [row] = audit_records(medusa_url)
+    assert row["approver"] == "bob@example.com + carol@example.com"
+    assert [v["principal"] for v in row["signatures"]] == ["bob@example.com", "carol@example.com"]
+    assert alice2.fingerprint not in json.dumps(row["signatures"])
 
 
 def _only_rounds(rounds: set[int], answer: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:

@@ -198,8 +198,18 @@ def counts_toward_quorum(request: ApprovalRequest, vote: Vote) -> str | None:
             return f"{vote.name} already approved this run"
     if request.forbid_self:
         starter_keys = _starter_keys(request.flow_run_id or "")
-        if vote.name in request.starter_names or (
-            vote.signed and vote.signed.fingerprint in starter_keys
+        # A starter is her principal, not one key: another key listed under the same
+        # principal (or any principal of a starter key) never counts either.
+        starter_principals: set[str] = set()
+        voter_principals = {vote.name}
+        if request.signers is not None:
+            starter_principals = request.signers.principals_of(starter_keys)
+            if vote.signed:
+                voter_principals |= request.signers.principals_of({vote.signed.fingerprint})
+        if (
+            vote.name in request.starter_names
+            or voter_principals & starter_principals
+            or (vote.signed and vote.signed.fingerprint in starter_keys)
         ):
             return f"{vote.name} started this run and SAFEOPS_FORBID_SELF_APPROVAL is set"
     return None
