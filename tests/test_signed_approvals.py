@@ -336,6 +336,28 @@ def test_a_second_key_of_the_starter_does_not_count_when_forbidden(
     assert alice2.fingerprint not in json.dumps(row["signatures"])
 
 
+@pytest.mark.parametrize("key", [None, "not-a-key"])
+def test_cli_live_yes_that_cannot_sign_ends_the_run_rejected(
+    medusa_url: str, exports: Path, signed: dict[str, Key], tmp_path: Path, key: str | None
+) -> None:
+    """No key, no agent (or --key naming something that is not a key): the CLI's answer
+    is an unsigned rejection the signed form accepts, so the run ends (exit 4) rather
+    than staying paused, and the one line says why."""
+    extra: list[str] = []
+    if key is not None:
+        (tmp_path / key).write_text("this is not an ssh key\n")
+        extra = ["--key", str(tmp_path / key)]
+    before = table_checksums(medusa_url, MEDUSA_TABLES)
+    run = cli("media", "purge", "--live", "--yes", *extra)
+    assert run.code == 4, run
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == before
+    assert audit_records(medusa_url) == []
+    output = run.stdout + run.stderr
+    assert "approver" not in output and "Cannot resume" not in output
+    [line] = [x for x in output.splitlines() if "could not sign the approval" in x]
+    assert "sign" in line.split("could not sign the approval: ", 1)[1].lower(), line
+
+
 def _only_rounds(rounds: set[int], answer: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
     import time
     from contextlib import contextmanager

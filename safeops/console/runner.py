@@ -127,11 +127,16 @@ class Decider:
                 key=self.key,
             )
         except SafeopsError as exc:
+            # Only the signed form's fields (it refuses any other, e.g. ``approver``): an
+            # unsigned rejection, so the run ends rejected instead of staying paused.
+            why = " ".join(str(exc).split())[:1900]
             return {
-                **plain,
+                "reason": f"could not sign the approval: {why}",
+                "confirmation": plain["confirmation"],
                 "decision": "reject",
-                "signed_at": info.get("signedAt", ""),
-                "reason": f"could not sign the approval: {exc}",
+                "signed_at": str(info.get("signedAt") or ""),
+                "signature": "",
+                "statement": "",
             }
         register_starter(info.get("flowRunId"), key_fingerprint(signed["signature"]))
         return signed
