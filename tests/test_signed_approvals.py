@@ -85,6 +85,44 @@ def test_signed_approval_applies_and_the_audit_row_can_be_reverified(
     assert run.code == 3 and "MISMATCH alice@example.com (plan_hash)" in run.stdout, run
 
 
+def test_audit_verify_checks_the_approver_and_identity_against_the_signatures(
+    medusa_url: str, exports: Path, signed: dict[str, Key], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row whose signatures verify but whose approver, identity or set of signatures
+    was rewritten (a name changed, the signatures emptied, one of a quorum's two
+    dropped) is a MISMATCH: exit 3."""
+    monkeypatch.setenv("SAFEOPS_REQUIRED_APPROVALS", "2")
+    answers = [sign_as(signed["bob"]), sign_as(signed["carol"])]
+    with answer_approval(lambda d: answers[d["round"] - 1](d)):
+        purge_product_media(dry_run=False)
+    [row] = audit_records(medusa_url)
+    assert row["approver"] == "bob@example.com + carol@example.com"
+    original = json.dumps(row["signatures"])
+    run = cli("audit", "verify", "--target", "medusa")
+    assert run.code == 0 and "MISMATCH" not in run.stdout, run
+    tampered = [
+        ("approver = %s", "mallory@example.com + carol@example.com"),
+        ("approver = %s", "bob@example.com"),
+        ("signatures = %s::jsonb", "[]"),
+        ("signatures = signatures - 1, identity = %s", "verified"),
+        ("identity = %s", "unverified"),
+    ]
+    for change, value in tampered:
+        execute(medusa_url, f"UPDATE safeops.safeops_audit SET {change}", value)
+        run = cli("audit", "verify", "--target", "medusa")
+        assert run.code == 3, (change, value, run)
+        [line] = [x for x in run.stdout.splitlines() if x.startswith(f"audit {row['id']} ")]
+        assert ": MISMATCH " in line, (change, value, line)
+        execute(
+            medusa_url,
+            "UPDATE safeops.safeops_audit SET approver = %s, signatures = %s::jsonb, "
+            "identity = 'verified'",
+            row["approver"],
+            original,
+        )
+    assert cli("audit", "verify", "--target", "medusa").code == 0
+
+
 def test_unsigned_approval_is_refused(
     medusa_url: str, exports: Path, signed: dict[str, Key]
 ) -> None:
