@@ -396,6 +396,49 @@ def test_cli_live_yes_that_cannot_sign_ends_the_run_rejected(
     assert "sign" in line.split("could not sign the approval: ", 1)[1].lower(), line
 
 
+def test_a_saved_plan_the_starter_signed_does_not_count_toward_her_run(
+    medusa_url: str,
+    exports: Path,
+    signed: dict[str, Key],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """alice signs the saved plan and starts the run with the same key: with self-approval
+    forbidden neither her saved plan nor her answer counts; bob and carol make two."""
+    monkeypatch.setenv("SAFEOPS_REQUIRED_APPROVALS", "2")
+    monkeypatch.setenv("SAFEOPS_FORBID_SELF_APPROVAL", "true")
+    alice = str(signed["alice"].path)
+    plan = purge_product_media(dry_run=True).plan.plan_hash
+    sig = tmp_path / "a.sig"
+    run = cli(
+        "sign-plan", plan, "--flow", "purge-product-media", "--target", "medusa",
+        "--reason", "OPS-12 reviewed", "--key", alice, "--out", str(sig),
+    )  # fmt: skip
+    assert run.code == 0, run
+    later = {2: signed["bob"], 3: signed["carol"]}
+    with _only_rounds(set(later), lambda d: sign_as(later[d["round"]])(d)):
+        run = cli(
+            "media", "purge", "--live", "--yes", "--plan", plan, "--plan-signature", str(sig),
+            "--key", alice, "--reason", "OPS-12",
+        )  # fmt: skip
+    assert run.code == 0, run
+    [row] = audit_records(medusa_url)
+    assert row["approver"] == "bob@example.com + carol@example.com"
+    assert [v["principal"] for v in row["signatures"]] == ["bob@example.com", "carol@example.com"]
+
+
+@pytest.mark.parametrize("live", [[], ["--live", "--yes"]])
+def test_plan_signature_without_plan_is_bad_input(
+    medusa_url: str, exports: Path, signed: dict[str, Key], tmp_path: Path, live: list[str]
+) -> None:
+    sig = tmp_path / "a.sig"
+    sig.write_text("not used\n")
+    before = table_checksums(medusa_url, MEDUSA_TABLES)
+    run = cli("media", "purge", *live, "--plan-signature", str(sig))
+    assert run.code == 2 and "--plan HASH" in run.stdout + run.stderr, run
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == before
+
+
 def _only_rounds(rounds: set[int], answer: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
     import time
     from contextlib import contextmanager

@@ -12,6 +12,9 @@ control flow around them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +42,33 @@ def register_starter(flow_run_id: Any, key_fingerprint: str) -> None:
     SAFEOPS_FORBID_SELF_APPROVAL its signatures never count toward the run's quorum."""
     with _starters_lock:
         _local_starters.setdefault(str(flow_run_id), set()).add(key_fingerprint)
+
+
+_starting_keys: ContextVar[frozenset[str]] = ContextVar(
+    "safeops_starting_keys", default=frozenset()
+)
+
+
+@contextmanager
+def starting_with_key(key_fingerprint: str | None) -> Iterator[None]:
+    """Runs started inside this block are started by the CLI that will sign with this key:
+    known before the run (and its saved-plan vote) exists, so a saved plan the starter
+    signed herself does not count toward her own run either (``register_starters``)."""
+    if not key_fingerprint:
+        yield
+        return
+    token = _starting_keys.set(_starting_keys.get() | {key_fingerprint})
+    try:
+        yield
+    finally:
+        _starting_keys.reset(token)
+
+
+def register_starters(flow_run_id: str | None) -> None:
+    """Register the keys of the CLI starting this run (``starting_with_key``)."""
+    if flow_run_id:
+        for fingerprint in _starting_keys.get():
+            register_starter(flow_run_id, fingerprint)
 
 
 def forget_starter(flow_run_id: Any) -> None:
