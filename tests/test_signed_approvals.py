@@ -33,7 +33,7 @@ from safeops.core.errors import (
 from tests.cli import cli
 from tests.conftest import MEDUSA_TABLES, answer_approval, free_port
 from tests.pg import audit_records, execute, scalar, table_checksums
-from tests.signing import Key, no_key_material, sign_as
+from tests.signing import Key, keygen, no_key_material, sign_as
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH")
 
@@ -83,6 +83,44 @@ def test_signed_approval_applies_and_the_audit_row_can_be_reverified(
     execute(medusa_url, "UPDATE safeops.safeops_audit SET plan_hash = %s", "f" * 64)
     run = cli("audit", "verify", "--target", "medusa")
     assert run.code == 3 and "MISMATCH alice@example.com (plan_hash)" in run.stdout, run
+
+
+def test_audit_verify_checks_the_approver_and_identity_against_the_signatures(
+    medusa_url: str, exports: Path, signed: dict[str, Key], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row whose signatures verify but whose approver, identity or set of signatures
+    was rewritten (a name changed, the signatures emptied, one of a quorum's two
+    dropped) is a MISMATCH: exit 3."""
+    monkeypatch.setenv("SAFEOPS_REQUIRED_APPROVALS", "2")
+    answers = [sign_as(signed["bob"]), sign_as(signed["carol"])]
+    with answer_approval(lambda d: answers[d["round"] - 1](d)):
+        purge_product_media(dry_run=False)
+    [row] = audit_records(medusa_url)
+    assert row["approver"] == "bob@example.com + carol@example.com"
+    original = json.dumps(row["signatures"])
+    run = cli("audit", "verify", "--target", "medusa")
+    assert run.code == 0 and "MISMATCH" not in run.stdout, run
+    tampered = [
+        ("approver = %s", "mallory@example.com + carol@example.com"),
+        ("approver = %s", "bob@example.com"),
+        ("signatures = %s::jsonb", "[]"),
+        ("signatures = signatures - 1, identity = %s", "verified"),
+        ("identity = %s", "unverified"),
+    ]
+    for change, value in tampered:
+        execute(medusa_url, f"UPDATE safeops.safeops_audit SET {change}", value)
+        run = cli("audit", "verify", "--target", "medusa")
+        assert run.code == 3, (change, value, run)
+        [line] = [x for x in run.stdout.splitlines() if x.startswith(f"audit {row['id']} ")]
+        assert ": MISMATCH " in line, (change, value, line)
+        execute(
+            medusa_url,
+            "UPDATE safeops.safeops_audit SET approver = %s, signatures = %s::jsonb, "
+            "identity = 'verified'",
+            row["approver"],
+            original,
+        )
+    assert cli("audit", "verify", "--target", "medusa").code == 0
 
 
 def test_unsigned_approval_is_refused(
@@ -291,6 +329,114 @@ def test_cli_live_yes_signs_and_its_own_signature_does_not_count_when_forbidden(
     [row] = audit_records(medusa_url)
     assert [v["principal"] for v in row["signatures"]] == ["bob@example.com"]
     no_key_material(run.stdout + run.stderr + json.dumps(row, default=str), signed)
+
+
+def test_a_second_key_of_the_starter_does_not_count_when_forbidden(
+    medusa_url: str,
+    exports: Path,
+    signed: dict[str, Key],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """alice has two keys under alice@example.com: the CLI starts the run with the first
+    (`--live --yes --key`), her answer with the second does not count either; bob and
+    carol make the quorum of two."""
+    alice2 = keygen(tmp_path, "alice2")
+    lines = []
+    for key, principal in (
+        (signed["alice"], "alice@example.com"),
+        (alice2, "alice@example.com"),
+        (signed["bob"], "bob@example.com"),
+        (signed["carol"], "carol@example.com"),
+    ):
+        key_type, key_b64 = Path(f"{key.path}.pub").read_text().split()[:2]
+        lines.append(f"{principal} {key_type} {key_b64}")
+    (tmp_path / "allowed_signers").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("SAFEOPS_ALLOWED_SIGNERS", str(tmp_path / "allowed_signers"))
+    monkeypatch.setenv("SAFEOPS_REQUIRED_APPROVALS", "2")
+    monkeypatch.setenv("SAFEOPS_FORBID_SELF_APPROVAL", "true")
+    later = {2: alice2, 3: signed["bob"], 4: signed["carol"]}
+    with _only_rounds(set(later), lambda d: sign_as(later[d["round"]])(d)):
+        run = cli(
+            "media",
+            "purge",
+            "--live",
+            "--yes",
+            "--key",
+            str(signed["alice"].path),
+            "--reason",
+            "OPS-12",
+        )
+    assert run.code == 0, run
+    [row] = audit_records(medusa_url)
+    assert row["approver"] == "bob@example.com + carol@example.com"
+    assert [v["principal"] for v in row["signatures"]] == ["bob@example.com", "carol@example.com"]
+    assert alice2.fingerprint not in json.dumps(row["signatures"])
+
+
+@pytest.mark.parametrize("key", [None, "not-a-key"])
+def test_cli_live_yes_that_cannot_sign_ends_the_run_rejected(
+    medusa_url: str, exports: Path, signed: dict[str, Key], tmp_path: Path, key: str | None
+) -> None:
+    """No key, no agent (or --key naming something that is not a key): the CLI's answer
+    is an unsigned rejection the signed form accepts, so the run ends (exit 4) rather
+    than staying paused, and the one line says why."""
+    extra: list[str] = []
+    if key is not None:
+        (tmp_path / key).write_text("this is not an ssh key\n")
+        extra = ["--key", str(tmp_path / key)]
+    before = table_checksums(medusa_url, MEDUSA_TABLES)
+    run = cli("media", "purge", "--live", "--yes", *extra)
+    assert run.code == 4, run
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == before
+    assert audit_records(medusa_url) == []
+    output = run.stdout + run.stderr
+    assert "approver" not in output and "Cannot resume" not in output
+    [line] = [x for x in output.splitlines() if "could not sign the approval" in x]
+    assert "sign" in line.split("could not sign the approval: ", 1)[1].lower(), line
+
+
+def test_a_saved_plan_the_starter_signed_does_not_count_toward_her_run(
+    medusa_url: str,
+    exports: Path,
+    signed: dict[str, Key],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """alice signs the saved plan and starts the run with the same key: with self-approval
+    forbidden neither her saved plan nor her answer counts; bob and carol make two."""
+    monkeypatch.setenv("SAFEOPS_REQUIRED_APPROVALS", "2")
+    monkeypatch.setenv("SAFEOPS_FORBID_SELF_APPROVAL", "true")
+    alice = str(signed["alice"].path)
+    plan = purge_product_media(dry_run=True).plan.plan_hash
+    sig = tmp_path / "a.sig"
+    run = cli(
+        "sign-plan", plan, "--flow", "purge-product-media", "--target", "medusa",
+        "--reason", "OPS-12 reviewed", "--key", alice, "--out", str(sig),
+    )  # fmt: skip
+    assert run.code == 0, run
+    later = {2: signed["bob"], 3: signed["carol"]}
+    with _only_rounds(set(later), lambda d: sign_as(later[d["round"]])(d)):
+        run = cli(
+            "media", "purge", "--live", "--yes", "--plan", plan, "--plan-signature", str(sig),
+            "--key", alice, "--reason", "OPS-12",
+        )  # fmt: skip
+    assert run.code == 0, run
+    [row] = audit_records(medusa_url)
+    assert row["approver"] == "bob@example.com + carol@example.com"
+    assert [v["principal"] for v in row["signatures"]] == ["bob@example.com", "carol@example.com"]
+
+
+@pytest.mark.parametrize("live", [[], ["--live", "--yes"]])
+def test_plan_signature_without_plan_is_bad_input(
+    medusa_url: str, exports: Path, signed: dict[str, Key], tmp_path: Path, live: list[str]
+) -> None:
+    sig = tmp_path / "a.sig"
+    sig.write_text("not used\n")
+    before = table_checksums(medusa_url, MEDUSA_TABLES)
+    run = cli("media", "purge", *live, "--plan-signature", str(sig))
+    assert run.code == 2 and "--plan HASH" in run.stdout + run.stderr, run
+    assert table_checksums(medusa_url, MEDUSA_TABLES) == before
 
 
 def _only_rounds(rounds: set[int], answer: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:

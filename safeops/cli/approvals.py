@@ -8,7 +8,7 @@ validates it against the run's form schema.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from prefect import get_client
@@ -24,6 +24,9 @@ from prefect.input.actions import read_flow_run_input
 from safeops.core import signing
 from safeops.core.errors import BadInput
 from tasks.common.approval import APPROVAL_INPUT_KEY, VOTES_INPUT_KEY, signed_answer
+
+if TYPE_CHECKING:
+    from tasks.common.audit import AuditRow
 
 
 def waiting_approvals() -> list[dict[str, Any]]:
@@ -165,8 +168,19 @@ def verify_audit(target: str) -> tuple[list[str], bool]:
             f"run={row.flow_run_id or '-'} plan={row.plan_hash[:16]}"
         )
         if not row.signatures:
-            lines.append(f"{head}: unverified (no signature; approver {row.approver!r} as typed)")
+            if row.identity != "unverified":  # signatures removed from a signed row
+                ok = False
+                lines.append(
+                    f"{head}: MISMATCH identity {row.identity!r} but the row holds no signature"
+                )
+            else:
+                lines.append(
+                    f"{head}: unverified (no signature; approver {row.approver!r} as typed)"
+                )
             continue
+        row_problems = _row_problems(row)
+        if row_problems:
+            ok = False
         verdicts = []
         for vote in row.signatures:
             try:
@@ -197,5 +211,20 @@ def verify_audit(target: str) -> tuple[list[str], bool]:
             except (ApprovalDenied, BadInput) as exc:
                 ok = False
                 verdicts.append(f"FAILED {vote.get('principal')}: {exc}")
+        if row_problems:
+            verdicts.insert(0, f"MISMATCH row ({'; '.join(row_problems)})")
         lines.append(f"{head}: " + "; ".join(verdicts))
     return lines, ok
+
+
+def _row_problems(row: AuditRow) -> list[str]:
+    """What a signed row says about its signatures that they do not: the approver is
+    written as the signers' principals joined by `` + `` (``approval_of``), and a row
+    with signatures is ``verified``."""
+    problems = []
+    signers = " + ".join(str(vote.get("principal", "")) for vote in row.signatures)
+    if row.approver != signers:
+        problems.append(f"approver {row.approver!r} is not the signers {signers!r}")
+    if row.identity != "verified":
+        problems.append(f"identity {row.identity!r} but signed")
+    return problems

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import os
 import queue
 import socket
 import sys
@@ -25,8 +26,8 @@ from safeops.core import events
 from safeops.core.errors import ApprovalDenied, BadInput, SafeopsError
 from safeops.core.models import Plan
 from safeops.core.settings import get_settings
-from safeops.core.signing import key_fingerprint
-from tasks.common.approval import register_starter, signed_answer
+from safeops.core.signing import ALLOWED_SIGNERS_ENV, key_fingerprint, signing_key_fingerprint
+from tasks.common.approval import register_starter, signed_answer, starting_with_key
 from tasks.common.notify import approve_command
 
 console = Console(highlight=False)
@@ -96,9 +97,11 @@ class Decider:
     Signed runs (the worker has allowed signers): the answer is signed with ``key``
     (else SAFEOPS_SIGNING_KEY, else the ssh-agent) at the current time, and that key is
     registered as the run's starter (with SAFEOPS_FORBID_SELF_APPROVAL it never counts
-    toward the quorum). The CLI answers only a run's first pause; the pauses of a quorum
-    that still need others print the command they run. A signing failure becomes an
-    unsigned rejection: the run ends with nothing changed rather than waiting."""
+    toward the quorum; ``starter_key`` names it before the run starts, so a saved plan
+    signed with it does not count either). The CLI answers only a run's first pause;
+    the pauses of a quorum that still need others print the command they run. A
+    signing failure becomes an unsigned rejection: the run ends with nothing changed
+    rather than waiting."""
 
     def __init__(self, yes: bool, reason: str | None, key: str | None = None) -> None:
         self.yes = yes
@@ -127,14 +130,25 @@ class Decider:
                 key=self.key,
             )
         except SafeopsError as exc:
+            # Only the signed form's fields (it refuses any other, e.g. ``approver``): an
+            # unsigned rejection, so the run ends rejected instead of staying paused.
+            why = " ".join(str(exc).split())[:1900]
             return {
-                **plain,
+                "reason": f"could not sign the approval: {why}",
+                "confirmation": plain["confirmation"],
                 "decision": "reject",
-                "signed_at": info.get("signedAt", ""),
-                "reason": f"could not sign the approval: {exc}",
+                "signed_at": str(info.get("signedAt") or ""),
+                "signature": "",
+                "statement": "",
             }
         register_starter(info.get("flowRunId"), key_fingerprint(signed["signature"]))
         return signed
+
+    def starter_key(self) -> str | None:
+        """The fingerprint of the key this CLI signs with, when signing is configured."""
+        if not os.environ.get(ALLOWED_SIGNERS_ENV, "").strip():
+            return None
+        return signing_key_fingerprint(self.key)
 
     def _plain(self, request: dict[str, Any]) -> dict[str, Any]:
         expected = request["expected_confirmation"]
@@ -209,9 +223,14 @@ def run_flow(
         elif kind == "notice":
             print(f"note: {data['text']}", flush=True)
 
+    # A live run answered here is started by the key the CLI signs with: known before
+    # the run exists, so its own saved plan cannot count toward its quorum either.
+    starter_key = decider.starter_key() if decider is not None else None
+
     def body() -> None:
         try:
-            outcome["value"] = flow_fn(**params)
+            with starting_with_key(starter_key):
+                outcome["value"] = flow_fn(**params)
         except BaseException as exc:  # handed to the main thread
             outcome["error"] = exc
         finally:
@@ -285,6 +304,8 @@ def run_command(
     """What every flow-running command does: refuse an unattended live run, turn a saved
     plan (and its signature file, ``safeops sign-plan``) into the flow's parameters,
     answer the approval as the flags say."""
+    if plan_signature is not None and plan is None:
+        raise BadInput("--plan-signature signs a saved plan: pass it with --plan HASH.")
     refuse_unattended(live, yes, plan is not None)
     if plan is not None:
         params = {**params, "approved_plan_hash": plan, "approved_by": current_user()}

@@ -50,6 +50,7 @@ from safeops.core.signing.sshsig import (
     require_signature,
     sign,
     signing_command,
+    signing_key_fingerprint,
     verify,
     verify_approval,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "require_signature",
     "sign",
     "signing_command",
+    "signing_key_fingerprint",
     "verify",
     "verify_approval",
 ]

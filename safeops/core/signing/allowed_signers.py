@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -41,6 +42,12 @@ class AllowedSigner:
     key_type: str
     key_base64: str
 
+    @property
+    def fingerprint(self) -> str:
+        """The key's SHA256 fingerprint, as ``ssh-keygen -l`` prints it."""
+        blob = base64.b64decode(self.key_base64)
+        return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
 
 @dataclass(frozen=True)
 class AllowedSigners:
@@ -68,6 +75,16 @@ class AllowedSigners:
                 f"{source} lists no signer; refusing to treat every approval as unverified."
             )
         return cls(text=text if text.endswith("\n") else text + "\n", signers=tuple(signers))
+
+    def principals_of(self, fingerprints: set[str]) -> set[str]:
+        """Every principal listed with any key of ``fingerprints`` (all of a person's
+        names, whichever of her keys she signed with)."""
+        return {
+            principal
+            for signer in self.signers
+            if signer.fingerprint in fingerprints
+            for principal in signer.principals
+        }
 
 
 def _parse_signer_line(line: str, where: str) -> AllowedSigner:

@@ -206,6 +206,29 @@ def sign(text: str, key: str | None = None) -> str:
     return armored
 
 
+def signing_key_fingerprint(key: str | None = None) -> str | None:
+    """The SHA256 fingerprint of the key :func:`sign` would use (``key``, else
+    SAFEOPS_SIGNING_KEY, else the ssh-agent's first key), without signing anything;
+    None when there is no usable key (signing would then fail and say why)."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="safeops-keyid-") as workdir:
+            if key is not None:
+                key_path = _key_path(key, "The signing key")
+            elif os.environ.get(SIGNING_KEY_ENV, "").strip():
+                key_path = _key_path(os.environ[SIGNING_KEY_ENV].strip(), SIGNING_KEY_ENV)
+            elif os.environ.get("SSH_AUTH_SOCK"):
+                key_path = _agent_public_key(workdir)
+            else:
+                return None
+            listed = _run("ssh-keygen", ["-l", "-E", "sha256", "-f", key_path])
+    except (SigningUnavailable, OSError):
+        return None
+    words = listed.stdout.decode("utf-8", "replace").split()
+    if listed.returncode != 0 or len(words) < 2 or not words[1].startswith("SHA256:"):
+        return None
+    return words[1]
+
+
 def key_fingerprint(signature: str) -> str:
     """The SHA256 fingerprint of the key that made ``signature`` (no verification)."""
     return _parse_signature(signature).fingerprint

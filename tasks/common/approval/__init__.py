@@ -59,7 +59,7 @@ from tasks.common.approval.request import (
     signed_answer,
 )
 from tasks.common.approval.saved_plan import check_saved_plan
-from tasks.common.approval.votes import register_starter
+from tasks.common.approval.votes import register_starter, starting_with_key
 
 __all__ = [
     "APPROVAL_INPUT_KEY",
@@ -68,4 +68,5 @@ __all__ = [
     "register_starter",
     "request_approval",
     "signed_answer",
+    "starting_with_key",
 ]

@@ -36,6 +36,7 @@ from tasks.common.approval.votes import (
     approval_of,
     counts_toward_quorum,
     judge,
+    register_starters,
     starter_names,
     starter_unknown,
 )
@@ -65,6 +66,7 @@ def request_approval(
     if signers is not None:
         check_target_identified(target_fingerprint, policy)
     unknown_starter = starter_unknown(policy.forbid_self_approval)
+    register_starters(run_id)  # the CLI's key, before a saved-plan vote is judged
     request = ApprovalRequest(
         plan=plan,
         flow=flow_name,
@@ -86,11 +88,16 @@ def request_approval(
     via = "pause"
     if approved_plan_hash is not None:
         check_saved_plan(plan, approved_plan_hash)
-        request.votes.append(saved_plan_vote(request, policy, approved_by, approved_plan_signature))
-        via = "saved-plan"
-        if len(request.votes) >= request.required:
-            return approval_of(request, via)
-        via = "saved-plan+pause"
+        vote = saved_plan_vote(request, policy, approved_by, approved_plan_signature)
+        why_not = counts_toward_quorum(request, vote)
+        if why_not:  # the starter's own saved plan: the pause asks the others
+            _log_warning(f"The saved plan signed by {vote.name} does not count: {why_not}.")
+        else:
+            request.votes.append(vote)
+            via = "saved-plan"
+            if len(request.votes) >= request.required:
+                return approval_of(request, via)
+            via = "saved-plan+pause"
     return _pause_until_quorum(request, via)
 
 

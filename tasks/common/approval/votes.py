@@ -12,6 +12,9 @@ control flow around them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +42,33 @@ def register_starter(flow_run_id: Any, key_fingerprint: str) -> None:
     SAFEOPS_FORBID_SELF_APPROVAL its signatures never count toward the run's quorum."""
     with _starters_lock:
         _local_starters.setdefault(str(flow_run_id), set()).add(key_fingerprint)
+
+
+_starting_keys: ContextVar[frozenset[str]] = ContextVar(
+    "safeops_starting_keys", default=frozenset()
+)
+
+
+@contextmanager
+def starting_with_key(key_fingerprint: str | None) -> Iterator[None]:
+    """Runs started inside this block are started by the CLI that will sign with this key:
+    known before the run (and its saved-plan vote) exists, so a saved plan the starter
+    signed herself does not count toward her own run either (``register_starters``)."""
+    if not key_fingerprint:
+        yield
+        return
+    token = _starting_keys.set(_starting_keys.get() | {key_fingerprint})
+    try:
+        yield
+    finally:
+        _starting_keys.reset(token)
+
+
+def register_starters(flow_run_id: str | None) -> None:
+    """Register the keys of the CLI starting this run (``starting_with_key``)."""
+    if flow_run_id:
+        for fingerprint in _starting_keys.get():
+            register_starter(flow_run_id, fingerprint)
 
 
 def forget_starter(flow_run_id: Any) -> None:
@@ -198,8 +228,18 @@ def counts_toward_quorum(request: ApprovalRequest, vote: Vote) -> str | None:
             return f"{vote.name} already approved this run"
     if request.forbid_self:
         starter_keys = _starter_keys(request.flow_run_id or "")
-        if vote.name in request.starter_names or (
-            vote.signed and vote.signed.fingerprint in starter_keys
+        # A starter is her principal, not one key: another key listed under the same
+        # principal (or any principal of a starter key) never counts either.
+        starter_principals: set[str] = set()
+        voter_principals = {vote.name}
+        if request.signers is not None:
+            starter_principals = request.signers.principals_of(starter_keys)
+            if vote.signed:
+                voter_principals |= request.signers.principals_of({vote.signed.fingerprint})
+        if (
+            vote.name in request.starter_names
+            or voter_principals & starter_principals
+            or (vote.signed and vote.signed.fingerprint in starter_keys)
         ):
             return f"{vote.name} started this run and SAFEOPS_FORBID_SELF_APPROVAL is set"
     return None
