@@ -84,13 +84,31 @@ def snapshot_cli(env: dict[str, str], medusa_url: str, workdir: Path, reps: int)
 
     The CLI runs with the bench's environment: its own ``PREFECT_HOME``, and the
     operator's ``PREFECT_API_URL`` only if the bench was given one."""
-    pg_dump = shutil.which("pg_dump")
     out_dir = workdir / "cli-snapshots"
     out_dir.mkdir(parents=True, exist_ok=True)
-    dump = workdir / "media-tables.dump"
     script = Path(sys.executable).with_name("safeops")  # the console script users run
     entry = [str(script)] if script.exists() else [sys.executable, "-m", "safeops.cli"]
     cli = [*entry, "media", "snapshot", "--to", str(out_dir)]
+    # The local Prefect server the CLI starts (no PREFECT_API_URL) lives in a home of the
+    # bench's own and is stopped at the end: a bench never leaves the machine's server
+    # (~/.safeops) running, nor reuses one from another state.
+    env = {**env, "SAFEOPS_HOME": str(workdir / "safeops-home")}
+    try:
+        ours, raw = _snapshot_runs(cli, env, medusa_url, workdir, out_dir, reps)
+    finally:
+        subprocess.run([*entry, "server", "stop"], env=env, cwd=ROOT, capture_output=True)
+    result = _job(
+        statistics.median(ours) if ours else None, statistics.median(raw) if raw else None
+    )
+    result["runs"] = {"ours": [round(s, 3) for s in ours], "raw": [round(s, 3) for s in raw]}
+    return result
+
+
+def _snapshot_runs(
+    cli: list[str], env: dict[str, str], medusa_url: str, workdir: Path, out_dir: Path, reps: int
+) -> tuple[list[float], list[float]]:
+    pg_dump = shutil.which("pg_dump")
+    dump = workdir / "media-tables.dump"
     ours: list[float] = []
     raw: list[float] = []
     for rep in range(max(reps, 1)):
@@ -105,11 +123,7 @@ def snapshot_cli(env: dict[str, str], medusa_url: str, workdir: Path, reps: int)
                 cmd = [pg_dump, "-Fc", "-Z0", *tables, "-f", str(dump), "-d", medusa_url]
                 raw.append(_wall(cmd, dict(os.environ), workdir))
                 dump.unlink(missing_ok=True)
-    result = _job(
-        statistics.median(ours) if ours else None, statistics.median(raw) if raw else None
-    )
-    result["runs"] = {"ours": [round(s, 3) for s in ours], "raw": [round(s, 3) for s in raw]}
-    return result
+    return ours, raw
 
 
 def jobs_table(results: dict[str, Any]) -> str:
