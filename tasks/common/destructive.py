@@ -93,11 +93,20 @@ class DestructiveRun:
     def approve(self, *, confirmation: str, what: list[str]) -> Approval:
         """The human step: the pause (or the saved plan that stands in for it)."""
         result = self.require_result()
-        result.approval = request_approval(
-            result.plan,
+        result.approval = self._request_approval(
+            result.plan, confirmation, what, result.snapshot_uri
+        )
+        return result.approval
+
+    def _request_approval(
+        self, plan: Plan, confirmation: str, what: list[str], snapshot_uri: str | None
+    ) -> Approval:
+        """The pause or the saved plan, with this run's options, flow and target."""
+        return request_approval(
+            plan,
             expected_confirmation=confirmation,
             what=what,
-            snapshot_uri=result.snapshot_uri,
+            snapshot_uri=snapshot_uri,
             timeout_s=self.approval_timeout_s,
             approved_plan_hash=self.approved_plan_hash,
             approved_by=self.approved_by,
@@ -106,7 +115,6 @@ class DestructiveRun:
             target_fingerprint=self.fingerprint(),
             target_description=describe_target(self.target),
         )
-        return result.approval
 
     def saved_plan_approves(self) -> bool:
         """A live run whose saved plan is its whole approval: no pause, so no person reads
@@ -135,19 +143,7 @@ class DestructiveRun:
             counts={},
             plan_hash=self.approved_plan_hash.strip(),
         )
-        return request_approval(
-            approved,
-            expected_confirmation="",
-            what=[],
-            snapshot_uri=None,
-            timeout_s=self.approval_timeout_s,
-            approved_plan_hash=self.approved_plan_hash,
-            approved_by=self.approved_by,
-            approved_plan_signature=self.approved_plan_signature,
-            flow=self.flow,
-            target_fingerprint=self.fingerprint(),
-            target_description=describe_target(self.target),
-        )
+        return self._request_approval(approved, "", [], None)
 
     def fingerprint(self) -> str | None:
         """``<system identifier>/<database>`` of the target, read once per run.
