@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 from safeops.core import signing
 from safeops.core.errors import ApprovalDenied, PlanMismatch, SignatureMissing
 from safeops.core.hash_text import printable
-from safeops.core.models import Plan, SignedVote
+from safeops.core.models import Plan
 from tasks.common.approval.policy import ApprovalPolicy, check_allowlist
 from tasks.common.approval.request import ApprovalRequest, Vote, counts_text
-from tasks.common.approval.votes import verify_signed
+from tasks.common.approval.votes import signed_vote, verify_signed
 
 SIGNATURE_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 
@@ -77,16 +77,7 @@ def saved_plan_vote(
             "nothing changed."
         )
     check_allowlist(signer.principal)
-    return Vote(
-        name=signer.principal,
-        reason=statement.reason,
-        signed=SignedVote(
-            principal=signer.principal,
-            fingerprint=signer.fingerprint,
-            statement=text,
-            signature=signature.strip() + "\n",
-        ),
-    )
+    return signed_vote(verified, text, signature)
 
 
 def split_signed_plan(signed: str | None) -> tuple[str, str]:

@@ -175,16 +175,7 @@ def _judge_signed(request: ApprovalRequest, answer: Any) -> Vote:
         )
     check_allowlist(signer.principal)
     _check_confirmation(request, answer)
-    return Vote(
-        name=signer.principal,
-        reason=statement.reason,
-        signed=SignedVote(
-            principal=signer.principal,
-            fingerprint=signer.fingerprint,
-            statement=text,
-            signature=signature.strip() + "\n",
-        ),
-    )
+    return signed_vote(verified, text, signature)
 
 
 def _statement_text(request: ApprovalRequest, answer: Any) -> str:
@@ -255,6 +246,20 @@ def approval_of(request: ApprovalRequest, via: str) -> Approval:
         via=via,
         identity="verified" if verified else "unverified",
         signatures=signed,
+    )
+
+
+def signed_vote(verified: signing.VerifiedApproval, text: str, signature: str) -> Vote:
+    """The vote a verified statement casts, recorded with what re-verifies it later."""
+    return Vote(
+        name=verified.signer.principal,
+        reason=verified.statement.reason,
+        signed=SignedVote(
+            principal=verified.signer.principal,
+            fingerprint=verified.signer.fingerprint,
+            statement=text,
+            signature=signature.strip() + "\n",
+        ),
     )
 
 
