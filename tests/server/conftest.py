@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,3 +250,28 @@ def stack(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         finally:
             stop(*reversed(list(st.processes.values())))
             mark("stopped")
+
+
+@contextmanager
+def resume_form(stack: Stack, run_id: str, height: int) -> Iterator[tuple[Any, Any]]:
+    """Headless Chromium on the paused run's page with its Resume form open: (page, form).
+    The page's HTML is kept in ARTIFACTS when the test fails inside."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.goto(f"{stack.api_url.removesuffix('/api')}/runs/flow-run/{run_id}")
+            page.get_by_role("button", name="Resume").click()
+            try:
+                yield page, page.locator(".p-modal__card")
+            except Exception:
+                (ARTIFACTS / f"{run_id}.html").write_text(page.content())
+                raise
+        finally:
+            browser.close()

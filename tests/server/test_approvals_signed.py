@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import MEDUSA_TABLES
 from tests.pg import scalar, table_checksums
-from tests.server.conftest import ARTIFACTS, CHROMIUM, Stack
+from tests.server.conftest import ARTIFACTS, CHROMIUM, Stack, resume_form
 
 pytestmark = [
     pytest.mark.server,
@@ -112,57 +112,38 @@ def approve_in_the_ui(
     """Open the paused run in Chromium, read the statement and command the form shows,
     sign with that command (the throwaway key in place of ~/.ssh/id_ed25519, the reason
     in place of the placeholder), paste, fill in and submit. Returns what the form showed."""
-    from playwright.sync_api import sync_playwright
+    with resume_form(stack, run_id, height=1400) as (page, form):
+        form.get_by_text("Signed approval").first.wait_for()
+        blocks = [b.strip() for b in form.locator("pre").all_inner_texts()]
+        statement = next(b for b in blocks if b.startswith("safeops approval v1"))
+        command = next(b for b in blocks if "ssh-keygen -Y sign" in b)
 
-    ui = stack.api_url.removesuffix("/api")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        signing = command.replace(PLACEHOLDER, signed_reason).replace(
+            FORM_KEY, shlex.quote(str(signer.key))
         )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.goto(f"{ui}/runs/flow-run/{run_id}")
-            page.get_by_role("button", name="Resume").click()
-            form = page.locator(".p-modal__card")
-            form.get_by_text("Signed approval").first.wait_for()
-            blocks = [b.strip() for b in form.locator("pre").all_inner_texts()]
-            statement = next(b for b in blocks if b.startswith("safeops approval v1"))
-            command = next(b for b in blocks if "ssh-keygen -Y sign" in b)
+        signed = subprocess.run(
+            ["sh", "-c", signing], capture_output=True, text=True, timeout=30, check=True
+        )
+        signature = signed.stdout
+        assert signature.startswith("-----BEGIN SSH SIGNATURE-----"), signed.stderr
 
-            signing = command.replace(PLACEHOLDER, signed_reason).replace(
-                FORM_KEY, shlex.quote(str(signer.key))
+        def field(label: str) -> Any:
+            # The label may carry "(Optional)"; no description starts with a label.
+            title = page.get_by_text(re.compile(rf"^\s*{re.escape(label)}\b"))
+            return (
+                form.locator(".schema-form-property")
+                .filter(has=title)
+                .locator("textarea, input")
+                .first
             )
-            signed = subprocess.run(
-                ["sh", "-c", signing], capture_output=True, text=True, timeout=30, check=True
-            )
-            signature = signed.stdout
-            assert signature.startswith("-----BEGIN SSH SIGNATURE-----"), signed.stderr
 
-            def field(label: str) -> Any:
-                # The label may carry "(Optional)"; no description starts with a label.
-                title = page.get_by_text(re.compile(rf"^\s*{re.escape(label)}\b"))
-                return (
-                    form.locator(".schema-form-property")
-                    .filter(has=title)
-                    .locator("textarea, input")
-                    .first
-                )
-
-            shown_signed_at = field("Signed At").input_value()
-            field("Reason").fill(typed_reason)
-            field("Confirmation").fill(request["expectedConfirmation"])
-            field("Signature").fill(signature)
-            form.screenshot(path=str(ARTIFACTS / shot))
-            form.get_by_role("button", name="Submit").click()
-            stack.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}, timeout=180)
-        except Exception:
-            if "page" in locals():
-                (ARTIFACTS / f"{shot}.html").write_text(page.content())
-            raise
-        finally:
-            browser.close()
+        shown_signed_at = field("Signed At").input_value()
+        field("Reason").fill(typed_reason)
+        field("Confirmation").fill(request["expectedConfirmation"])
+        field("Signature").fill(signature)
+        form.screenshot(path=str(ARTIFACTS / shot))
+        form.get_by_role("button", name="Submit").click()
+        stack.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}, timeout=180)
     return {"statement": statement, "command": command, "signed_at": shown_signed_at}
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import CMS_TABLES, MEDUSA_TABLES
 from tests.pg import scalar, table_checksums
-from tests.server.conftest import ARTIFACTS, CHROMIUM, PREFECT, WORKERS, Stack
+from tests.server.conftest import ARTIFACTS, CHROMIUM, PREFECT, WORKERS, Stack, resume_form
 
 # One PostgreSQL-backed server stack per session: every server test on one xdist worker.
 pytestmark = [pytest.mark.server, pytest.mark.xdist_group("prefect-server")]
@@ -94,41 +94,24 @@ def test_invalid_answer_is_refused_and_rejection_changes_nothing(stack: Stack) -
     reason=f"{CHROMIUM} missing: `apt-get install chromium` (.ci/run does)",
 )
 def test_approval_in_the_prefect_ui_with_headless_chromium(stack: Stack) -> None:
-    from playwright.sync_api import sync_playwright
-
     site = stack.sites["empty-site"]
     run_id = run_deployment(
         stack, "reset-site-structure/manual", f"site_id={site}", "dry_run=false"
     )
     stack.wait_state(run_id, {"PAUSED"}, timeout=180)
-    ui = stack.api_url.removesuffix("/api")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{ui}/runs/flow-run/{run_id}")
-            page.get_by_role("button", name="Resume").click()
-            form = page.locator(".p-modal__card")
-            form.get_by_text("empty-site").first.wait_for()
-            for label, value in (
-                ("Approver", "carol"),
-                ("Reason", "UI test"),
-                ("Confirmation", "empty-site"),
-            ):
-                form.locator(".schema-form-property", has_text=label).locator("textarea").fill(
-                    value
-                )
-            form.screenshot(path=str(ARTIFACTS / "approval-form.png"))
-            form.get_by_role("button", name="Submit").click()
-            assert stack.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}) == "COMPLETED"
-            page.reload()
-            page.get_by_text("Completed").first.wait_for(timeout=30_000)
-        finally:
-            browser.close()
+    with resume_form(stack, run_id, height=1000) as (page, form):
+        form.get_by_text("empty-site").first.wait_for()
+        for label, value in (
+            ("Approver", "carol"),
+            ("Reason", "UI test"),
+            ("Confirmation", "empty-site"),
+        ):
+            form.locator(".schema-form-property", has_text=label).locator("textarea").fill(value)
+        form.screenshot(path=str(ARTIFACTS / "approval-form.png"))
+        form.get_by_role("button", name="Submit").click()
+        assert stack.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED"}) == "COMPLETED"
+        page.reload()
+        page.get_by_text("Completed").first.wait_for(timeout=30_000)
     assert scalar(stack.cms_url, "SELECT count(*) FROM authors WHERE site_id = %s", site) == 0
     assert (
         scalar(
