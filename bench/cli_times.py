@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import generate as gen
+from bench.stages import clean_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG_IMAGES = 1000
@@ -46,11 +47,7 @@ def _safeops() -> list[str]:
 
 def _env(workdir: Path, medusa_url: str) -> dict[str, str]:
     """An operator with no Prefect API configured and only MEDUSA_DATABASE_URL set."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "SAFEOPS_")) and not k.endswith("_DATABASE_URL")
-    }
+    env = clean_environment()
     env.update(
         {
             "MEDUSA_DATABASE_URL": medusa_url,

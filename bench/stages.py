@@ -452,12 +452,18 @@ def run_child(
     return data
 
 
-def child_env(medusa_url: str, cms_url: str, workdir: Path) -> dict[str, str]:
-    env = {
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any Prefect or safeops setting or database URL:
+    what the bench measures sets its own."""
+    return {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("PREFECT_", "SAFEOPS_")) and not k.endswith("_DATABASE_URL")
     }
+
+
+def child_env(medusa_url: str, cms_url: str, workdir: Path) -> dict[str, str]:
+    env = clean_environment()
     env.update(
         {
             "MEDUSA_DATABASE_URL": medusa_url,
