@@ -1,6 +1,7 @@
 """Reset one CMS site's blueprint structure, only while it has no published post.
 
-check → plan + snapshot (one consistent read) → verify the snapshot →
+check → plan + snapshot (one consistent read, one rendering of each row) → verify
+the stored file is the bytes that read rendered →
 (dry run stops here) → approval (type the site's slug) → apply in one
 transaction (the snapshot file must still be the verified one; lock the site,
 re-check the guard, delete in dependency order while proving the deleted rows
@@ -76,7 +77,7 @@ def reset_site_structure(
 
         snapshot, plan = snapshot_site(target, site, snapshot_location)
         snapshot_link(snapshot.uri, key="site-reset-snapshot", announce="snapshot")
-        verified = verify_site_snapshot(target, snapshot.uri, plan.plan_hash)
+        verified = verify_site_snapshot(target, snapshot.uri, plan.plan_hash, written=snapshot)
         if run.planned(
             plan,
             snapshot.uri,

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from safeops.core.db import Fingerprint
-from safeops.core.errors import ForeignSnapshot
+from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
+from safeops.core.hash_text import tell_apart
+from safeops.core.models import SnapshotRef
 from safeops.core.snapshot_reader import SnapshotReader
 from safeops.core.snapshot_store import open_chunks, parse_location, publish, spool_dir, writing_to
 from safeops.core.snapshot_writer import SnapshotWriter
@@ -62,6 +64,27 @@ def finish_and_publish(
 def open_snapshot(uri: str, fmt: str) -> Iterator[SnapshotReader]:
     with open_chunks(uri) as chunks:
         yield SnapshotReader.from_chunks(chunks, fmt, uri)
+
+
+def read_back(uri: str, fmt: str, written: SnapshotRef) -> SnapshotReader:
+    """The stored file read back whole; its body must be the bytes its writer hashed.
+
+    What a snapshot task's consistent view rendered is what it hashed as it wrote
+    (``written.body_sha256``): a file that comes back from the store with that body
+    (the reader checks it against the summary's checksum, then it is compared with
+    the writer's) holds exactly those rows, so whatever the view derived from them
+    (a plan, totals) describes the file without rendering the rows again. The
+    caller then checks the summary's totals against the writer's."""
+    with open_snapshot(uri, fmt) as reader:
+        for _ in reader.documents():  # raises SnapshotInvalid (checksum, truncation)
+            pass
+    if reader.actual_sha256 != written.body_sha256:
+        stored, wrote = tell_apart(reader.actual_sha256, written.body_sha256)
+        raise SnapshotInvalid(
+            f"Snapshot {uri} failed the checksum check: its body hashes to {stored}, "
+            f"the snapshot wrote {wrote}"
+        )
+    return reader
 
 
 def summary_of(uri: str, fmt: str) -> dict[str, Any]:

@@ -18,12 +18,11 @@ from sqlalchemy import Connection
 
 from safeops.core.db import engine_for, fingerprint, read_snapshot
 from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
-from safeops.core.hash_text import tell_apart
 from safeops.core.models import Check, SnapshotRef, VerifyReport, describe_diffs
 from safeops.core.settings import describe_target
 from tasks.common.audit import recorded_for_snapshot
 from tasks.common.retry import TRANSIENT_RETRIES
-from tasks.common.snapshots import check_source, open_snapshot
+from tasks.common.snapshots import check_source, open_snapshot, read_back
 from tasks.media.loaded import (
     clean_diffs,
     compare_with_live,
@@ -126,15 +125,7 @@ def _verify_against_its_view(target: str, uri: str, written: SnapshotRef) -> Ver
     the re-rendering. (Live rows are proven equal to it by the apply, under its
     lock; a dry run reports the plan of the view the file holds.)"""
     assert written.plan is not None
-    with open_snapshot(uri, MEDIA_FORMAT) as reader:
-        for _ in reader.documents():  # raises SnapshotInvalid (checksum, truncation)
-            pass
-    if reader.actual_sha256 != written.body_sha256:
-        stored, wrote = tell_apart(reader.actual_sha256, written.body_sha256)
-        raise SnapshotInvalid(
-            f"Snapshot {uri} failed the checksum check: its body hashes to {stored}, "
-            f"the snapshot wrote {wrote}"
-        )
+    reader = read_back(uri, MEDIA_FORMAT, written)
     summary_totals = {k: reader.summary.get(k) for k in written.totals}
     if summary_totals != written.totals or reader.documents_read != written.totals.get(
         "totalProducts"

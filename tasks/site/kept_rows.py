@@ -74,16 +74,17 @@ def table_writes(conn: Connection) -> Writes:
 def expected_writes(counts: dict[str, int]) -> Writes:
     """Row writes a reset of an approved plan makes, table by table (cms.sql's ON DELETE
     actions): deleting pages and categories cascades nothing, because their links
-    and SEO rows went first and subcategories go in the same statement; deleting
-    authors and content types sets NULL on posts, one UPDATE per link, so a post
-    losing both is updated twice; the site row is updated once."""
+    and SEO rows went first and subcategories go in the same statement; the posts
+    that lose their author or content type are updated once each, by the apply
+    (reset.RELEASE_POSTS_SQL), before those go, so their ON DELETE SET NULL finds
+    nothing to write; the site row is updated once."""
     b = BY_NAME
     return {
         b["seo_entries"].table: (0, 0, counts["seo_entries"]),
         b["term_links"].table: (0, 0, counts["term_links"]),
         b["pages"].table: (
             0,
-            counts["posts_losing_author"] + counts["posts_losing_content_type"],
+            counts["post_refs"],
             counts["pages"],
         ),
         b["categories"].table: (0, counts["detached_terms"], counts["categories"]),

@@ -23,8 +23,10 @@ from tasks.site.check import eligibility, published_posts, require_site
 from tasks.site.kept_rows import KeptRowsGuard, expected_writes
 from tasks.site.snapshot import SITE_FORMAT
 from tasks.site.structure import (
+    AUTHORS,
     BY_NAME,
     CATEGORY_LINKS_OF_POSTS,
+    CONTENT_TYPES,
     POST_EFFECTS,
     Kind,
     Parts,
@@ -100,6 +102,22 @@ def _deleting_digest_sql(kind: Kind) -> str:
     )
 
 
+# The posts that lose their author or content type, released in one set-based UPDATE
+# before the authors and content types go: their ON DELETE SET NULL would otherwise
+# run one UPDATE per deleted author or content type (and write a post losing both
+# twice), which was 1.3 s of a 1.9 s reset at 33k authors; the FK actions then find
+# nothing left to do. Posts only (post_refs): a page of another site pointing at
+# one of these authors is still updated by the FK action, which the table-write
+# check refuses as before.
+RELEASE_POSTS_SQL = text(
+    f"""UPDATE content t SET
+      author_id = CASE WHEN t.author_id IN ({AUTHORS}) THEN NULL ELSE t.author_id END,
+      content_type_id = CASE WHEN t.content_type_id IN ({CONTENT_TYPES})
+                             THEN NULL ELSE t.content_type_id END
+    WHERE {BY_NAME["post_refs"].where}"""
+)
+
+
 def delete_digested(conn: Connection, site_id: str) -> Parts:
     """Delete the site's structure; [count, digest] of every deleted kind."""
     p = {"site": site_id}
@@ -112,6 +130,8 @@ def delete_digested(conn: Connection, site_id: str) -> Parts:
                 ),
                 p,
             )
+        if name == "authors":
+            conn.execute(RELEASE_POSTS_SQL, p)
         n, digest = conn.execute(text(_deleting_digest_sql(BY_NAME[name])), p).one()
         parts[name] = [int(n), str(digest)]
     conn.execute(
