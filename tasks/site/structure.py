@@ -45,6 +45,11 @@ class Kind:
         return "json_build_object(" + ", ".join(f"'{c}', t.{c}" for c in self.columns) + ")"
 
     @property
+    def order(self) -> str:
+        """The key in its native types, as one value (a row of them where it has two)."""
+        return f"({_NATIVE_ORDER.get(self.key, self.key)})"
+
+    @property
     def temp(self) -> str:
         return f"_snap_{self.name}"
 
