@@ -129,35 +129,6 @@ class SnapshotWriter:
         if self._batch_bytes >= BODY_BUFFER:
             self._flush_batch()
 
-    def add_block(self, block: bytes, count: int) -> None:
-        """``count`` documents joined by newlines, as the database aggregated them.
-
-        The same file as ``count`` calls of add(): the checks run over the whole
-        block at C speed (a newline inside a document would change the count; no line
-        can be longer than a block that is not), and the block is written and hashed
-        as it came, without a Python step per document, which was most of a site
-        snapshot's time beside the database's own."""
-        if not count:
-            return
-        if block.count(b"\n") != count - 1:
-            raise ValueError("a body document must be one line of JSON")
-        longest = len(block)
-        if longest > MAX_LINE_BYTES:
-            longest = max(map(len, block.split(b"\n")))
-        if longest > MAX_LINE_BYTES:
-            raise Refused(
-                f"Refused: a body document of {longest} bytes is longer than "
-                f"the {MAX_LINE_BYTES} a snapshot reader accepts; nothing changed."
-            )
-        self._flush_batch()
-        if self._flushed:
-            self._spool.write(b",\n")
-        self._spool.write(block.replace(b"\n", b",\n"))
-        self._sha.update(block)
-        self._sha.update(b"\n")
-        self._flushed += count
-        self.count += count
-
     def _flush_batch(self) -> None:
         if not self._batch:
             return

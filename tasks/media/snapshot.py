@@ -148,45 +148,6 @@ def live_documents(conn: Connection, *, digests: bool = False) -> Generator[Row,
         yield from copy.rows()
 
 
-# Products per block PostgreSQL joins for the writer (≈0.5 MiB of documents).
-BLOCK_PRODUCTS = 1000
-# The rendering above, a block of products at a time: their documents joined by
-# newlines (in product id order: the window numbers the sorted rows as they come,
-# and each block sorts its own numbers back), with the sums the writer's totals
-# and the plan need. One COPY row per thousand products instead of per product:
-# the Python step per product (row parsing, the writer's checks, the totals) was
-# ~2 s of a 7 s snapshot at 1M images, beside PostgreSQL's own rendering.
-_BLOCKS_TEMPLATE = """
-SELECT string_agg(s.doc, E'\\n' ORDER BY s.n), count(*), sum(s.n_images), sum(s.n_links),
-       sum(s.n_vthumbs), count(*) FILTER (WHERE s.has_thumb){sums}
-FROM (SELECT q.*, row_number() OVER () AS n FROM ({rendering}) q) s
-GROUP BY (s.n - 1) / {block} ORDER BY (s.n - 1) / {block}
-"""
-BLOCKS_SQL = _BLOCKS_TEMPLATE.format(sums="", rendering=SNAPSHOT_SQL.text, block=BLOCK_PRODUCTS)
-BLOCKS_PLAN_SQL = _BLOCKS_TEMPLATE.format(
-    sums=", sum(s.h_images), sum(s.h_links), sum(s.h_vthumbs), sum(s.h_pthumb)",
-    rendering=SNAPSHOT_PLAN_SQL.text,
-    block=BLOCK_PRODUCTS,
-)
-
-
-def live_blocks(conn: Connection, *, digests: bool = False) -> Generator[Row, None, None]:
-    """(documents joined by newlines, products, images, links, variant thumbnails,
-    thumbnails[, their four digest sums]) per block of products, in id order; streamed
-    like live_documents (callers consume every row or close the generator)."""
-    tune_for_bulk(conn)
-    raw = conn.connection.driver_connection
-    with (
-        raw.cursor() as cur,  # type: ignore[union-attr]
-        cur.copy(
-            f"COPY ({BLOCKS_PLAN_SQL if digests else BLOCKS_SQL}) TO STDOUT (FORMAT BINARY)"
-        ) as copy,
-    ):
-        counts = ["bytea", "int8", "numeric", "numeric", "numeric", "int8"]
-        copy.set_types(counts + ["numeric"] * 4 if digests else counts)
-        yield from copy.rows()
-
-
 class Totals:
     """What the rendered documents hold, summed as they stream by."""
 
@@ -202,17 +163,6 @@ class Totals:
         self.pthumbs += row[4]
         if len(row) > 5:
             for i, value in enumerate(row[5:9]):
-                self.digests[i] += int(value)
-
-    def add_block(self, row: Row) -> None:
-        """The sums of a block of products (live_blocks)."""
-        self.products += row[1]
-        self.images += int(row[2])
-        self.links += int(row[3])
-        self.vthumbs += int(row[4])
-        self.pthumbs += row[5]
-        if len(row) > 6:
-            for i, value in enumerate(row[6:10]):
                 self.digests[i] += int(value)
 
     def plan_digests(self) -> dict[str, tuple[int, int]]:
@@ -252,12 +202,12 @@ def stream_snapshot(
     ``totals``, sums into it, with the plan's digests."""
     digests = totals is not None
     totals = totals if totals is not None else Totals()
-    live = live_blocks(conn, digests=digests)
+    live = live_documents(conn, digests=digests)
     try:
         for row in live:
-            writer.add_block(row[0], row[1])
-            totals.add_block(row)
-            if on_product is not None:
+            writer.add(row[0])
+            totals.add(row)
+            if on_product is not None and not totals.products % 1000:
                 on_product(totals.products)
     finally:
         live.close()  # an unfinished COPY holds the connection: end it before anything else

@@ -15,7 +15,6 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -269,58 +268,5 @@ def test_the_writer_refuses_a_document_no_reader_would_accept() -> None:
     try:
         with pytest.raises(Refused, match="longer than"):
             writer.add(b'"' + b"x" * MAX_LINE_BYTES + b'"')
-    finally:
-        writer.discard()
-
-
-def _finished(writer: SnapshotWriter) -> bytes:
-    parts = writer.finish({"totalRows": writer.count})
-    try:
-        return parts.header + parts.body.read_bytes() + parts.trailer
-    finally:
-        writer.discard()
-
-
-@given(
-    docs=st.lists(
-        st.dictionaries(st.text(max_size=8), st.text(max_size=12), max_size=3).map(
-            lambda d: json.dumps(d, ensure_ascii=False).encode()
-        ),
-        max_size=30,
-    ),
-    cuts=st.lists(st.integers(min_value=0, max_value=30), max_size=5),
-)
-@settings(max_examples=100, deadline=None)
-def test_blocks_write_the_same_file_as_documents(docs: list[bytes], cuts: list[int]) -> None:
-    """add_block (documents the database joined) and add (one at a time), in any mix,
-    write byte for byte the same file, which reads back as those documents."""
-    one = SnapshotWriter(FMT, "products")
-    for doc in docs:
-        one.add(doc)
-    blocks = SnapshotWriter(FMT, "products")
-    bounds = sorted({0, len(docs), *(min(c, len(docs)) for c in cuts)})
-    for i, (start, end) in enumerate(pairwise(bounds)):
-        if i % 2:
-            for doc in docs[start:end]:
-                blocks.add(doc)
-        else:
-            blocks.add_block(b"\n".join(docs[start:end]), end - start)
-    assert blocks.count == one.count == len(docs)
-    assert blocks.sha256 == one.sha256
-    data = _finished(blocks)
-    assert data == _finished(one)
-    assert read_all(iter([data])) == docs
-
-
-def test_a_block_with_a_line_break_in_a_document_or_a_line_too_long_is_refused() -> None:
-    from safeops.core.errors import Refused
-
-    writer = SnapshotWriter(FMT, "products")
-    try:
-        with pytest.raises(ValueError, match="one line"):
-            writer.add_block(b'{"a":1}\n{"b":\n2}', 2)  # three lines claimed as two
-        with pytest.raises(Refused, match="longer than"):
-            writer.add_block(b"{}\n" + b"x" * (MAX_LINE_BYTES + 1), 2)
-        assert writer.count == 0
     finally:
         writer.discard()
