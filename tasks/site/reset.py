@@ -244,8 +244,9 @@ def apply_site_reset(
     """One READ COMMITTED transaction that deletes exactly the approved rows or nothing.
 
     The undo point is not re-read into the database: ``verified_sha256`` is the
-    hash of the whole file that verify_site_snapshot proved against its summary
-    and the live rows before the approval, and FileCheck hashes the stored file
+    hash of the whole file that verify_site_snapshot proved, before the approval,
+    to be the bytes the snapshot's consistent view rendered (whose plan is the
+    approved one), and FileCheck hashes the stored file
     again (in a thread, while the SQL runs) so that any edit since, summary or
     body, refuses before the first delete.
 

@@ -1,6 +1,8 @@
 """The site snapshot: what a reset will remove or change, streamed to the snapshot
-store in the same read as the plan, and loaded back into temp tables to be proven
-against its own summary (totals, site, plan hash, audit) before anything relies on it."""
+store from the same renderings as its plan, then proven before anything relies on
+it: read back as the bytes that view rendered (the reset), or loaded back into temp
+tables and proven against its own summary (totals, site, plan hash, audit) (a
+restore, or a file of unknown origin)."""
 
 from __future__ import annotations
 
