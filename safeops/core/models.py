@@ -65,7 +65,8 @@ class SnapshotRef(BaseModel):
     totals: dict[str, int]
     body_sha256: str
     source: str
-    # The purge plan derived in the view the file was rendered from (purge only).
+    # The plan derived in the view the file was rendered from, from the same renderings
+    # (a purge's or a site reset's snapshot; None otherwise).
     plan: Plan | None = None
 
 

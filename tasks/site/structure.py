@@ -243,5 +243,8 @@ SNAPSHOT: dict[str, tuple[str, str]] = {k.name: (k.temp, "true") for k in KINDS}
 
 
 def reset_plan(conn: Connection, site_id: str, target: str) -> Plan:
+    """The plan read from the live rows by the definitions above, independently of any
+    rendering: what the snapshot's plan (summed from its renderings) must equal in the
+    same view, and what the tests hold it to."""
     tune_for_site(conn)
     return plan_from(conn, site_id, LIVE, target)
