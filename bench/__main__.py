@@ -39,7 +39,14 @@ from bench import cli_times
 from bench import generate as gen
 from bench.jobs import jobs_of, snapshot_cli
 from bench.report import chart, evaluate, summarize, table
-from bench.stages import STAGES, VARIANTS, Measurement, Runner, count_task_runs
+from bench.stages import (
+    STAGES,
+    VARIANTS,
+    Measurement,
+    Runner,
+    count_task_runs,
+    time_raw_procedures,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -143,6 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             measurements.append(runner.measure(stage, variant, rep))
                 entry: dict[str, Any] = {"data": runner.data, "stages": summarize(measurements)}
                 if not args.no_flows:
+                    log("  timing the raw procedures the jobs replace, from the generated state")
+                    entry["raw_procedures"] = time_raw_procedures(runner)
                     log("  counting task runs of the real flows")
                     entry["flows"] = count_task_runs(runner, args.prefect_api_url)
                     for flow, info in entry["flows"].items():

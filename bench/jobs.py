@@ -15,8 +15,9 @@ Ours are the wall times of the flow runs ``stages.count_task_runs`` makes (one
 each), what a caller waits for; ``recorded_s`` beside them is the run as Prefect
 records it (start to final state), without the engine's join of its heartbeat
 thread, which sleeps in whole seconds and so rounds every synchronous flow run up
-to the next second. Raw are the medians of the stage baselines measured in the
-same run, so one machine state prices both sides.
+to the next second. Raw are the stage baselines' procedures run once more, just
+before the flows and from the same state (``stages.time_raw_procedures``: the
+catalog and site as generated), so one machine and data state prices both sides.
 """
 
 from __future__ import annotations
@@ -64,12 +65,19 @@ def _rounded(value: float | None) -> float | None:
 
 
 def jobs_of(entry: dict[str, Any]) -> dict[str, Any]:
-    """The four flow jobs of one size, from its flow runs and stage baselines."""
+    """The four flow jobs of one size, from its flow runs and the raw procedures timed
+    beside them (``raw_procedures``; older results: the stage baselines)."""
     out: dict[str, Any] = {}
     flows, stages = entry.get("flows", {}), entry.get("stages", {})
+    beside = entry.get("raw_procedures")
     for job, (flow, baselines) in JOBS.items():
         ours = flows.get(flow, {}).get("seconds")
-        parts = [stages.get(s, {}).get("baseline", {}).get("seconds") for s in baselines]
+        parts = [
+            beside.get(s)
+            if beside is not None
+            else stages.get(s, {}).get("baseline", {}).get("seconds")
+            for s in baselines
+        ]
         raw = None if None in parts else sum(p for p in parts if p is not None)
         out[job] = _job(ours, raw)
         # The flow run's own duration as Prefect records it: without the heartbeat join.

@@ -606,13 +606,13 @@ class Runner:
         gen.checkpoint(self.medusa_url)
 
     def fresh_medusa(self) -> None:
-        """The generated catalog again, as the stages' baselines first timed it.
+        """The generated catalog again, for the whole jobs and their raw procedures.
 
         The flows run after every stage, and the purge and restore stages leave the
         catalog deleted and re-inserted several times over (rows in another physical
-        order, indexes grown): measured at 1M images, the purge's dry run took 10.1 s
-        there and 7.1 s on the generated catalog, against baselines timed on the
-        latter. A copy of the catalog as generated prices both sides in one state."""
+        order, indexes grown): at 1M images the purge's dry run took 10.1 s there
+        and 7.1 s on the generated catalog. The jobs and the raw procedures they are
+        compared with (time_raw_procedures) both start from this copy."""
         gen.create_database(self.admin_url, self.medusa_db, template=self.medusa_template)
         self.settle_medusa()
 
@@ -867,6 +867,32 @@ def op_count_flows(a: dict[str, Any]) -> dict[str, Any]:
 
 
 OPS["flows.count"] = op_count_flows
+
+
+def time_raw_procedures(runner: Runner) -> dict[str, float]:
+    """The raw procedures the whole jobs replace (bench/jobs.py), timed in the state the
+    flows then start from: the generated catalog and site, each procedure run after the
+    one before it as the flows do (snapshot, purge, restore of what was purged; the
+    site's deletes). The stage baselines are medians over a catalog the stages have
+    purged and restored several times over (rows in another physical order, indexes
+    grown: 4.3 s for the 1M snapshot `COPY` there, 3.9 s on the generated one), so
+    pricing the flows with them would compare two states."""
+    runner.fresh_medusa()
+    runner.fresh_cms()
+    path = runner.workdir / "raw-procedure-snapshot.jsonl"
+    steps = (
+        ("snapshot", "snapshot.baseline", {"path": str(path)}),
+        ("purge", "purge.baseline", {"script": runner.purge_script}),
+        ("restore", "restore.baseline", {"files": runner.files}),
+        ("reset", "reset.baseline", {"site": runner.site}),
+    )
+    seconds: dict[str, float] = {}
+    try:
+        for name, op, args in steps:
+            seconds[name] = run_child(op, args, runner.env, runner.workdir)["seconds"]
+    finally:
+        path.unlink(missing_ok=True)
+    return seconds
 
 
 def count_task_runs(runner: Runner, prefect_api_url: str | None) -> dict[str, Any]:

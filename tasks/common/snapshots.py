@@ -67,14 +67,17 @@ def open_snapshot(uri: str, fmt: str) -> Iterator[SnapshotReader]:
 
 
 def read_back(uri: str, fmt: str, written: SnapshotRef) -> SnapshotReader:
-    """The stored file read back whole; its body must be the bytes its writer hashed.
+    """The stored file read back whole: it must be the file its writer wrote.
 
     What a snapshot task's consistent view rendered is what it hashed as it wrote
     (``written.body_sha256``): a file that comes back from the store with that body
     (the reader checks it against the summary's checksum, then it is compared with
     the writer's) holds exactly those rows, so whatever the view derived from them
-    (a plan, totals) describes the file without rendering the rows again. The
-    caller then checks the summary's totals against the writer's."""
+    (a plan, totals) describes the file without rendering the rows again. Its
+    summary lines must hash to the writer's too (``written.summary_sha256``, what
+    the register records): a summary edited after the write (its plan digest
+    version, its site) would otherwise pass with an intact body and leave an undo
+    point no restore accepts. The caller then reports the totals it expects."""
     with open_snapshot(uri, fmt) as reader:
         for _ in reader.documents():  # raises SnapshotInvalid (checksum, truncation)
             pass
@@ -82,6 +85,12 @@ def read_back(uri: str, fmt: str, written: SnapshotRef) -> SnapshotReader:
         stored, wrote = tell_apart(reader.actual_sha256, written.body_sha256)
         raise SnapshotInvalid(
             f"Snapshot {uri} failed the checksum check: its body hashes to {stored}, "
+            f"the snapshot wrote {wrote}"
+        )
+    if written.summary_sha256 and reader.summary_sha256 != written.summary_sha256:
+        stored, wrote = tell_apart(reader.summary_sha256, written.summary_sha256)
+        raise SnapshotInvalid(
+            f"Snapshot {uri} failed the summary check: its summary hashes to {stored}, "
             f"the snapshot wrote {wrote}"
         )
     return reader

@@ -268,5 +268,10 @@ def take_media_snapshot(
         writer.discard()
         raise
     return SnapshotRef(
-        uri=uri, totals=totals, body_sha256=writer.sha256, source=str(fp), plan=in_view
+        uri=uri,
+        totals=totals,
+        body_sha256=writer.sha256,
+        summary_sha256=writer.summary_sha256,
+        source=str(fp),
+        plan=in_view,
     )

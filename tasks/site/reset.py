@@ -25,6 +25,7 @@ from tasks.site.snapshot import SITE_FORMAT
 from tasks.site.structure import (
     AUTHORS,
     BY_NAME,
+    CATEGORIES,
     CATEGORY_LINKS_OF_POSTS,
     CONTENT_TYPES,
     POST_EFFECTS,
@@ -46,12 +47,20 @@ def lock_site_for_reset(conn: Connection, site_id: str) -> None:
     UPDATE`` on the site's existing content rows makes a concurrent
     ``UPDATE ... SET status = 'published'`` wait (or makes us wait for one in
     flight). The published count is then re-read by a fresh READ COMMITTED
-    statement, which sees every publish that committed before the locks."""
+    statement, which sees every publish that committed before the locks.
+
+    The rows the reset deletes that others can point at (its categories, authors
+    and content types) are locked ``FOR UPDATE`` too: a new link, post or child
+    term of any site that references one of them takes ``FOR KEY SHARE`` on it, so
+    none can appear between the digests and the deletes. Without this, such a row
+    could be changed by the deletes' ON DELETE actions: refused by the table-write
+    check where PostgreSQL counts writes, silently where ``track_counts`` is off."""
     tune_for_site(conn)
-    conn.execute(
-        text("SELECT 1 FROM sites WHERE id = CAST(:site AS uuid) FOR UPDATE"), {"site": site_id}
-    )
-    conn.execute(text("SELECT 1 FROM content WHERE site_id = :site FOR UPDATE"), {"site": site_id})
+    p = {"site": site_id}
+    conn.execute(text("SELECT 1 FROM sites WHERE id = CAST(:site AS uuid) FOR UPDATE"), p)
+    conn.execute(text("SELECT 1 FROM content WHERE site_id = :site FOR UPDATE"), p)
+    for referenced in (CATEGORIES, AUTHORS, CONTENT_TYPES):
+        conn.execute(text(referenced.replace("SELECT id", "SELECT 1", 1) + " FOR UPDATE"), p)
 
 
 # Kinds an apply changes without deleting them: their rows stay, so no DELETE can

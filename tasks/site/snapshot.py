@@ -246,7 +246,14 @@ def snapshot_site(
     except BaseException:
         writer.discard()
         raise
-    ref = SnapshotRef(uri=uri, totals=totals, body_sha256=writer.sha256, source=str(fp), plan=plan)
+    ref = SnapshotRef(
+        uri=uri,
+        totals=totals,
+        body_sha256=writer.sha256,
+        summary_sha256=writer.summary_sha256,
+        source=str(fp),
+        plan=plan,
+    )
     return ref, plan
 
 

@@ -144,6 +144,12 @@ def test_verify_against_its_view_refuses_a_file_that_is_not_what_the_view_wrote(
     with pytest.raises(SnapshotInvalid, match="the snapshot wrote"):
         verify_media_snapshot.fn("medusa", ref.uri, written=ref)
 
+    path.write_bytes(original)
+    summary, key, docs = read_snapshot_file(path)  # the summary alone, body intact
+    write_snapshot_file(path, {**summary, "sourceDatabase": "elsewhere"}, key, docs)
+    with pytest.raises(SnapshotInvalid, match="failed the summary check"):
+        verify_media_snapshot.fn("medusa", ref.uri, written=ref)
+
 
 def test_a_link_removed_after_the_snapshots_view_is_refused_at_apply(
     medusa_url: str, exports: Path

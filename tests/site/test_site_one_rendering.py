@@ -66,6 +66,7 @@ def test_verify_against_its_view_refuses_a_file_that_is_not_what_the_view_wrote(
 
     _url, sites = cms
     ref, plan = snapshot_site.fn("cms", sites["atelier"], None)
+    assert ref.summary_sha256  # what the register records, and read_back holds it to
     path = Path(ref.uri)
     original = path.read_bytes()
 
@@ -82,17 +83,20 @@ def test_verify_against_its_view_refuses_a_file_that_is_not_what_the_view_wrote(
     with pytest.raises(SnapshotInvalid, match="the snapshot wrote"):
         verify_site_snapshot.fn("cms", ref.uri, plan.plan_hash, written=ref)
 
+    # The summary alone edited, the body intact: its plan, its totals, its digest version
+    # (which would make every later restore re-derive another hash), its site.
     path.write_bytes(original)
     summary, key, docs = read_snapshot_file(path)
-    write_snapshot_file(path, {**summary, "planHash": "0" * 64}, key, docs)
-    with pytest.raises(SnapshotInvalid, match="plan-hash"):
-        verify_site_snapshot.fn("cms", ref.uri, plan.plan_hash, written=ref)
-
-    path.write_bytes(original)
-    summary, key, docs = read_snapshot_file(path)
-    write_snapshot_file(path, {**summary, "total_pages": summary["total_pages"] + 1}, key, docs)
-    with pytest.raises(SnapshotInvalid, match="totals"):
-        verify_site_snapshot.fn("cms", ref.uri, plan.plan_hash, written=ref)
+    for edit in (
+        {"planHash": "0" * 64},
+        {"total_pages": summary["total_pages"] + 1},
+        {"planDigest": 2},
+        {"siteId": sites["gazette"]},
+    ):
+        path.write_bytes(original)
+        write_snapshot_file(path, {**summary, **edit}, key, docs)
+        with pytest.raises(SnapshotInvalid, match="failed the summary check"):
+            verify_site_snapshot.fn("cms", ref.uri, plan.plan_hash, written=ref)
 
     path.write_bytes(original)
     assert verify_site_snapshot.fn("cms", ref.uri, plan.plan_hash, written=ref).ok
