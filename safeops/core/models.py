@@ -67,7 +67,7 @@ class SnapshotRef(BaseModel):
     source: str
     # sha256 of the summary lines as written (what the snapshot register records):
     # with the body's, it names the whole file (read_back proves the stored file by both).
-    summary_sha256: str = ""
+    summary_sha256: str
     # The plan derived in the view the file was rendered from, from the same renderings
     # (a purge's or a site reset's snapshot; None otherwise).
     plan: Plan | None = None

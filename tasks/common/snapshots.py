@@ -10,7 +10,7 @@ from typing import Any
 from safeops.core.db import Fingerprint
 from safeops.core.errors import ForeignSnapshot, SnapshotInvalid
 from safeops.core.hash_text import tell_apart
-from safeops.core.models import SnapshotRef
+from safeops.core.models import Plan, SnapshotRef
 from safeops.core.snapshot_reader import SnapshotReader
 from safeops.core.snapshot_store import open_chunks, parse_location, publish, spool_dir, writing_to
 from safeops.core.snapshot_writer import SnapshotWriter
@@ -66,6 +66,26 @@ def open_snapshot(uri: str, fmt: str) -> Iterator[SnapshotReader]:
         yield SnapshotReader.from_chunks(chunks, fmt, uri)
 
 
+def written_ref(
+    writer: SnapshotWriter,
+    uri: str,
+    totals: dict[str, int],
+    source: Fingerprint,
+    plan: Plan | None = None,
+) -> SnapshotRef:
+    """What a snapshot task hands on about the file it wrote: the writer's digests of
+    its body and summary (which read_back holds the stored file to) and the plan its
+    view derived from the same renderings."""
+    return SnapshotRef(
+        uri=uri,
+        totals=totals,
+        body_sha256=writer.sha256,
+        summary_sha256=writer.summary_sha256,
+        source=str(source),
+        plan=plan,
+    )
+
+
 def read_back(uri: str, fmt: str, written: SnapshotRef) -> SnapshotReader:
     """The stored file read back whole: it must be the file its writer wrote.
 
@@ -87,7 +107,7 @@ def read_back(uri: str, fmt: str, written: SnapshotRef) -> SnapshotReader:
             f"Snapshot {uri} failed the checksum check: its body hashes to {stored}, "
             f"the snapshot wrote {wrote}"
         )
-    if written.summary_sha256 and reader.summary_sha256 != written.summary_sha256:
+    if reader.summary_sha256 != written.summary_sha256:
         stored, wrote = tell_apart(reader.summary_sha256, written.summary_sha256)
         raise SnapshotInvalid(
             f"Snapshot {uri} failed the summary check: its summary hashes to {stored}, "

@@ -24,7 +24,13 @@ from safeops.core.snapshot_writer import SnapshotWriter
 from tasks.common.artifacts import Progress
 from tasks.common.register import record_snapshot, target_is_read_only
 from tasks.common.retry import TRANSIENT_RETRIES
-from tasks.common.snapshots import finish_and_publish, new_writer, now_utc, source_fields
+from tasks.common.snapshots import (
+    finish_and_publish,
+    new_writer,
+    now_utc,
+    source_fields,
+    written_ref,
+)
 from tasks.media.bulk import tune_for_bulk
 from tasks.media.plan import plan_of_digests
 
@@ -267,11 +273,4 @@ def take_media_snapshot(
     except BaseException:
         writer.discard()
         raise
-    return SnapshotRef(
-        uri=uri,
-        totals=totals,
-        body_sha256=writer.sha256,
-        summary_sha256=writer.summary_sha256,
-        source=str(fp),
-        plan=in_view,
-    )
+    return written_ref(writer, uri, totals, fp, in_view)

@@ -60,7 +60,7 @@ def lock_site_for_reset(conn: Connection, site_id: str) -> None:
     conn.execute(text("SELECT 1 FROM sites WHERE id = CAST(:site AS uuid) FOR UPDATE"), p)
     conn.execute(text("SELECT 1 FROM content WHERE site_id = :site FOR UPDATE"), p)
     for referenced in (CATEGORIES, AUTHORS, CONTENT_TYPES):
-        conn.execute(text(referenced.replace("SELECT id", "SELECT 1", 1) + " FOR UPDATE"), p)
+        conn.execute(text(f"{referenced} FOR UPDATE"), p)
 
 
 # Kinds an apply changes without deleting them: their rows stay, so no DELETE can

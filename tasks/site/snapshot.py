@@ -29,6 +29,7 @@ from tasks.common.snapshots import (
     read_back,
     refuse_foreign,
     source_fields,
+    written_ref,
 )
 from tasks.site.check import eligibility, published_posts, require_site
 from tasks.site.structure import (
@@ -39,6 +40,7 @@ from tasks.site.structure import (
     plan_from,
     plan_of_parts,
     post_effects,
+    text_hash,
     tune_for_site,
 )
 
@@ -74,8 +76,9 @@ def stream_snapshot_docs(conn: Connection, site_id: str) -> Iterator[tuple[str, 
             statement = (
                 "COPY (SELECT json_build_object('kind', '"
                 + kind.name
-                + "', 'row', r.rendered)::text, hashtextextended(r.rendered::text, 0) "
-                "FROM (SELECT "
+                + "', 'row', r.rendered)::text, "
+                + text_hash("r.rendered")
+                + " FROM (SELECT "
                 + kind.row_expr()
                 + " AS rendered FROM "
                 + kind.table
@@ -246,15 +249,7 @@ def snapshot_site(
     except BaseException:
         writer.discard()
         raise
-    ref = SnapshotRef(
-        uri=uri,
-        totals=totals,
-        body_sha256=writer.sha256,
-        summary_sha256=writer.summary_sha256,
-        source=str(fp),
-        plan=plan,
-    )
-    return ref, plan
+    return written_ref(writer, uri, totals, fp, plan), plan
 
 
 def load_verified(conn: Connection, uri: str, reader: Any) -> tuple[str, dict[str, int]]:

@@ -137,9 +137,14 @@ _NATIVE_ORDER = {
 DIGEST_VERSION = 3
 
 
+def text_hash(rendered: str) -> str:
+    """The 64-bit hash of a rendering's text: what a row adds to a version-2 digest."""
+    return f"hashtextextended(({rendered})::text, 0)"
+
+
 def row_hash(kind: Kind) -> str:
     """A row's share of a version-2 digest."""
-    return f"hashtextextended(({kind.row_expr()})::text, 0)"
+    return text_hash(kind.row_expr())
 
 
 def digest_sql(
